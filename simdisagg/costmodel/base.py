@@ -1,0 +1,66 @@
+"""The cost-model interface: how long a prefill batch, a decode step or a mixed step takes.
+
+A cost model answers for one instance (one model on one GPU type with a tensor-parallel
+degree). Times are in seconds. The simulator never asks per token: it asks per batch
+iteration, and for decode fast-forward it asks for a whole run of steps at once.
+
+Decode steps depend on the batch only through its size ``B`` and its total context ``C``
+(the sum over the batch of each request's context tokens). Attention reads each request's own
+KV, so its cost is linear in each context length and the sum is a sufficient statistic; no
+padding to the longest request is implied.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """Step times for one serving instance. Implementations must be pure and deterministic
+    (stochastic reference models draw from a stream given at construction)."""
+
+    #: Short label shown in outputs, e.g. ``roofline`` or ``fitted:h100-sxm/llama-3.1-8b-tp1``.
+    label: str
+
+    def prefill_time_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> float:
+        """Time of one prefill iteration over prompts with ``new_tokens[i]`` tokens to compute
+        on top of ``cached_tokens[i]`` tokens already in KV (prefix-cache hits or earlier
+        chunks). Includes the LM head and sampling of each prompt's first token."""
+        ...
+
+    def decode_step_time_s(self, batch_size: int, context_tokens: int) -> float:
+        """Time of one decode iteration: ``batch_size`` requests, each producing one token,
+        whose contexts sum to ``context_tokens``."""
+        ...
+
+    def decode_run_times_s(self, batch_size: int, context_tokens: int, n_steps: int) -> np.ndarray:
+        """Durations of ``n_steps`` consecutive decode steps of an unchanged batch: step ``j``
+        has total context ``context_tokens + j * batch_size``. Must agree with
+        :meth:`decode_step_time_s` element by element (fast-forward relies on it)."""
+        ...
+
+    def mixed_step_time_s(
+        self,
+        new_tokens: np.ndarray,
+        cached_tokens: np.ndarray,
+        decode_batch_size: int,
+        decode_context_tokens: int,
+    ) -> float:
+        """Time of one iteration that runs prefill chunks and a decode batch together
+        (chunked prefill in aggregated serving)."""
+        ...
+
+
+class StepwiseDecodeRuns:
+    """Mixin: derive :meth:`decode_run_times_s` from :meth:`decode_step_time_s` by a loop.
+
+    Correct for any model; vectorised models override it."""
+
+    def decode_run_times_s(self, batch_size: int, context_tokens: int, n_steps: int) -> np.ndarray:
+        step = self.decode_step_time_s  # type: ignore[attr-defined]
+        return np.array(
+            [step(batch_size, context_tokens + j * batch_size) for j in range(n_steps)], dtype=np.float64
+        )

@@ -1,0 +1,56 @@
+"""Builds the cost model a pool runs on, from the run's cost config.
+
+``auto`` uses a profile fitted to measured kernels for (GPU, model, TP) whenever one exists
+under a profile root (``measured/<gpu>/<model>-tp<k>/fit.json``), and the roofline model
+otherwise; the chosen model's ``label`` says which, and every output repeats it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simdisagg.costmodel.base import CostModel
+from simdisagg.costmodel.reference import ConstantCostModel, ExponentialCostModel
+from simdisagg.costmodel.roofline import RooflineCostModel, RooflineParams
+from simdisagg.hardware import GPUProfile, ModelShape, ProfileStore
+from simdisagg.rng import Streams
+
+
+def _roofline(cfg: Any, model: ModelShape, gpu: GPUProfile, tp: int) -> RooflineCostModel:
+    params = RooflineParams(
+        prefill_mfu=cfg.prefill_mfu,
+        decode_mfu=cfg.decode_mfu,
+        memory_bandwidth_utilisation=cfg.memory_bandwidth_utilisation,
+        iteration_overhead_s=cfg.iteration_overhead_s,
+        allreduce_latency_s=cfg.allreduce_latency_s,
+    )
+    return RooflineCostModel(model, gpu, tp, params)
+
+
+def make_cost_model(
+    cfg: Any, model: ModelShape, gpu: GPUProfile, tp: int, streams: Streams, store: ProfileStore, role: str
+) -> CostModel:
+    """The cost model of one pool (``role`` names the pool; stochastic models get their own
+    stream ``cost:<role>``)."""
+    if cfg.kind == "constant":
+        return ConstantCostModel(
+            cfg.prefill_s, cfg.decode_step_s, cfg.prefill_s_per_token, cfg.decode_step_s_per_context_token
+        )
+    if cfg.kind == "exponential":
+        return ExponentialCostModel(cfg.mean_prefill_s, cfg.decode_step_s, streams[f"cost:{role}"])
+    if cfg.kind == "auto":
+        fitted = _find_fitted(store, gpu.name, model.name, tp)
+        if fitted is not None:
+            return fitted
+    return _roofline(cfg, model, gpu, tp)
+
+
+def _find_fitted(store: ProfileStore, gpu: str, model: str, tp: int) -> CostModel | None:
+    try:
+        from simdisagg.costmodel import fitted
+    except ImportError:
+        return None
+    path = fitted.find_fitted(store.roots, gpu, model, tp)
+    if path is None:
+        return None
+    return fitted.FittedCostModel.from_file(path)  # type: ignore[no-any-return]

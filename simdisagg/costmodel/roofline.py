@@ -1,0 +1,144 @@
+"""Roofline cost model: FLOPs and bytes from the transformer shape over peak rates.
+
+For one iteration on a tensor-parallel shard of ``tp`` GPUs::
+
+    t = max(flops / (tp * peak_flops * mfu), bytes / (tp * hbm_bw * mbu)) + overhead + all_reduce
+
+FLOPs: ``2 * params`` per token for the projections and MLP; ``4 * layers * heads * head_dim``
+per (query, key) pair for attention (QK^T and PV), with ``n*c + n(n+1)/2`` causal pairs for a
+prompt of ``n`` new tokens on ``c`` cached ones, and ``C`` pairs for a decode batch of total
+context ``C``; ``2 * hidden * vocab`` for each LM-head row (one per prompt, one per decode
+request). Bytes: the weights once per iteration, KV read for cached/context tokens and KV
+written for new tokens. All-reduce (tp > 1): two per layer of ``tokens * hidden * dtype`` bytes,
+ring algorithm over the GPU's intra-node bandwidth, plus a per-call latency. This last term is
+modelled, not measured.
+
+The efficiencies (``prefill_mfu``, ``decode_mbu`` ...) are named parameters with assumed
+defaults; a profile fitted to measured kernels (:mod:`.fitted`) replaces this model where one
+exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simdisagg.hardware import GPUProfile, ModelShape
+
+
+@dataclass(frozen=True, slots=True)
+class RooflineParams:
+    """Efficiency factors of the roofline model (fractions of peak; seconds for overheads).
+
+    Defaults are assumptions typical of Hopper-class serving engines, not measurements."""
+
+    prefill_mfu: float = 0.55
+    decode_mfu: float = 0.55
+    memory_bandwidth_utilisation: float = 0.80
+    iteration_overhead_s: float = 2.0e-4
+    allreduce_latency_s: float = 1.0e-5
+
+
+class RooflineCostModel:
+    """Step times of ``model`` on a ``tp``-GPU shard of ``gpu`` from FLOPs and bytes."""
+
+    def __init__(self, model: ModelShape, gpu: GPUProfile, tp: int = 1, params: RooflineParams | None = None) -> None:
+        if tp < 1:
+            raise ValueError("tp must be >= 1")
+        p = params or RooflineParams()
+        self.params = p
+        self.model, self.gpu, self.tp = model, gpu, tp
+        self.label = f"roofline:{gpu.name}/{model.name}-tp{tp}"
+        peak = gpu.dense_bf16_flops_per_s.value * tp
+        bw = gpu.hbm_bandwidth_bytes_per_s.value * tp * p.memory_bandwidth_utilisation
+        self._inv_prefill_flops = 1.0 / (peak * p.prefill_mfu)
+        self._inv_decode_flops = 1.0 / (peak * p.decode_mfu)
+        self._inv_bw = 1.0 / bw
+        m = model
+        # Per-token FLOPs of every dense projection (layers + LM head counted separately).
+        self._linear_flops_per_token = 2.0 * m.num_layers * m.layer_params
+        self._lm_head_flops_per_row = 2.0 * m.lm_head_params
+        self._attn_flops_per_pair = 4.0 * m.num_layers * m.num_heads * m.head_dim
+        self._weight_bytes = float((m.num_layers * m.layer_params + m.lm_head_params) * m.dtype_bytes)
+        self._kv_bytes_per_token = float(m.kv_bytes_per_token)
+        self._overhead_s = p.iteration_overhead_s
+        if tp > 1:
+            ring = 2.0 * (tp - 1) / tp / gpu.intra_node_bandwidth_bytes_per_s.value
+            self._ar_s_per_token = 2.0 * m.num_layers * m.hidden_size * m.dtype_bytes * ring
+            self._ar_fixed_s = 2.0 * m.num_layers * p.allreduce_latency_s
+        else:
+            self._ar_s_per_token = 0.0
+            self._ar_fixed_s = 0.0
+
+    # -- prefill -----------------------------------------------------------------------
+    def prefill_time_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> float:
+        """One prefill iteration over a batch of prompts (see module docstring)."""
+        n = np.asarray(new_tokens, dtype=np.float64)
+        c = np.asarray(cached_tokens, dtype=np.float64)
+        tokens = float(n.sum())
+        pairs = float((n * c + n * (n + 1.0) * 0.5).sum())
+        flops = (
+            self._linear_flops_per_token * tokens
+            + self._attn_flops_per_pair * pairs
+            + self._lm_head_flops_per_row * len(n)
+        )
+        nbytes = self._weight_bytes + self._kv_bytes_per_token * (tokens + float(c.sum()))
+        return (
+            max(flops * self._inv_prefill_flops, nbytes * self._inv_bw)
+            + self._overhead_s
+            + self._ar_fixed_s
+            + self._ar_s_per_token * tokens
+        )
+
+    # -- decode ------------------------------------------------------------------------
+    def _decode_terms(self, batch_size: int) -> tuple[float, float, float, float, float]:
+        b = float(batch_size)
+        flops0 = (self._linear_flops_per_token + self._lm_head_flops_per_row) * b
+        flops1 = self._attn_flops_per_pair
+        bytes0 = self._weight_bytes + self._kv_bytes_per_token * b
+        bytes1 = self._kv_bytes_per_token
+        fixed = self._overhead_s + self._ar_fixed_s + self._ar_s_per_token * b
+        return flops0, flops1, bytes0, bytes1, fixed
+
+    def decode_step_time_s(self, batch_size: int, context_tokens: int) -> float:
+        """One decode iteration of ``batch_size`` requests with total context ``context_tokens``."""
+        f0, f1, b0, b1, fixed = self._decode_terms(batch_size)
+        ctx = float(context_tokens)
+        return max((f0 + f1 * ctx) * self._inv_decode_flops, (b0 + b1 * ctx) * self._inv_bw) + fixed
+
+    def decode_run_times_s(self, batch_size: int, context_tokens: int, n_steps: int) -> np.ndarray:
+        """``n_steps`` decode steps of an unchanged batch, vectorised."""
+        f0, f1, b0, b1, fixed = self._decode_terms(batch_size)
+        ctx = context_tokens + batch_size * np.arange(n_steps, dtype=np.float64)
+        compute = (f0 + f1 * ctx) * self._inv_decode_flops
+        memory = (b0 + b1 * ctx) * self._inv_bw
+        return np.maximum(compute, memory) + fixed
+
+    # -- mixed (chunked prefill) ---------------------------------------------------------
+    def mixed_step_time_s(
+        self,
+        new_tokens: np.ndarray,
+        cached_tokens: np.ndarray,
+        decode_batch_size: int,
+        decode_context_tokens: int,
+    ) -> float:
+        """One iteration with prefill chunks and a decode batch sharing the weight reads."""
+        n = np.asarray(new_tokens, dtype=np.float64)
+        c = np.asarray(cached_tokens, dtype=np.float64)
+        tokens = float(n.sum()) + decode_batch_size
+        pairs = float((n * c + n * (n + 1.0) * 0.5).sum()) + float(decode_context_tokens)
+        flops = (
+            self._linear_flops_per_token * tokens
+            + self._attn_flops_per_pair * pairs
+            + self._lm_head_flops_per_row * (len(n) + decode_batch_size)
+        )
+        nbytes = self._weight_bytes + self._kv_bytes_per_token * (
+            tokens + float(c.sum()) + float(decode_context_tokens)
+        )
+        return (
+            max(flops * self._inv_prefill_flops, nbytes * self._inv_bw)
+            + self._overhead_s
+            + self._ar_fixed_s
+            + self._ar_s_per_token * tokens
+        )

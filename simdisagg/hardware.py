@@ -1,0 +1,201 @@
+"""Hardware profiles: GPUs, links and model shapes as data files with provenance.
+
+Every number in ``hardware_profiles/`` is a :class:`Sourced` value: the value in SI units
+plus a ``source`` saying where it comes from. Each file also states its ``provenance``:
+
+* ``datasheet`` -- figures copied from a vendor datasheet or a published config;
+* ``measured`` -- produced by ``simdisagg calibrate`` on a real GPU (with a ``meta.yaml``);
+* ``derived``  -- computed from other figures, with the reasoning in ``source``.
+
+Profiles are looked up in ``--profiles-dir`` when given, else in the copy shipped inside the
+package (``simdisagg/_profiles``, force-included into the wheel), else in the checkout's
+``hardware_profiles/`` folder.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from simdisagg.errors import ConfigError
+
+Provenance = Literal["datasheet", "measured", "derived"]
+
+
+class Sourced(BaseModel):
+    """A number with the place it comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    value: float = Field(gt=0)
+    source: str = Field(min_length=3)
+
+
+class GPUProfile(BaseModel):
+    """One GPU type: peak rates, memory, power and price (SI units)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    display_name: str
+    provenance: Provenance
+    dense_bf16_flops_per_s: Sourced
+    hbm_bandwidth_bytes_per_s: Sourced
+    hbm_capacity_bytes: Sourced
+    power_w: Sourced
+    price_per_hour_usd: Sourced
+    # Bandwidth each GPU has to its peers inside a node (used for tensor-parallel all-reduce).
+    intra_node_bandwidth_bytes_per_s: Sourced
+    notes: str = ""
+
+
+class LinkProfile(BaseModel):
+    """A KV-transfer link preset: per-GPU bandwidth and one-way latency."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    display_name: str
+    provenance: Provenance
+    bandwidth_bytes_per_s: Sourced
+    latency_s: Sourced
+    notes: str = ""
+
+
+class ModelShape(BaseModel):
+    """A dense decoder-only transformer's shape, from its published config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    display_name: str
+    provenance: Provenance
+    source: str = Field(min_length=3)
+    num_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    dtype_bytes: int = Field(gt=0)
+    tie_word_embeddings: bool = False
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V for every layer and KV head of one token, whole model (all TP shards)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def layer_params(self) -> int:
+        """Weights of one transformer layer: attention projections and a gated (SwiGLU) MLP."""
+        q = self.hidden_size * self.num_heads * self.head_dim
+        kv = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
+        o = self.num_heads * self.head_dim * self.hidden_size
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        return q + kv + o + mlp + 2 * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """The output projection to the vocabulary."""
+        return self.hidden_size * self.vocab_size
+
+    @property
+    def total_params(self) -> int:
+        """All weights, the input embedding included (counted once when tied)."""
+        embed = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        return self.num_layers * self.layer_params + self.lm_head_params + embed + self.hidden_size
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of all weights at the model's dtype."""
+        return self.total_params * self.dtype_bytes
+
+
+def _default_roots() -> list[Path]:
+    roots: list[Path] = []
+    try:
+        shipped = resources.files("simdisagg") / "_profiles"
+        if shipped.is_dir():
+            roots.append(Path(str(shipped)))
+    except (ModuleNotFoundError, FileNotFoundError):
+        pass
+    checkout = Path(__file__).resolve().parent.parent / "hardware_profiles"
+    if checkout.is_dir():
+        roots.append(checkout)
+    return roots
+
+
+class ProfileStore:
+    """Finds and validates profiles by name under one or more root folders.
+
+    Later roots are fall-backs: a ``--profiles-dir`` given by the user comes first, then the
+    profiles shipped with the package.
+    """
+
+    def __init__(self, profiles_dir: Path | None = None) -> None:
+        self.roots: list[Path] = ([Path(profiles_dir)] if profiles_dir else []) + _default_roots()
+        if profiles_dir is not None and not Path(profiles_dir).is_dir():
+            raise ConfigError(f"{profiles_dir}: --profiles-dir is not a folder")
+
+    def _find(self, kind: str, name: str) -> Path:
+        for root in self.roots:
+            for ext in (".yaml", ".yml"):
+                path = root / kind / f"{name}{ext}"
+                if path.is_file():
+                    return path
+        known = ", ".join(self.names(kind)) or "none"
+        raise ConfigError(f"unknown {kind[:-1]} '{name}' (known: {known})")
+
+    def names(self, kind: str) -> list[str]:
+        """Names of every profile of a kind ('gpus', 'links', 'models') across the roots."""
+        seen: dict[str, None] = {}
+        for root in self.roots:
+            folder = root / kind
+            if folder.is_dir():
+                for path in sorted(folder.glob("*.y*ml")):
+                    seen.setdefault(path.stem, None)
+        return list(seen)
+
+    def root_of(self, kind: str, name: str) -> Path:
+        """The root folder a profile was found in (measured profiles sit beside it)."""
+        path = self._find(kind, name)
+        return path.parent.parent
+
+    def gpu(self, name: str) -> GPUProfile:
+        """Load a GPU profile by name, e.g. ``h100-sxm``."""
+        return _load(self._find("gpus", name), GPUProfile)
+
+    def link(self, name: str) -> LinkProfile:
+        """Load a link preset by name, e.g. ``ib-ndr-400``."""
+        return _load(self._find("links", name), LinkProfile)
+
+    def model(self, name: str) -> ModelShape:
+        """Load a model shape by name, e.g. ``llama-3.1-8b``."""
+        return _load(self._find("models", name), ModelShape)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_cached(path: Path, schema: type[BaseModel]) -> BaseModel:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f":{line + 1}" if line is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from exc
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: field '{field}': {err['msg']}") from exc
+
+
+_T = TypeVar("_T", bound=BaseModel)
+
+
+def _load(path: Path, schema: type[_T]) -> _T:
+    result = _load_cached(path.resolve(), schema)
+    assert isinstance(result, schema)
+    return result

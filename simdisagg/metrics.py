@@ -1,0 +1,181 @@
+"""Metrics: pure functions from a run's columns to a summary with vLLM-style keys.
+
+Definitions (times in seconds inside, milliseconds in the summary keys):
+
+* TTFT  = first token time − arrival (in disaggregated serving the first token comes from the
+  prefill instance, so TTFT does *not* include the KV hand-off).
+* TPOT  = (completion − first token) / (output tokens − 1), as vLLM's benchmark defines it
+  (excludes the first token; undefined for one-token answers, which are left out of TPOT).
+* ITL   = each gap between consecutive tokens of a request (one decode iteration, or longer
+  when the request waited: the gap after the first token includes the KV transfer).
+* E2E   = completion − arrival.
+* A request meets the SLO when TTFT <= ``slo.ttft_s`` and (TPOT <= ``slo.tpot_s`` or it has a
+  single output token). Goodput = requests meeting the SLO per second of the run.
+* The run lasts from the first arrival to the last completion.
+
+No SimPy and no I/O here: everything takes arrays and returns plain dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from simdisagg.config import SLOConfig
+from simdisagg.sim.recorder import STATUS_COMPLETED, STATUS_REJECTED, RunResult
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """Percentiles of a multiset given as values with integer multiplicities.
+
+    Multiplicities may be negative for a value as long as the total per distinct value is not
+    (used to replace one step's duration by a longer gap). Uses the inverted-CDF definition."""
+    if len(values) == 0:
+        return [math.nan for _ in qs]
+    uniq, inverse = np.unique(values, return_inverse=True)
+    w = np.bincount(inverse, weights=weights.astype(np.float64), minlength=len(uniq))
+    keep = w > 0.5
+    uniq, w = uniq[keep], w[keep]
+    if len(uniq) == 0:
+        return [math.nan for _ in qs]
+    cum = np.cumsum(w)
+    total = cum[-1]
+    out = []
+    for q in qs:
+        k = int(np.searchsorted(cum, q / 100.0 * total, side="left"))
+        out.append(float(uniq[min(k, len(uniq) - 1)]))
+    return out
+
+
+def _stats(prefix: str, values_s: np.ndarray, out: dict[str, Any]) -> None:
+    v = values_s[~np.isnan(values_s)] * 1000.0
+    if len(v) == 0:
+        out[f"mean_{prefix}_ms"] = math.nan
+        out[f"median_{prefix}_ms"] = math.nan
+        for p in PERCENTILES[1:]:
+            out[f"p{p}_{prefix}_ms"] = math.nan
+        return
+    out[f"mean_{prefix}_ms"] = float(v.mean())
+    pct = np.percentile(v, PERCENTILES)
+    out[f"median_{prefix}_ms"] = float(pct[0])
+    for p, x in zip(PERCENTILES[1:], pct[1:], strict=True):
+        out[f"p{p}_{prefix}_ms"] = float(x)
+
+
+def request_latencies(result: RunResult) -> dict[str, np.ndarray]:
+    """Per-request TTFT, TPOT and E2E in seconds (NaN where not defined)."""
+    t = result.recorder.times
+    done = result.recorder.status == STATUS_COMPLETED
+    ttft = np.where(done, t["first_token_at"] - t["arrival_at"], np.nan)
+    e2e = np.where(done, t["completed_at"] - t["arrival_at"], np.nan)
+    n_out = result.output_tokens.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(done & (n_out > 1), (t["completed_at"] - t["first_token_at"]) / (n_out - 1), np.nan)
+    return {"ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e}
+
+
+def slo_met(result: RunResult, slo: SLOConfig) -> np.ndarray:
+    """Boolean per request: completed and within both targets."""
+    lat = request_latencies(result)
+    ok_tpot = np.isnan(lat["tpot_s"]) | (lat["tpot_s"] <= slo.tpot_s)
+    return (result.recorder.status == STATUS_COMPLETED) & (lat["ttft_s"] <= slo.ttft_s) & ok_tpot
+
+
+def itl_percentiles(result: RunResult) -> tuple[float, list[float]]:
+    """Mean and percentiles (ms) of inter-token latency, from the decode step log.
+
+    Each logged step counts once per request in its batch; each request's first decode step
+    is replaced by its real first gap (first decode token − first token)."""
+    rec = result.recorder
+    steps, weights = rec.step_s.view(), rec.step_weight.view()
+    t = rec.times
+    has_first = ~np.isnan(rec.first_step_s)
+    first_gap = (t["decode_first_token_at"] - t["first_token_at"])[has_first]
+    values = np.concatenate([steps, rec.first_step_s[has_first], first_gap])
+    w = np.concatenate(
+        [weights.astype(np.int64), -np.ones(int(has_first.sum()), np.int64), np.ones(len(first_gap), np.int64)]
+    )
+    total_w = w.sum()
+    if total_w <= 0:
+        return math.nan, [math.nan for _ in PERCENTILES]
+    mean = float((values * w).sum() / total_w) * 1000.0
+    return mean, [x * 1000.0 for x in weighted_percentiles(values, w, PERCENTILES)]
+
+
+def summarize(result: RunResult, slo: SLOConfig) -> dict[str, Any]:
+    """The run's summary: latency statistics, throughput, SLO attainment, utilisation."""
+    rec = result.recorder
+    t = rec.times
+    status = rec.status
+    done = status == STATUS_COMPLETED
+    n_done = int(done.sum())
+    arrivals = t["arrival_at"][~np.isnan(t["arrival_at"])]
+    start = float(arrivals.min()) if len(arrivals) else 0.0
+    end = float(np.nanmax(t["completed_at"])) if n_done else start
+    duration = max(end - start, 1e-12)
+    out_tokens = int(result.output_tokens[done].sum())
+    in_tokens = int(result.input_tokens[done].sum())
+    s: dict[str, Any] = {
+        "mode": result.mode,
+        "cost_model": result.cost_label,
+        "gpus": result.gpus,
+        "total_requests": len(status),
+        "completed": n_done,
+        "rejected": int((status == STATUS_REJECTED).sum()),
+        "unfinished": int(len(status) - n_done - (status == STATUS_REJECTED).sum()),
+        "duration_s": duration,
+        "total_input_tokens": in_tokens,
+        "total_output_tokens": out_tokens,
+        "request_throughput": n_done / duration,
+        "output_throughput": out_tokens / duration,
+        "total_token_throughput": (in_tokens + out_tokens) / duration,
+        "output_throughput_per_gpu": out_tokens / duration / max(result.gpus, 1),
+        "cached_prompt_tokens": int(rec.cached_tokens[done].sum()),
+    }
+    lat = request_latencies(result)
+    _stats("ttft", lat["ttft_s"], s)
+    _stats("tpot", lat["tpot_s"], s)
+    _stats("e2el", lat["e2e_s"], s)
+    itl_mean, itl_pct = itl_percentiles(result)
+    s["mean_itl_ms"] = itl_mean
+    s["median_itl_ms"] = itl_pct[0]
+    for p, x in zip(PERCENTILES[1:], itl_pct[1:], strict=True):
+        s[f"p{p}_itl_ms"] = x
+    met = slo_met(result, slo)
+    s["slo_ttft_ms"] = slo.ttft_s * 1000.0
+    s["slo_tpot_ms"] = slo.tpot_s * 1000.0
+    s["slo_attainment"] = float(met.sum() / len(status)) if len(status) else math.nan
+    s["request_goodput"] = float(met.sum()) / duration
+    # Queueing delay of each stage (ms, mean and p99 over the requests that went through it).
+    stages = {
+        "prefill_queue": t["prefill_start_at"] - t["prefill_enqueued_at"],
+        "decode_admission_wait": t["decode_admit_at"] - t["first_token_at"],
+        "kv_link_queue": t["kv_send_start_at"] - t["decode_admit_at"],
+        "kv_transfer": t["kv_send_end_at"] - t["kv_send_start_at"],
+        "decode_join_wait": t["decode_start_at"] - t["kv_send_end_at"],
+    }
+    for name, d in stages.items():
+        d = d[~np.isnan(d)]
+        s[f"mean_{name}_ms"] = float(d.mean() * 1000.0) if len(d) else math.nan
+        s[f"p99_{name}_ms"] = float(np.percentile(d, 99) * 1000.0) if len(d) else math.nan
+    # Utilisation per pool: busy fraction, KV memory in use (time-weighted mean and peak).
+    for pool in ("prefill", "decode", "aggregated"):
+        inst = [x for x in rec.instances if x.pool == pool]
+        if not inst:
+            continue
+        s[f"{pool}_busy_fraction"] = float(np.mean([x.busy_s for x in inst]) / duration)
+        cap = sum(x.kv.capacity for x in inst)
+        span = max(rec.end_at, 1e-12)
+        s[f"{pool}_kv_mean_fraction"] = float(sum(x.kv.integral for x in inst) / (cap * span))
+        s[f"{pool}_kv_peak_fraction"] = float(max(x.kv.peak / x.kv.capacity for x in inst))
+        s[f"{pool}_kv_final_blocks"] = float(sum(x.kv.level for x in inst))
+    if rec.link_busy_s:
+        s["link_busy_fraction"] = float(np.mean(rec.link_busy_s) / duration)
+        s["kv_bytes_sent"] = float(sum(rec.link_bytes))
+    s["events"] = result.events
+    s["wall_s"] = result.wall_s
+    return s

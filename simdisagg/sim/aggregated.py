@@ -1,0 +1,213 @@
+"""Aggregated instances: one instance does both prefill and decode (the baseline).
+
+The scheduler follows vLLM's:
+
+* **Without chunked prefill**, waiting prompts take priority: at each iteration boundary,
+  if the head of the waiting queue fits (KV blocks of its whole sequence and a batch slot),
+  the instance runs a prefill-only iteration over as many waiting prompts as fit the token
+  budget, and the running decode batch stalls for that iteration. Otherwise it runs decode
+  steps (fast-forwarded, cut short at the first boundary after a new prompt arrives).
+* **With chunked prefill**, every iteration has a token budget: one token for each running
+  decode request first, then chunks of waiting prompts (in order, the partly done first) up
+  to the budget. A prompt whose last chunk ran emits its first token at the end of that
+  iteration and decodes from the next one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from simdisagg.costmodel.base import CostModel
+from simdisagg.sim.clock import call_later
+from simdisagg.sim.decode import ContinuousBatch
+from simdisagg.sim.prefill import PrefixLookup
+from simdisagg.sim.recorder import InstanceStats, Recorder
+
+
+class AggregatedInstance(ContinuousBatch):
+    """An instance that prefills and decodes on the same GPUs."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        cost: CostModel,
+        input_tokens: list[int],
+        output_tokens: list[int],
+        rec: Recorder,
+        stats: InstanceStats,
+        exact_steps: bool,
+        *,
+        max_batch_size: int,
+        max_batched_tokens: int,
+        max_batch_requests: int | None,
+        kv_capacity_blocks: int,
+        kv_block_tokens: int,
+        chunked_prefill: bool,
+        prefix: PrefixLookup,
+        on_complete: Callable[[int], None],
+    ) -> None:
+        super().__init__(env, index, cost, input_tokens, output_tokens, rec, stats, exact_steps)
+        self.max_batch_size = max_batch_size
+        self.max_batched_tokens = max_batched_tokens
+        self.max_batch_requests = max_batch_requests or 1 << 30
+        self.kv_capacity_blocks = kv_capacity_blocks
+        self.kv_block_tokens = kv_block_tokens
+        self.chunked = chunked_prefill
+        self.prefix = prefix
+        self._on_complete = on_complete
+        self.waiting: deque[int] = deque()
+        self._prefilling: list[list[int]] = []  # [request, tokens done, cached at admission]
+        self.kv_used_blocks = 0
+        self.slots_used = 0
+        self.outstanding_tokens = 0
+        self._blocks_of: dict[int, int] = {}
+        self._t_pstart = rec.times["prefill_start_at"]
+        self._t_first_token = rec.times["first_token_at"]
+
+    def blocks_for(self, i: int) -> int:
+        """KV blocks request ``i`` holds at its longest."""
+        return -(-(self._inp[i] + self._out[i]) // self.kv_block_tokens)
+
+    def load(self) -> float:
+        """Fraction of KV memory reserved: a load measure for routers."""
+        return self.kv_used_blocks / self.kv_capacity_blocks
+
+    def enqueue(self, i: int) -> None:
+        """A new prompt arrives: it waits, and cuts the current decode run short."""
+        self.waiting.append(i)
+        self.outstanding_tokens += self._inp[i] + self._out[i]
+        self._request_boundary()
+
+    # -- admission ---------------------------------------------------------------------
+    def _admit_head(self) -> int | None:
+        if not self.waiting:
+            return None
+        i = self.waiting[0]
+        blocks = self.blocks_for(i)
+        if self.kv_used_blocks + blocks > self.kv_capacity_blocks or self.slots_used >= self.max_batch_size:
+            return None
+        self.waiting.popleft()
+        self.kv_used_blocks += blocks
+        self.slots_used += 1
+        self._blocks_of[i] = blocks
+        self.stats.kv.change(self.env.now, blocks)
+        self.rec.prefill_instance[i] = self.index
+        self.rec.decode_instance[i] = self.index
+        self._t_pstart[i] = self.env.now
+        cached = self.prefix.cached_tokens(self.index, i)
+        self.rec.cached_tokens[i] = cached
+        self._prefilling.append([i, 0, cached])
+        return i
+
+    # -- iterations --------------------------------------------------------------------
+    def _start_iteration(self) -> bool:
+        if self.chunked:
+            return self._start_chunked()
+        # Prefill first (vLLM's default without chunking): the decode batch stalls.
+        tokens = 0
+        while len(self._prefilling) < self.max_batch_requests and self.waiting:
+            i = self.waiting[0]
+            n = self._inp[i] - self.prefix.cached_tokens(self.index, i)
+            if self._prefilling and tokens + n > self.max_batched_tokens:
+                break
+            if self._admit_head() is None:
+                break
+            tokens += self._inp[i] - self._prefilling[-1][2]
+        if self._prefilling:
+            new = np.array([self._inp[p[0]] - p[2] for p in self._prefilling])
+            cached = np.array([p[2] for p in self._prefilling])
+            duration = self.cost.prefill_time_s(new, cached)
+            for entry in self._prefilling:
+                entry[1] = self._inp[entry[0]] - entry[2]
+            # The running batch stalls: its next inter-token gap includes this iteration.
+            self._stall_s += duration
+            self._schedule_prefill(duration, 0)
+            return True
+        return self._start_decode_run()
+
+    def _start_chunked(self) -> bool:
+        budget = self.max_batched_tokens - self.batch_size
+        new: list[int] = []
+        cached: list[int] = []
+        # Continue partly prefilled prompts first, then admit new ones while budget remains.
+        k = 0
+        while budget > 0:
+            if k == len(self._prefilling) and self._admit_head() is None:
+                break
+            i, done, pc = self._prefilling[k]
+            chunk = min(self._inp[i] - pc - done, budget)
+            new.append(chunk)
+            cached.append(pc + done)
+            budget -= chunk
+            k += 1
+        if not new:
+            return self._start_decode_run()
+        b = self.batch_size
+        ctx = self._ctx_offset + b * self.steps_done
+        duration = self.cost.mixed_step_time_s(np.array(new), np.array(cached), b, ctx)
+        for j, chunk in enumerate(new):
+            self._prefilling[j][1] += chunk
+        self._schedule_prefill(duration, b)
+        return True
+
+    def _schedule_prefill(self, duration: float, decode_batch: int) -> None:
+        self.stats.busy_s += duration
+        self.stats.iterations += 1
+        self.stats.events += 1
+        self._run_times = None
+        self._run_cum = None
+        self._run_steps = 1
+        self._gen += 1
+        call_later(self.env, duration, self._on_prefill_end, (self._gen, duration, decode_batch))
+
+    def _on_prefill_end(self, item: tuple[int, float, int]) -> None:
+        gen, duration, decode_batch = item
+        if gen != self._gen:
+            return
+        now = self.env.now
+        self._run_steps = 0
+        if decode_batch:
+            # A mixed iteration: the decode batch produced one token each.
+            self.rec.log_steps(np.array([duration]), decode_batch)
+            self.steps_done += 1
+            self._mixed_first(duration)
+        still: list[list[int]] = []
+        for entry in self._prefilling:
+            i, done, pc = entry
+            if pc + done < self._inp[i]:
+                still.append(entry)
+                continue
+            self._t_first_token[i] = now
+            self.prefix.insert(self.index, i, now)
+            if self._out[i] <= 1:
+                self._release(i)
+                self._on_complete(i)
+            else:
+                self._joiners.append(i)
+        self._prefilling = still
+        self._boundary()
+
+    def _mixed_first(self, duration: float) -> None:
+        """Requests whose first decode step was this mixed iteration."""
+        new = self._new_members
+        if new:
+            for i in new:
+                self._t_first[i] = self.env.now
+                self._first_step[i] = duration
+            self._new_members = []
+
+    def _on_finished(self, i: int) -> None:
+        self._release(i)
+        self._on_complete(i)
+
+    def _release(self, i: int) -> None:
+        blocks = self._blocks_of.pop(i)
+        self.kv_used_blocks -= blocks
+        self.slots_used -= 1
+        self.outstanding_tokens -= self._inp[i] + self._out[i]
+        self.stats.kv.change(self.env.now, -blocks)

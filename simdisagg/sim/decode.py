@@ -1,0 +1,285 @@
+"""Decode instances: continuous batching with KV admission control and decode fast-forward.
+
+A decode instance admits a request when the KV blocks of its whole sequence (prompt plus
+every output token) fit in its free KV memory and a batch slot is free. It admits in arrival
+order (head-of-line: a large request at the head waits, as in vLLM's FCFS scheduler). Once
+admitted, the KV cache crosses the link; when it lands, the request joins the running batch
+at the next iteration boundary.
+
+**Fast-forward.** Between two changes of the batch (a request joins or finishes) every step
+time follows from the cost model alone, so a whole run of steps is one event: the instance
+computes the run's step times in one vectorised call and schedules only its end. A request
+that lands in the middle of a run truncates it at the first step boundary at or after its
+arrival, exactly where the step-by-step loop would have let it in. ``exact_steps=True`` caps
+every run at one step: the step-by-step reference, one event per iteration.
+
+Step ``S`` (the count of steps done so far) is the instance's clock: a request that joins
+when ``S`` steps are done and still owes ``r`` tokens finishes when ``S + r`` are done, so
+the next finisher is the top of a heap and the batch's total context is a running sum.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from simdisagg.costmodel.base import CostModel
+from simdisagg.sim.clock import call_later
+from simdisagg.sim.recorder import InstanceStats, Recorder
+
+
+class ContinuousBatch:
+    """The running batch of a decode or aggregated instance, and its fast-forward runs."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        cost: CostModel,
+        input_tokens: list[int],
+        output_tokens: list[int],
+        rec: Recorder,
+        stats: InstanceStats,
+        exact_steps: bool,
+    ) -> None:
+        self.env, self.index, self.cost = env, index, cost
+        self._inp, self._out = input_tokens, output_tokens
+        self.rec, self.stats = rec, stats
+        self.exact_steps = exact_steps
+        self.steps_done = 0
+        self._finish_heap: list[tuple[int, int]] = []  # (finish step, request)
+        self._join_step: dict[int, int] = {}
+        self.batch_size = 0
+        self._ctx_offset = 0  # sum over the batch of (context at join - join step)
+        self._joiners: list[int] = []
+        self._gen = 0
+        self._run_start_at = 0.0
+        self._run_times: np.ndarray | None = None
+        self._run_cum: np.ndarray | None = None
+        self._run_steps = 0  # steps of the current run that will have run at its end event
+        self._stall_s = 0.0  # time the batch spent stalled (aggregated prefill) before its next step
+        self._new_members: list[int] = []  # joined, no decode token yet
+        self.busy = False
+        self._kick_pending = False
+        self._t_start = rec.times["decode_start_at"]
+        self._t_first = rec.times["decode_first_token_at"]
+        self._first_step = rec.first_step_s
+
+    # -- joining -------------------------------------------------------------------------
+    def _request_boundary(self) -> None:
+        """Make the batch reach a boundary as soon as possible: now if idle, else at the
+        first step boundary at or after now (truncating the current run)."""
+        if not self.busy:
+            if not self._kick_pending:
+                self._kick_pending = True
+                call_later(self.env, 0.0, self._kick)
+            return
+        cum = self._run_cum
+        if cum is None or self._run_steps <= 1:
+            return  # a single step (or a prefill iteration) ends at the next boundary anyway
+        elapsed = self.env.now - self._run_start_at
+        j = int(np.searchsorted(cum, elapsed, side="left"))
+        if j + 1 < self._run_steps:
+            self._run_steps = j + 1
+            self._gen += 1
+            call_later(self.env, self._run_start_at + float(cum[j]) - self.env.now, self._on_run_end, self._gen)
+
+    def _kick(self, _value: object) -> None:
+        self._kick_pending = False
+        if not self.busy:
+            self.busy = True
+            self._boundary()
+
+    def _on_run_end(self, gen: int) -> None:
+        if gen != self._gen:
+            return  # superseded by a truncation
+        steps = self._run_steps
+        times = self._run_times
+        assert times is not None and self._run_cum is not None
+        self.rec.log_steps(times[:steps], self.batch_size)
+        self.stats.busy_s += float(self._run_cum[steps - 1])
+        self.stats.iterations += steps
+        self.stats.events += 1
+        self.steps_done += steps
+        self._run_times = self._run_cum = None
+        self._run_steps = 0
+        self._boundary()
+
+    # -- the boundary ------------------------------------------------------------------
+    def _boundary(self) -> None:
+        """Apply finishes and joins, then start the next iteration (subclasses extend)."""
+        self._finish_done()
+        self._add_joiners()
+        self._after_changes()
+        if not self._start_iteration():
+            self.busy = False
+
+    def _finish_done(self) -> None:
+        s = self.steps_done
+        heap = self._finish_heap
+        while heap and heap[0][0] <= s:
+            _, i = heapq.heappop(heap)
+            self.batch_size -= 1
+            self._ctx_offset -= self._inp[i] + 1 - self._join_step.pop(i)
+            self._on_finished(i)
+
+    def _add_joiners(self) -> None:
+        if not self._joiners:
+            return
+        s = self.steps_done
+        now = self.env.now
+        for i in self._joiners:
+            self._join_step[i] = s
+            heapq.heappush(self._finish_heap, (s + self._out[i] - 1, i))
+            self.batch_size += 1
+            self._ctx_offset += self._inp[i] + 1 - s
+            self._t_start[i] = now
+        self._new_members.extend(self._joiners)
+        self._joiners = []
+
+    def _start_decode_run(self) -> bool:
+        """Schedule a run of decode steps up to the next finish (one step when exact)."""
+        b = self.batch_size
+        if b == 0:
+            return False
+        s = self.steps_done
+        n = 1 if self.exact_steps else self._finish_heap[0][0] - s
+        ctx0 = self._ctx_offset + b * s
+        times = self.cost.decode_run_times_s(b, ctx0, n)
+        new = self._new_members
+        if self._stall_s > 0.0:
+            # Members that already decoded sat through the stall: their next gap includes it.
+            # (New members' first gap is measured directly from their first token.)
+            old = b - len(new)
+            if old:
+                first = float(times[0])
+                self.rec.step_s.extend(np.array([first, first + self._stall_s]))
+                self.rec.step_weight.extend(np.array([-old, old]))
+            self._stall_s = 0.0
+        cum = np.cumsum(times)
+        now = self.env.now
+        if new:
+            t_first = now + float(times[0])
+            for i in new:
+                self._t_first[i] = t_first
+                self._first_step[i] = times[0]
+            self._new_members = []
+        self._run_start_at = now
+        self._run_times, self._run_cum, self._run_steps = times, cum, n
+        self._gen += 1
+        call_later(self.env, float(cum[-1]), self._on_run_end, self._gen)
+        return True
+
+    # -- hooks -------------------------------------------------------------------------
+    def _after_changes(self) -> None:
+        """Called at a boundary after finishes and joins (admission, for instance)."""
+
+    def _start_iteration(self) -> bool:
+        """Start the next iteration; return False when there is nothing to run."""
+        return self._start_decode_run()
+
+    def _on_finished(self, i: int) -> None:
+        raise NotImplementedError
+
+
+class DecodeInstance(ContinuousBatch):
+    """A decode instance of a disaggregated cluster."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        cost: CostModel,
+        input_tokens: list[int],
+        output_tokens: list[int],
+        rec: Recorder,
+        stats: InstanceStats,
+        exact_steps: bool,
+        *,
+        max_batch_size: int,
+        kv_capacity_blocks: int,
+        kv_block_tokens: int,
+        on_complete: Callable[[int], None],
+    ) -> None:
+        super().__init__(env, index, cost, input_tokens, output_tokens, rec, stats, exact_steps)
+        self.max_batch_size = max_batch_size
+        self.kv_capacity_blocks = kv_capacity_blocks
+        self.kv_block_tokens = kv_block_tokens
+        self._on_complete = on_complete
+        self.kv_used_blocks = 0
+        self.slots_used = 0
+        self.queued_blocks = 0
+        self._admit_queue: deque[tuple[int, int, Callable[[int], None]]] = deque()
+        self._blocks_of: dict[int, int] = {}
+        self._t_admit = rec.times["decode_admit_at"]
+
+    def blocks_for(self, i: int) -> int:
+        """KV blocks request ``i`` holds at its longest (prompt plus all output tokens)."""
+        return -(-(self._inp[i] + self._out[i]) // self.kv_block_tokens)
+
+    def load(self) -> float:
+        """Fraction of KV memory reserved or asked for: the router's measure of load."""
+        return (self.kv_used_blocks + self.queued_blocks) / self.kv_capacity_blocks
+
+    def submit(self, i: int, on_admitted: Callable[[int], None]) -> None:
+        """Ask for KV memory for request ``i``; ``on_admitted(i)`` runs once it is reserved."""
+        blocks = self.blocks_for(i)
+        self._admit_queue.append((i, blocks, on_admitted))
+        self.queued_blocks += blocks
+        self._try_admit()
+
+    def _try_admit(self) -> None:
+        q = self._admit_queue
+        while q:
+            i, blocks, on_admitted = q[0]
+            if self.kv_used_blocks + blocks > self.kv_capacity_blocks or self.slots_used >= self.max_batch_size:
+                return  # head-of-line: later requests wait behind the head
+            q.popleft()
+            self.queued_blocks -= blocks
+            self.kv_used_blocks += blocks
+            self.slots_used += 1
+            self._blocks_of[i] = blocks
+            self.stats.kv.change(self.env.now, blocks)
+            self._t_admit[i] = self.env.now
+            on_admitted(i)
+
+    def join(self, i: int) -> None:
+        """Request ``i``'s KV has landed: it joins the batch at the next step boundary."""
+        self._joiners.append(i)
+        self._request_boundary()
+
+    def _after_changes(self) -> None:
+        self._try_admit()
+
+    def _on_finished(self, i: int) -> None:
+        blocks = self._blocks_of.pop(i)
+        self.kv_used_blocks -= blocks
+        self.slots_used -= 1
+        self.stats.kv.change(self.env.now, -blocks)
+        self._on_complete(i)
+
+
+def kv_capacity_blocks(
+    hbm_capacity_bytes: float,
+    gpus: int,
+    memory_utilisation: float,
+    weight_bytes: float,
+    kv_bytes_per_token: float,
+    block_tokens: int,
+    override_tokens: int | None = None,
+) -> int:
+    """KV blocks an instance holds: usable HBM of its GPUs minus the weights (paged attention).
+
+    Activation memory is not subtracted separately; ``memory_utilisation`` (vLLM's
+    ``gpu_memory_utilization``) leaves the headroom for it."""
+    if override_tokens is not None:
+        return max(0, override_tokens // block_tokens)
+    free = hbm_capacity_bytes * gpus * memory_utilisation - weight_bytes
+    if free <= 0:
+        return 0
+    return int(math.floor(free / (kv_bytes_per_token * block_tokens)))

@@ -1,0 +1,175 @@
+"""Prefill instances: a queue, batches up to a token budget, the first token at the end.
+
+An instance takes prompts from the head of its queue while their new tokens fit the
+iteration's token budget (at least one prompt, however long: a prompt over the budget runs
+alone), while the batch has fewer than ``max_prefill_batch_requests`` prompts, and while
+their KV fits in the instance's free KV memory. The KV of a prefilled prompt stays on the
+instance until its transfer to a decode instance has finished, so a slow link or a full
+decode pool pushes back on prefill.
+
+With the ``shared_queue`` policy every instance of the pool pulls from one central queue (as
+in serving stacks whose prefill workers pull from a shared queue); otherwise the router
+places each request on one instance's own queue.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from simdisagg.costmodel.base import CostModel
+from simdisagg.sim.clock import call_later
+from simdisagg.sim.recorder import InstanceStats, Recorder
+
+
+class PrefixLookup:
+    """Interface of a prefix cache as seen by prefill: how many of a prompt's tokens are
+    already cached, and the notice that a prompt has been computed. The default caches
+    nothing."""
+
+    def cached_tokens(self, instance: int, i: int) -> int:
+        """Tokens of request ``i``'s prompt whose KV instance ``instance`` already holds."""
+        return 0
+
+    def insert(self, instance: int, i: int, now: float) -> None:
+        """Request ``i``'s prompt KV now exists on ``instance``."""
+
+
+class PrefillQueue:
+    """A FIFO of waiting prompts, shared by the instances that pull from it."""
+
+    def __init__(self) -> None:
+        self.items: deque[int] = deque()
+        self.idle: deque[PrefillInstance] = deque()
+
+    def push(self, i: int) -> None:
+        """Add a prompt and wake an idle instance that can take it."""
+        self.items.append(i)
+        # Each idle instance gets one try: one that cannot take the work parks itself again.
+        for _ in range(len(self.idle)):
+            inst = self.idle.popleft()
+            inst.waiting_for_work = False
+            if inst.try_start():
+                return
+
+
+class PrefillInstance:
+    """One prefill instance (``tp`` GPUs)."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        cost: CostModel,
+        queue: PrefillQueue,
+        input_tokens: list[int],
+        rec: Recorder,
+        stats: InstanceStats,
+        *,
+        max_batched_tokens: int,
+        max_batch_requests: int | None,
+        kv_capacity_blocks: int,
+        kv_block_tokens: int,
+        prefix: PrefixLookup,
+        on_prefilled: Callable[[PrefillInstance, int], None],
+    ) -> None:
+        self.env, self.index, self.cost, self.queue = env, index, cost, queue
+        self._inp = input_tokens
+        self.rec, self.stats = rec, stats
+        self.max_batched_tokens = max_batched_tokens
+        self.max_batch_requests = max_batch_requests or 1 << 30
+        self.kv_capacity_blocks = kv_capacity_blocks
+        self.kv_block_tokens = kv_block_tokens
+        self.prefix = prefix
+        self._on_prefilled = on_prefilled
+        self.busy = False
+        self.waiting_for_work = False
+        self.kv_used_blocks = 0
+        self.outstanding_tokens = 0  # prompt tokens queued here or in service (router load)
+        self._t_start = rec.times["prefill_start_at"]
+        self._t_first = rec.times["first_token_at"]
+
+    def blocks_for(self, i: int) -> int:
+        """KV blocks of request ``i``'s prompt."""
+        return -(-self._inp[i] // self.kv_block_tokens)
+
+    def enqueue(self, i: int) -> None:
+        """Put request ``i`` on this instance's own queue."""
+        self.outstanding_tokens += self._inp[i]
+        self.queue.push(i)
+        if not self.busy:
+            self.try_start()
+
+    def try_start(self) -> bool:
+        """Start a batch if idle and work fits; return whether one started."""
+        if self.busy:
+            return False
+        items = self.queue.items
+        if not items:
+            self._park()
+            return False
+        batch: list[int] = []
+        new: list[int] = []
+        cached: list[int] = []
+        tokens = 0
+        free = self.kv_capacity_blocks - self.kv_used_blocks
+        need = 0
+        while items and len(batch) < self.max_batch_requests:
+            i = items[0]
+            c = self.prefix.cached_tokens(self.index, i)
+            n = self._inp[i] - c
+            b = self.blocks_for(i)
+            if batch and tokens + n > self.max_batched_tokens:
+                break
+            if need + b > free:
+                break  # head-of-line: the KV of earlier transfers must drain first
+            items.popleft()
+            batch.append(i)
+            new.append(n)
+            cached.append(c)
+            tokens += n
+            need += b
+        if not batch:
+            self._park()
+            return False
+        self.busy = True
+        now = self.env.now
+        self.kv_used_blocks += need
+        self.stats.kv.change(now, need)
+        for i, c in zip(batch, cached, strict=True):
+            self._t_start[i] = now
+            self.rec.cached_tokens[i] = c
+            self.rec.prefill_instance[i] = self.index
+        duration = self.cost.prefill_time_s(np.asarray(new), np.asarray(cached))
+        self.stats.busy_s += duration
+        self.stats.iterations += 1
+        self.stats.events += 1
+        call_later(self.env, duration, self._done, batch)
+        return True
+
+    def _park(self) -> None:
+        if not self.waiting_for_work:
+            self.waiting_for_work = True
+            self.queue.idle.append(self)
+
+    def _done(self, batch: list[int]) -> None:
+        now = self.env.now
+        self.busy = False
+        for i in batch:
+            self._t_first[i] = now
+            self.outstanding_tokens -= self._inp[i]
+            self.prefix.insert(self.index, i, now)
+        for i in batch:
+            self._on_prefilled(self, i)
+        self.try_start()
+
+    def release(self, i: int) -> None:
+        """Request ``i``'s KV has left this instance: free its blocks."""
+        blocks = self.blocks_for(i)
+        self.kv_used_blocks -= blocks
+        self.stats.kv.change(self.env.now, -blocks)
+        if not self.busy:
+            self.try_start()
