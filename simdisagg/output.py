@@ -51,3 +51,111 @@ def _clean(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
         return _clean(obj.item())
     return obj
+
+
+def requests_frame(result: Any, slo: Any) -> Any:
+    """One row per request: every timestamp (seconds), token counts, instances, status."""
+    import pandas as pd
+
+    from simdisagg.metrics import request_latencies, slo_met
+    from simdisagg.sim.recorder import STATUS_NAMES, TIME_COLUMNS
+
+    rec = result.recorder
+    lat = request_latencies(result)
+    cols: dict[str, Any] = {
+        "request_id": result.request_ids,
+        "session_index": result.session_index,
+        "status": [STATUS_NAMES[int(x)] for x in rec.status],
+        "reject_reason": [rec.reject_reason.get(i, "") for i in range(rec.n)],
+        "input_tokens": result.input_tokens,
+        "cached_tokens": rec.cached_tokens,
+        "output_tokens": result.output_tokens,
+    }
+    for name in TIME_COLUMNS:
+        cols[name] = rec.times[name]
+    cols["ttft_s"] = lat["ttft_s"]
+    cols["tpot_s"] = lat["tpot_s"]
+    cols["e2e_s"] = lat["e2e_s"]
+    cols["slo_met"] = slo_met(result, slo)
+    cols["prefill_instance"] = rec.prefill_instance
+    cols["decode_instance"] = rec.decode_instance
+    cols["kv_bytes_sent"] = rec.kv_bytes_sent
+    return pd.DataFrame(cols)
+
+
+def write_results(out_dir: Path, summary: dict[str, Any], frame: Any, config: dict[str, Any], prefix: str = "") -> None:
+    """Write ``summary.json``, ``requests.parquet``, ``requests.csv`` and ``config.json``
+    (each atomically) into ``out_dir``; ``prefix`` names a second run's files."""
+    out_dir = Path(out_dir)
+    atomic_write(out_dir / f"{prefix}requests.parquet", lambda p: frame.to_parquet(p, index=False))
+    atomic_write(out_dir / f"{prefix}requests.csv", lambda p: frame.to_csv(p, index=False))
+    atomic_write_json(out_dir / f"{prefix}config.json", config)
+    atomic_write_json(out_dir / f"{prefix}summary.json", summary)
+
+
+_ROWS: list[tuple[str, str, str]] = [
+    ("requests completed / rejected", "completed", "{:d}"),
+    ("TTFT mean / p50 / p90 / p99 (ms)", "ttft", "lat"),
+    ("TPOT mean / p50 / p90 / p99 (ms)", "tpot", "lat"),
+    ("ITL mean / p50 / p90 / p99 (ms)", "itl", "lat"),
+    ("E2E mean / p50 / p90 / p99 (ms)", "e2el", "lat"),
+    ("throughput req/s | out tok/s", "request_throughput", "thr"),
+    ("output tok/s per GPU", "output_throughput_per_gpu", "{:.1f}"),
+    ("SLO attainment", "slo_attainment", "{:.1%}"),
+    ("goodput (req/s within SLO)", "request_goodput", "{:.2f}"),
+    ("prefill busy | KV mean / peak", "prefill", "pool"),
+    ("decode busy | KV mean / peak", "decode", "pool"),
+    ("aggregated busy | KV mean / peak", "aggregated", "pool"),
+    ("link busy | KV transfer mean / p99 (ms)", "link", "link"),
+    ("prefill queue mean / p99 (ms)", "prefill_queue", "stage"),
+    ("decode admission wait mean / p99 (ms)", "decode_admission_wait", "stage"),
+    ("prefix-cached prompt tokens", "cached_prompt_tokens", "{:,d}"),
+]
+
+
+def _fmt(x: Any, spec: str = "{:.1f}") -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    return spec.format(x)
+
+
+def _cell(s: dict[str, Any], key: str, kind: str) -> str:
+    if kind == "lat":
+        return " / ".join(_fmt(s.get(f"{p}_{key}_ms")) for p in ("mean", "median", "p90", "p99"))
+    if kind == "thr":
+        return f"{_fmt(s.get('request_throughput'), '{:.2f}')} | {_fmt(s.get('output_throughput'), '{:,.0f}')}"
+    if kind == "pool":
+        if f"{key}_busy_fraction" not in s:
+            return "-"
+        return (
+            f"{_fmt(s[f'{key}_busy_fraction'], '{:.0%}')} | "
+            f"{_fmt(s[f'{key}_kv_mean_fraction'], '{:.0%}')} / {_fmt(s[f'{key}_kv_peak_fraction'], '{:.0%}')}"
+        )
+    if kind == "link":
+        if "link_busy_fraction" not in s:
+            return "-"
+        return (
+            f"{_fmt(s['link_busy_fraction'], '{:.1%}')} | {_fmt(s.get('mean_kv_transfer_ms'), '{:.2f}')}"
+            f" / {_fmt(s.get('p99_kv_transfer_ms'), '{:.2f}')}"
+        )
+    if kind == "stage":
+        return f"{_fmt(s.get(f'mean_{key}_ms'))} / {_fmt(s.get(f'p99_{key}_ms'))}"
+    if key == "completed":
+        return f"{s['completed']:,d} / {s['rejected']:,d}"
+    return _fmt(s.get(key), kind)
+
+
+def summary_table(columns: dict[str, dict[str, Any]], title: str) -> Any:
+    """A rich table with one column per run (e.g. disaggregated and aggregated)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", style="bold")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for label, key, kind in _ROWS:
+        cells = [_cell(s, key, kind) for s in columns.values()]
+        if all(c == "-" for c in cells):
+            continue
+        table.add_row(label, *cells)
+    return table

@@ -1,0 +1,5 @@
+"""``python -m simdisagg`` runs the command line."""
+
+from simdisagg.cli import main
+
+main()
