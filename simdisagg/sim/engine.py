@@ -28,6 +28,7 @@ import simpy
 from simdisagg.config import PoolConfig, RunConfig
 from simdisagg.costmodel.base import CostModel
 from simdisagg.costmodel.factory import make_cost_model
+from simdisagg.costmodel.scaled import ScaledCostModel
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
 from simdisagg.rng import Streams
@@ -61,11 +62,13 @@ class PoolPlan:
 
 
 def _plan_pool(
-    cfg: RunConfig, pool: PoolConfig, role: str, store: ProfileStore, streams: Streams
+    cfg: RunConfig, pool: PoolConfig, role: str, store: ProfileStore, streams: Streams, cost_scale: float
 ) -> PoolPlan:
     model = store.model(cfg.model)
     gpu = store.gpu(pool.gpu)
     cost = make_cost_model(cfg.cost, model, gpu, pool.tp, streams, store, role=role)
+    if cost_scale != 1.0:
+        cost = ScaledCostModel(cost, cost_scale)
     blocks = kv_capacity_blocks(
         gpu.hbm_capacity_bytes.value,
         pool.tp,
@@ -89,8 +92,11 @@ def simulate(
     *,
     store: ProfileStore | None = None,
     prefix_factory: PrefixFactory | None = None,
+    cost_scale: float = 1.0,
 ) -> RunResult:
-    """Simulate ``trace`` on the cluster ``cfg`` describes. Same inputs and seed → same result."""
+    """Simulate ``trace`` on the cluster ``cfg`` describes. Same inputs and seed → same result.
+
+    ``cost_scale`` multiplies every step time (sensitivity to the cost model's error)."""
     wall0 = time.perf_counter()
     store = store or ProfileStore()
     streams = Streams(cfg.seed)
@@ -144,7 +150,7 @@ def simulate(
 
     if cfg.mode == "aggregated":
         pool = cfg.aggregated_pool()
-        plan = _plan_pool(cfg, pool, "aggregated", store, streams)
+        plan = _plan_pool(cfg, pool, "aggregated", store, streams, cost_scale)
         cost_label = plan.cost.label
         need = -(-(trace.input_tokens + trace.output_tokens) // plan.kv_block_tokens)
         for i in np.flatnonzero(need > plan.kv_capacity_blocks).tolist():
@@ -176,8 +182,8 @@ def simulate(
 
         gpus = pool.gpus
     else:
-        pplan = _plan_pool(cfg, cfg.prefill, "prefill", store, streams)
-        dplan = _plan_pool(cfg, cfg.decode, "decode", store, streams)
+        pplan = _plan_pool(cfg, cfg.prefill, "prefill", store, streams, cost_scale)
+        dplan = _plan_pool(cfg, cfg.decode, "decode", store, streams, cost_scale)
         cost_label = pplan.cost.label if pplan.cost.label == dplan.cost.label else (
             f"prefill={pplan.cost.label}, decode={dplan.cost.label}"
         )
