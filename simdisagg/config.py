@@ -62,14 +62,45 @@ class LinkConfig(_Frozen):
     bandwidth_scale: float = Field(default=1.0, gt=0, description="scale the preset's bandwidth")
 
 
-PrefillPolicy = Literal["round_robin", "least_outstanding_tokens", "random", "shared_queue"]
+PrefillPolicy = Literal[
+    "round_robin", "least_outstanding_tokens", "random", "shared_queue", "kv_aware", "session_affinity"
+]
 
 
 class RouterConfig(_Frozen):
-    """Routing policies by name. ``shared_queue``: prefill instances pull from one central queue."""
+    """Routing policies by name (see :mod:`simdisagg.sim.router` for each one's rule).
+
+    ``conditional_prefill_tokens``: with a value, a request whose uncached prompt part is at
+    most that many tokens is prefilled on its decode instance itself (no KV transfer);
+    longer ones are prefilled remotely (conditional disaggregation)."""
 
     prefill_policy: PrefillPolicy = "least_outstanding_tokens"
-    decode_policy: Literal["least_loaded"] = "least_loaded"
+    decode_policy: Literal["least_loaded", "kv_aware", "session_affinity"] = "least_loaded"
+    kv_overlap_weight: float = Field(default=1.0, ge=0, description="kv_aware: weight of tokens to compute vs queued")
+    conditional_prefill_tokens: int | None = Field(default=None, ge=1)
+
+
+class TierConfig(_Frozen):
+    """A KV storage tier below HBM. Capacities are per GPU (an instance of ``tp`` GPUs gets
+    ``tp`` times as much), except for ``shared_store``, one store for the whole cluster."""
+
+    kind: Literal["host_dram", "nvme", "shared_store"]
+    capacity_bytes: float = Field(gt=0, description="per GPU, or total for shared_store")
+    read_bytes_per_s: float = Field(gt=0)
+    write_bytes_per_s: float = Field(gt=0)
+
+
+class PrefixCacheConfig(_Frozen):
+    """Prefix caching (active when the trace carries ``hash_ids``).
+
+    ``hbm_fraction`` of each prefill/aggregated instance's KV memory holds cached prefix
+    blocks (LRU); ``decode_retain_fraction`` of each decode instance's KV memory keeps the
+    context of finished requests, so a returning session's KV need not cross the link again."""
+
+    enabled: bool = True
+    hbm_fraction: float = Field(default=0.5, ge=0, lt=1)
+    decode_retain_fraction: float = Field(default=0.0, ge=0, lt=1)
+    tiers: tuple[TierConfig, ...] = ()
 
 
 class SLOConfig(_Frozen):
@@ -136,6 +167,7 @@ class RunConfig(_Frozen):
     aggregated: AggregatedConfig = AggregatedConfig()
     link: LinkConfig = LinkConfig()
     router: RouterConfig = RouterConfig()
+    prefix_cache: PrefixCacheConfig = PrefixCacheConfig()
     slo: SLOConfig = SLOConfig()
     cost: CostConfig = AutoCost()
     seed: int = Field(default=0, ge=0)

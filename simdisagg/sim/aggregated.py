@@ -66,6 +66,7 @@ class AggregatedInstance(ContinuousBatch):
         self.slots_used = 0
         self.outstanding_tokens = 0
         self._blocks_of: dict[int, int] = {}
+        self._pending_load_s = 0.0  # time to read cached blocks from lower tiers, next iteration
         self._t_pstart = rec.times["prefill_start_at"]
         self._t_first_token = rec.times["first_token_at"]
 
@@ -100,6 +101,7 @@ class AggregatedInstance(ContinuousBatch):
         self.rec.decode_instance[i] = self.index
         self._t_pstart[i] = self.env.now
         cached = self.prefix.cached_tokens(self.index, i)
+        self._pending_load_s += self.prefix.use(self.index, i)
         self.rec.cached_tokens[i] = cached
         self._prefilling.append([i, 0, cached])
         return i
@@ -124,8 +126,6 @@ class AggregatedInstance(ContinuousBatch):
             duration = self.cost.prefill_time_s(new, cached)
             for entry in self._prefilling:
                 entry[1] = self._inp[entry[0]] - entry[2]
-            # The running batch stalls: its next inter-token gap includes this iteration.
-            self._stall_s += duration
             self._schedule_prefill(duration, 0)
             return True
         return self._start_decode_run()
@@ -156,6 +156,11 @@ class AggregatedInstance(ContinuousBatch):
         return True
 
     def _schedule_prefill(self, duration: float, decode_batch: int) -> None:
+        duration += self._pending_load_s
+        self._pending_load_s = 0.0
+        if not self.chunked:
+            # The running batch stalls: its next inter-token gap includes this iteration.
+            self._stall_s += duration
         self.stats.busy_s += duration
         self.stats.iterations += 1
         self.stats.events += 1
@@ -183,7 +188,7 @@ class AggregatedInstance(ContinuousBatch):
                 still.append(entry)
                 continue
             self._t_first_token[i] = now
-            self.prefix.insert(self.index, i, now)
+            self._prefilled(i, now)
             if self._out[i] <= 1:
                 self._release(i)
                 self._on_complete(i)
@@ -191,6 +196,10 @@ class AggregatedInstance(ContinuousBatch):
                 self._joiners.append(i)
         self._prefilling = still
         self._boundary()
+
+    def _prefilled(self, i: int, now: float) -> None:
+        """Request ``i``'s prompt KV now exists here: offer it to the prefix cache."""
+        self.prefix.insert(self.index, i, now)
 
     def _mixed_first(self, duration: float) -> None:
         """Requests whose first decode step was this mixed iteration."""
@@ -211,3 +220,85 @@ class AggregatedInstance(ContinuousBatch):
         self.slots_used -= 1
         self.outstanding_tokens -= self._inp[i] + self._out[i]
         self.stats.kv.change(self.env.now, -blocks)
+
+
+class DecodeInstance(AggregatedInstance):
+    """A decode instance of a disaggregated cluster.
+
+    Remote requests ask for KV memory (:meth:`submit`), are admitted in arrival order when
+    the KV blocks of their whole sequence and a batch slot are free (head-of-line, as vLLM's
+    FCFS scheduler), receive their KV over the link, and join the batch (:meth:`join`).
+    Under conditional disaggregation a short request can instead be prefilled here
+    (:meth:`enqueue`, inherited): the batch stalls for that prefill, as in aggregated serving.
+    ``prefix`` is the instance's retained KV of finished requests: a request whose leading
+    blocks are still held needs only the rest sent (or computed).
+    """
+
+    def __init__(self, *args: object, on_complete: Callable[[int], None], **kwargs: object) -> None:
+        super().__init__(*args, chunked_prefill=False, on_complete=on_complete, **kwargs)  # type: ignore[arg-type]
+        self.queued_blocks = 0
+        self._admit_queue: deque[tuple[int, int, Callable[[int], None]]] = deque()
+        self._remote: set[int] = set()
+        self._t_admit = self.rec.times["decode_admit_at"]
+        self.reserved_tokens = 0  # KV tokens reserved or asked for (router load)
+
+    def load(self) -> float:
+        """Fraction of KV memory reserved or asked for: the router's measure of load."""
+        return (self.kv_used_blocks + self.queued_blocks) / self.kv_capacity_blocks
+
+    def held_tokens(self, i: int) -> int:
+        """Leading prompt tokens of request ``i`` whose KV this instance still holds."""
+        return self.prefix.cached_tokens(self.index, i)
+
+    def submit(self, i: int, on_admitted: Callable[[int], None]) -> None:
+        """Ask for KV memory for request ``i``; ``on_admitted(i)`` runs once it is reserved."""
+        blocks = self.blocks_for(i)
+        self._admit_queue.append((i, blocks, on_admitted))
+        self.queued_blocks += blocks
+        self.reserved_tokens += self._inp[i] + self._out[i]
+        self._try_admit()
+
+    def _try_admit(self) -> None:
+        q = self._admit_queue
+        while q:
+            i, blocks, on_admitted = q[0]
+            if self.kv_used_blocks + blocks > self.kv_capacity_blocks or self.slots_used >= self.max_batch_size:
+                return  # head-of-line: later requests wait behind the head
+            q.popleft()
+            self.queued_blocks -= blocks
+            self.kv_used_blocks += blocks
+            self.slots_used += 1
+            self._blocks_of[i] = blocks
+            self._remote.add(i)
+            self.stats.kv.change(self.env.now, blocks)
+            self._t_admit[i] = self.env.now
+            on_admitted(i)
+
+    def join(self, i: int) -> None:
+        """Request ``i``'s KV has landed: it joins the batch at the next step boundary."""
+        self._joiners.append(i)
+        self._request_boundary()
+
+    def enqueue(self, i: int) -> None:
+        """Prefill request ``i`` here (conditional disaggregation)."""
+        self.reserved_tokens += self._inp[i] + self._out[i]
+        super().enqueue(i)
+
+    def _after_changes(self) -> None:
+        self._try_admit()
+
+    def _prefilled(self, i: int, now: float) -> None:
+        pass  # retained at release, with the whole context
+
+    def _release(self, i: int) -> None:
+        now = self.env.now
+        self.prefix.insert(self.index, i, now)  # keep the context while memory allows
+        self.reserved_tokens -= self._inp[i] + self._out[i]
+        if i in self._remote:
+            self._remote.discard(i)
+            blocks = self._blocks_of.pop(i)
+            self.kv_used_blocks -= blocks
+            self.slots_used -= 1
+            self.stats.kv.change(now, -blocks)
+        else:
+            super()._release(i)

@@ -18,7 +18,6 @@ completed, plus its tool wait. A request that waits for a rejected request is re
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +31,12 @@ from simdisagg.costmodel.scaled import ScaledCostModel
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
 from simdisagg.rng import Streams
-from simdisagg.sim.aggregated import AggregatedInstance
+from simdisagg.sim.aggregated import AggregatedInstance, DecodeInstance
 from simdisagg.sim.clock import call_later
-from simdisagg.sim.decode import DecodeInstance, kv_capacity_blocks
+from simdisagg.sim.decode import kv_capacity_blocks
 from simdisagg.sim.link import KVLink
 from simdisagg.sim.prefill import PrefillInstance, PrefillQueue, PrefixLookup
+from simdisagg.sim.prefixcache import PrefixCache, TierSpec
 from simdisagg.sim.recorder import (
     STATUS_COMPLETED,
     STATUS_REJECTED,
@@ -48,21 +48,27 @@ from simdisagg.sim.recorder import (
 from simdisagg.sim.router import Router
 from simdisagg.trace import Trace
 
-#: A factory that builds the prefix cache of a run (prefix caching plugs in here).
-PrefixFactory = Callable[[RunConfig, Trace, Recorder], PrefixLookup]
 
 
 @dataclass(slots=True, frozen=True)
 class PoolPlan:
-    """A pool's resolved hardware: cost model and KV capacity per instance."""
+    """A pool's resolved hardware: cost model and KV capacity per instance (for requests in
+    flight, and for cached or retained prefix blocks)."""
 
     cost: CostModel
     kv_capacity_blocks: int
     kv_block_tokens: int
+    cache_tokens: int = 0
 
 
 def _plan_pool(
-    cfg: RunConfig, pool: PoolConfig, role: str, store: ProfileStore, streams: Streams, cost_scale: float
+    cfg: RunConfig,
+    pool: PoolConfig,
+    role: str,
+    store: ProfileStore,
+    streams: Streams,
+    cost_scale: float,
+    cache_fraction: float = 0.0,
 ) -> PoolPlan:
     model = store.model(cfg.model)
     gpu = store.gpu(pool.gpu)
@@ -83,7 +89,26 @@ def _plan_pool(
             f"{role} pool: {model.display_name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no KV "
             f"memory on {pool.tp} x {gpu.display_name}; raise --tp"
         )
-    return PoolPlan(cost, blocks, pool.kv_block_tokens)
+    cache_blocks = int(blocks * cache_fraction)
+    return PoolPlan(cost, blocks - cache_blocks, pool.kv_block_tokens, cache_blocks * pool.kv_block_tokens)
+
+
+def _prefix_cache(
+    cfg: RunConfig, trace: Trace, n_instances: int, cache_tokens: int, tp: int, kv_bytes_per_token: float,
+    with_tiers: bool,
+) -> PrefixCache:
+    block_tokens = trace.hash_block_tokens
+    block_bytes = block_tokens * kv_bytes_per_token
+    tiers = []
+    if with_tiers:
+        for t in cfg.prefix_cache.tiers:
+            shared = t.kind == "shared_store"
+            capacity = t.capacity_bytes if shared else t.capacity_bytes * tp
+            tiers.append(
+                TierSpec(t.kind, int(capacity // block_bytes), t.read_bytes_per_s * (1 if shared else tp),
+                         t.write_bytes_per_s, shared)
+            )
+    return PrefixCache(trace, n_instances, cache_tokens // block_tokens, tiers, block_bytes)
 
 
 def simulate(
@@ -91,7 +116,6 @@ def simulate(
     trace: Trace,
     *,
     store: ProfileStore | None = None,
-    prefix_factory: PrefixFactory | None = None,
     cost_scale: float = 1.0,
 ) -> RunResult:
     """Simulate ``trace`` on the cluster ``cfg`` describes. Same inputs and seed → same result.
@@ -105,8 +129,10 @@ def simulate(
     env = simpy.Environment()
     inp: list[int] = trace.input_tokens.tolist()
     out: list[int] = trace.output_tokens.tolist()
-    prefix = prefix_factory(cfg, trace, rec) if prefix_factory else PrefixLookup()
-    router = Router(cfg.router.prefill_policy, cfg.router.decode_policy, streams["router"])
+    caching = cfg.prefix_cache.enabled and trace.has_hashes
+    kv_per_token = float(store.model(cfg.model).kv_bytes_per_token)
+    caches: dict[str, PrefixCache] = {}
+    router = Router(cfg.router, streams["router"], trace.session_index)
     status = rec.status
     t_arrival = rec.times["arrival_at"]
     t_enq = rec.times["prefill_enqueued_at"]
@@ -150,8 +176,15 @@ def simulate(
 
     if cfg.mode == "aggregated":
         pool = cfg.aggregated_pool()
-        plan = _plan_pool(cfg, pool, "aggregated", store, streams, cost_scale)
+        plan = _plan_pool(
+            cfg, pool, "aggregated", store, streams, cost_scale, cfg.prefix_cache.hbm_fraction if caching else 0.0
+        )
         cost_label = plan.cost.label
+        prefix: PrefixLookup = PrefixLookup()
+        if caching:
+            prefix = caches["aggregated"] = _prefix_cache(
+                cfg, trace, pool.count, plan.cache_tokens, pool.tp, kv_per_token, True
+            )
         need = -(-(trace.input_tokens + trace.output_tokens) // plan.kv_block_tokens)
         for i in np.flatnonzero(need > plan.kv_capacity_blocks).tolist():
             never[i] = (
@@ -178,12 +211,25 @@ def simulate(
             raise ConfigError("router.prefill_policy 'shared_queue' applies to disaggregated prefill pools only")
 
         def route(i: int) -> None:
-            agg[router.pick_prefill(agg, i)].enqueue(i)
+            agg[router.pick_prefill(agg, i, prefix)].enqueue(i)
 
         gpus = pool.gpus
     else:
-        pplan = _plan_pool(cfg, cfg.prefill, "prefill", store, streams, cost_scale)
-        dplan = _plan_pool(cfg, cfg.decode, "decode", store, streams, cost_scale)
+        pplan = _plan_pool(
+            cfg, cfg.prefill, "prefill", store, streams, cost_scale, cfg.prefix_cache.hbm_fraction if caching else 0.0
+        )
+        retain = cfg.prefix_cache.decode_retain_fraction if caching else 0.0
+        dplan = _plan_pool(cfg, cfg.decode, "decode", store, streams, cost_scale, retain)
+        prefix = PrefixLookup()
+        held: PrefixLookup = PrefixLookup()
+        if caching:
+            prefix = caches["prefill"] = _prefix_cache(
+                cfg, trace, cfg.prefill.count, pplan.cache_tokens, cfg.prefill.tp, kv_per_token, True
+            )
+            if retain > 0:
+                held = caches["decode_retained"] = _prefix_cache(
+                    cfg, trace, cfg.decode.count, dplan.cache_tokens, cfg.decode.tp, kv_per_token, False
+                )
         cost_label = pplan.cost.label if pplan.cost.label == dplan.cost.label else (
             f"prefill={pplan.cost.label}, decode={dplan.cost.label}"
         )
@@ -193,14 +239,12 @@ def simulate(
             never[i] = f"needs {int(need_d[i])} KV blocks, more than a decode instance's {dplan.kv_capacity_blocks}"
         for i in np.flatnonzero(need_p > pplan.kv_capacity_blocks).tolist():
             never[i] = f"prompt needs {int(need_p[i])} KV blocks, more than a prefill instance's {pplan.kv_capacity_blocks}"
-        model = store.model(cfg.model)
         link_profile = store.link(cfg.link.preset)
         bandwidth = (
             link_profile.bandwidth_bytes_per_s.value
             * min(cfg.prefill.tp, cfg.decode.tp)
             * cfg.link.bandwidth_scale
         )
-        kv_per_token = float(model.kv_bytes_per_token)
         decode: list[DecodeInstance] = []
         for k in range(cfg.decode.count):
             stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks))
@@ -209,8 +253,11 @@ def simulate(
                 DecodeInstance(
                     env, k, dplan.cost, inp, out, rec, stats, cfg.exact_steps,
                     max_batch_size=cfg.decode.max_batch_size,
+                    max_batched_tokens=cfg.decode.max_batched_tokens,
+                    max_batch_requests=cfg.decode.max_prefill_batch_requests,
                     kv_capacity_blocks=dplan.kv_capacity_blocks,
                     kv_block_tokens=dplan.kv_block_tokens,
+                    prefix=held,
                     on_complete=complete,
                 )
             )
@@ -227,14 +274,19 @@ def simulate(
             decode[int(decode_of[i])].join(i)
 
         def on_admitted(i: int) -> None:
-            links[int(rec.prefill_instance[i])].send(i, inp[i] * kv_per_token, on_landed)
+            # Only the part of the context the decode instance does not still hold is sent.
+            d = int(decode_of[i])
+            kept = held.cached_tokens(d, i)
+            if kept:
+                held.use(d, i)
+            links[int(rec.prefill_instance[i])].send(i, (inp[i] - kept) * kv_per_token, on_landed)
 
         def on_prefilled(inst: PrefillInstance, i: int) -> None:
             if out[i] <= 1:  # the first token was the whole answer: nothing to decode
                 inst.release(i)
                 complete(i)
                 return
-            d = router.pick_decode(decode, i)
+            d = router.pick_decode(decode, i, held)
             decode_of[i] = d
             decode[d].submit(i, on_admitted)
 
@@ -253,16 +305,31 @@ def simulate(
                 )
             )
 
+        conditional = cfg.router.conditional_prefill_tokens
+
+        def route_remote(i: int) -> None:
+            if shared is not None:
+                shared.push(i)
+            else:
+                prefill[router.pick_prefill(prefill, i, prefix)].enqueue(i)
+
         if shared is not None:
             for inst in prefill:
                 inst.try_start()  # park every instance on the shared queue
 
-            def route(i: int) -> None:
-                shared.push(i)
+        if conditional is None:
+            route = route_remote
         else:
 
             def route(i: int) -> None:
-                prefill[router.pick_prefill(prefill, i)].enqueue(i)
+                # Conditional disaggregation: a short uncached part is prefilled on the decode
+                # instance itself, with no KV transfer.
+                d = router.pick_decode(decode, i, held)
+                if out[i] > 1 and inp[i] - held.cached_tokens(d, i) <= conditional:
+                    decode_of[i] = d
+                    decode[d].enqueue(i)
+                else:
+                    route_remote(i)
 
         gpus = cfg.prefill.gpus + cfg.decode.gpus
 
@@ -301,6 +368,8 @@ def simulate(
         rec.link_bytes = [link.bytes_sent for link in links]
     events = next(env._eid)  # SimPy's event counter: events scheduled in this run
     meta: dict[str, Any] = {"kv_capacity_blocks": {s.pool: s.kv.capacity for s in instances_stats}}
+    for name, cache in caches.items():
+        meta[f"prefix_cache:{name}"] = cache.summary()
     return RunResult(
         request_ids=trace.request_ids,
         input_tokens=trace.input_tokens,

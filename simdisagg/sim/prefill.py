@@ -34,6 +34,11 @@ class PrefixLookup:
         """Tokens of request ``i``'s prompt whose KV instance ``instance`` already holds."""
         return 0
 
+    def use(self, instance: int, i: int) -> float:
+        """Request ``i`` starts prefill on ``instance`` with its cached prefix: touch it, and
+        return the seconds needed to load any part held below HBM."""
+        return 0.0
+
     def insert(self, instance: int, i: int, now: float) -> None:
         """Request ``i``'s prompt KV now exists on ``instance``."""
 
@@ -117,6 +122,7 @@ class PrefillInstance:
         tokens = 0
         free = self.kv_capacity_blocks - self.kv_used_blocks
         need = 0
+        load_s = 0.0
         while items and len(batch) < self.max_batch_requests:
             i = items[0]
             c = self.prefix.cached_tokens(self.index, i)
@@ -127,6 +133,7 @@ class PrefillInstance:
             if need + b > free:
                 break  # head-of-line: the KV of earlier transfers must drain first
             items.popleft()
+            load_s += self.prefix.use(self.index, i)
             batch.append(i)
             new.append(n)
             cached.append(c)
@@ -143,7 +150,8 @@ class PrefillInstance:
             self._t_start[i] = now
             self.rec.cached_tokens[i] = c
             self.rec.prefill_instance[i] = self.index
-        duration = self.cost.prefill_time_s(np.asarray(new), np.asarray(cached))
+        # Blocks found below HBM are read in before the iteration computes on them.
+        duration = self.cost.prefill_time_s(np.asarray(new), np.asarray(cached)) + load_s
         self.stats.busy_s += duration
         self.stats.iterations += 1
         self.stats.events += 1

@@ -1,0 +1,520 @@
+"""Cost model fitted to measured kernels: step times read from a ``fit.json``.
+
+``simdisagg calibrate`` times the real kernels of one tensor-parallel shard of a model on a GPU
+and writes ``raw.csv``; ``simdisagg fit`` fits two candidate predictors per phase to it and keeps
+the one that predicts better on held-out grid points (:mod:`simdisagg.fit`). This module is the
+runtime side: it evaluates what ``fit.json`` holds.
+
+**Physical terms** (linear, non-negative coefficients, one set per phase). For one iteration on
+the shard (``L`` layers, per-shard weights; ``T`` new tokens in ``P`` prompts with ``Cc`` cached
+tokens; a decode batch of ``B`` requests with total context ``C``)::
+
+    prefill: t = a0 + a_gemm * gemm_flops + a_attn * attn_flops + a_kv * kv_bytes + a_p * P
+      gemm_flops = 2 * L * layer_params * T + 2 * lm_head_params * P
+      attn_flops = 4 * L * heads * head_dim * sum_i(n_i * c_i + n_i (n_i + 1) / 2)
+      kv_bytes   = kv_bytes_per_token * (T + Cc)       (new KV written, cached KV read)
+    decode:  t = a0 + a_gemm * gemm_flops + a_kv * kv_bytes
+      gemm_flops = 2 * (L * layer_params + lm_head_params) * B
+      kv_bytes   = kv_bytes_per_token * C              (each request reads its own KV)
+    transfer: t = a0 + a_b * bytes
+
+``a0`` holds the fixed per-iteration cost: launch overheads plus the part of the weight read
+that no computation hides. Decode attention FLOPs are not a separate term: they are
+proportional to ``C`` like the KV bytes, so the two cannot be told apart (decode attention is
+memory-bound, and its cost sits in ``a_kv``).
+
+**Interpolation** over the measured grid: the physical prediction times ``exp(r)``, where ``r``
+is the log-residual ``log(measured / physical)`` interpolated piecewise-linearly in log
+coordinates (Delaunay simplices; the nearest measured point outside their hull, so
+extrapolation follows the physical terms). It reproduces every measured point exactly and
+captures effects the linear terms cannot (tile quantisation, kernel switches).
+
+**Tensor parallelism.** ``tp > 1`` shards are measured on one GPU, without their collectives.
+Two all-reduces per layer of ``tokens * hidden * dtype`` bytes are added, ring algorithm over
+the GPU's ``intra_node_bandwidth_bytes_per_s`` plus a per-call latency -- the same terms as the
+roofline model. This part is *modelled*, not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simdisagg.errors import CalibrationError, ConfigError
+from simdisagg.hardware import GPUProfile, ModelShape
+
+#: Version of the ``fit.json`` layout written by :mod:`simdisagg.fit` and read here.
+FIT_SCHEMA_VERSION = 1
+
+PREFILL_FEATURES: tuple[str, ...] = ("const", "gemm_flops", "attn_flops", "kv_bytes", "prompts")
+DECODE_FEATURES: tuple[str, ...] = ("const", "gemm_flops", "kv_bytes")
+TRANSFER_FEATURES: tuple[str, ...] = ("const", "bytes")
+
+#: Unit of each physical coefficient (seconds per unit of its feature).
+FEATURE_UNITS: dict[str, str] = {
+    "const": "s",
+    "gemm_flops": "s/FLOP",
+    "attn_flops": "s/FLOP",
+    "kv_bytes": "s/byte",
+    "prompts": "s/prompt",
+    "bytes": "s/byte",
+}
+#: Which hardware rate bounds each term; :mod:`simdisagg.derive` scales by it.
+FEATURE_BOUND: dict[str, str] = {
+    "const": "overhead",
+    "gemm_flops": "compute",
+    "attn_flops": "compute",
+    "kv_bytes": "memory",
+    "prompts": "overhead",
+    "bytes": "memory",
+}
+
+#: Transfer kinds calibrate measures on one machine.
+TRANSFER_KINDS: tuple[str, ...] = ("d2d", "h2d", "d2h")
+
+#: Per-call latency of one all-reduce (the roofline model's assumption; modelled, not measured).
+ALLREDUCE_LATENCY_S = 1.0e-5
+
+
+# -- shapes ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ShardShape:
+    """The slice of a model that one GPU holds under tensor parallelism of degree ``tp``.
+
+    Heads, the MLP's intermediate size and the LM head's vocabulary rows are divided by ``tp``;
+    KV heads too, but never below one (they are replicated when the model has fewer KV heads
+    than ``tp``). The hidden size and the layer count are the model's.
+    """
+
+    model: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    dtype_bytes: int
+    tp: int
+
+    @classmethod
+    def of(cls, model: ModelShape, tp: int) -> ShardShape:
+        """The shard of ``model`` one GPU holds at tensor-parallel degree ``tp``."""
+        if tp < 1:
+            raise ConfigError(f"tp must be >= 1, got {tp}")
+        if model.num_heads % tp or model.intermediate_size % tp:
+            raise ConfigError(
+                f"model '{model.name}': heads ({model.num_heads}) and intermediate size "
+                f"({model.intermediate_size}) must be divisible by tp={tp}"
+            )
+        return cls(
+            model=model.name,
+            num_layers=model.num_layers,
+            hidden_size=model.hidden_size,
+            num_heads=model.num_heads // tp,
+            num_kv_heads=max(1, model.num_kv_heads // tp),
+            head_dim=model.head_dim,
+            intermediate_size=model.intermediate_size // tp,
+            vocab_size=-(-model.vocab_size // tp),
+            dtype_bytes=model.dtype_bytes,
+            tp=tp,
+        )
+
+    @property
+    def layer_params(self) -> int:
+        """Weights of one layer's shard: fused QKV, output projection, gated MLP, two norms."""
+        h, d = self.hidden_size, self.head_dim
+        qkv = h * (self.num_heads + 2 * self.num_kv_heads) * d
+        o = self.num_heads * d * h
+        mlp = 3 * h * self.intermediate_size
+        return qkv + o + mlp + 2 * h
+
+    @property
+    def lm_head_params(self) -> int:
+        """The shard's slice of the output projection (vocabulary-parallel)."""
+        return self.hidden_size * self.vocab_size
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights read by every iteration: all layers plus the LM head."""
+        return (self.num_layers * self.layer_params + self.lm_head_params) * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token_per_layer(self) -> int:
+        """K and V of one token in one layer of the shard."""
+        return 2 * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V of one token across all layers of the shard."""
+        return self.num_layers * self.kv_bytes_per_token_per_layer
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping for ``fit.json`` / ``meta.yaml``."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ShardShape:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{name: data[name] for name in cls.__slots__})
+
+
+# -- features and interpolation coordinates ----------------------------------------------------
+def prefill_aggregates(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> tuple[float, float, float, float]:
+    """``(T, Cc, pairs, P)`` of one prefill batch: new tokens, cached tokens, causal
+    (query, key) pairs ``sum(n*c + n(n+1)/2)`` and the number of prompts."""
+    n = np.asarray(new_tokens, dtype=np.float64)
+    c = np.asarray(cached_tokens, dtype=np.float64)
+    if n.shape != c.shape:
+        raise ValueError("new_tokens and cached_tokens must have the same length")
+    return float(n.sum()), float(c.sum()), float((n * c + n * (n + 1.0) * 0.5).sum()), float(n.size)
+
+
+def prefill_features(
+    shard: ShardShape, tokens: np.ndarray, cached: np.ndarray, pairs: np.ndarray, prompts: np.ndarray
+) -> np.ndarray:
+    """Feature matrix (rows: iterations; columns: :data:`PREFILL_FEATURES`)."""
+    t = np.asarray(tokens, dtype=np.float64)
+    s = shard
+    gemm = 2.0 * s.num_layers * s.layer_params * t + 2.0 * s.lm_head_params * np.asarray(prompts, dtype=np.float64)
+    attn = 4.0 * s.num_layers * s.num_heads * s.head_dim * np.asarray(pairs, dtype=np.float64)
+    kv = float(s.kv_bytes_per_token) * (t + np.asarray(cached, dtype=np.float64))
+    return np.column_stack([np.ones_like(t), gemm, attn, kv, np.asarray(prompts, dtype=np.float64)])
+
+
+def decode_features(shard: ShardShape, batch_size: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+    """Feature matrix (rows: iterations; columns: :data:`DECODE_FEATURES`)."""
+    b = np.asarray(batch_size, dtype=np.float64)
+    c = np.asarray(context_tokens, dtype=np.float64)
+    b, c = np.broadcast_arrays(b, c)
+    s = shard
+    gemm = 2.0 * (s.num_layers * s.layer_params + s.lm_head_params) * b
+    return np.column_stack([np.ones_like(c), gemm, float(s.kv_bytes_per_token) * c])
+
+
+def transfer_features(nbytes: np.ndarray) -> np.ndarray:
+    """Feature matrix (rows: transfers; columns: :data:`TRANSFER_FEATURES`)."""
+    x = np.asarray(nbytes, dtype=np.float64)
+    return np.column_stack([np.ones_like(x), x])
+
+
+def prefill_coords(tokens: np.ndarray, cached: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    """Interpolation coordinates of prefill iterations: ``log T, log P, log(1 + Cc)``."""
+    t = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
+    p = np.maximum(np.asarray(prompts, dtype=np.float64), 1.0)
+    return np.column_stack([np.log(t), np.log(p), np.log1p(np.asarray(cached, dtype=np.float64))])
+
+
+def decode_coords(batch_size: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+    """Interpolation coordinates of decode steps: ``log B`` and ``log`` of the mean context."""
+    b = np.maximum(np.asarray(batch_size, dtype=np.float64), 1.0)
+    c = np.asarray(context_tokens, dtype=np.float64)
+    b, c = np.broadcast_arrays(b, c)
+    return np.column_stack([np.log(b), np.log(np.maximum(c / b, 1.0))])
+
+
+def transfer_coords(nbytes: np.ndarray) -> np.ndarray:
+    """Interpolation coordinate of a transfer: ``log bytes``."""
+    return np.log(np.maximum(np.asarray(nbytes, dtype=np.float64), 1.0))[:, None]
+
+
+# -- interpolation of log-residuals ------------------------------------------------------------
+class LogResidualInterpolator:
+    """Piecewise-linear interpolation of log-residuals over scattered grid points.
+
+    Coordinates are scaled to ``[0, 1]`` per dimension (dimensions with a single value are
+    dropped). Inside the convex hull of the points the value is linear on Delaunay simplices;
+    outside it is the nearest point's value, so predictions fall back to the physical terms
+    times a bounded correction. With one dimension it is :func:`numpy.interp` (clamped ends).
+    Evaluation of each query point is independent of the others, so vectorised and one-by-one
+    calls agree exactly.
+    """
+
+    def __init__(self, points: np.ndarray, values: np.ndarray) -> None:
+        pts = np.asarray(points, dtype=np.float64)
+        vals = np.asarray(values, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[0] != vals.shape[0] or pts.shape[0] == 0:
+            raise ValueError("points must be (n, d) with n >= 1 matching values")
+        self.points, self.values = pts, vals
+        self._lo = pts.min(axis=0)
+        span = pts.max(axis=0) - self._lo
+        self._keep = span > 1e-12
+        self._span = np.where(self._keep, span, 1.0)
+        z = self._scale(pts)
+        self._dim = z.shape[1]
+        self._linear: Any = None
+        self._nearest: Any = None
+        if self._dim == 0:
+            self._const = float(np.mean(vals))
+        elif self._dim == 1:
+            order = np.argsort(z[:, 0], kind="stable")
+            zs, vs = z[order, 0], vals[order]
+            # Average duplicates so np.interp sees increasing abscissae.
+            uniq, inverse = np.unique(zs, return_inverse=True)
+            self._x1 = uniq
+            self._y1 = np.bincount(inverse, weights=vs) / np.bincount(inverse)
+        else:
+            from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
+            from scipy.spatial import Delaunay, QhullError
+
+            self._nearest = NearestNDInterpolator(z, vals)
+            if z.shape[0] >= self._dim + 2:
+                try:
+                    self._linear = LinearNDInterpolator(Delaunay(z), vals)
+                except (QhullError, ValueError):
+                    self._linear = None
+
+    def _scale(self, pts: np.ndarray) -> np.ndarray:
+        return ((pts - self._lo) / self._span)[:, self._keep]
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """Interpolated log-residual at each row of ``points``."""
+        pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
+        if self._dim == 0:
+            return np.full(pts.shape[0], self._const)
+        z = self._scale(pts)
+        if self._dim == 1:
+            return np.interp(z[:, 0], self._x1, self._y1)
+        if self._linear is None:
+            return np.asarray(self._nearest(z), dtype=np.float64)
+        out = np.asarray(self._linear(z), dtype=np.float64)
+        outside = np.isnan(out)
+        if outside.any():
+            out[outside] = self._nearest(z[outside])
+        return out
+
+
+class PhaseModel:
+    """One phase's predictor as stored in ``fit.json``: physical terms, and when the
+    interpolation was chosen, a log-residual correction on top of them."""
+
+    def __init__(self, spec: Mapping[str, Any], features: tuple[str, ...]) -> None:
+        coef = spec["physical"]["coefficients"]
+        self.features = features
+        self.coefficients = np.array([float(coef.get(name, 0.0)) for name in features], dtype=np.float64)
+        self.chosen: str = spec["chosen"]
+        self.interpolator: LogResidualInterpolator | None = None
+        if self.chosen == "interpolation":
+            interp = spec["interpolation"]
+            self.interpolator = LogResidualInterpolator(
+                np.asarray(interp["points"], dtype=np.float64), np.asarray(interp["log_residuals"], dtype=np.float64)
+            )
+        elif self.chosen != "physical":
+            raise CalibrationError(f"fit.json: unknown model kind '{self.chosen}'")
+
+    def physical(self, features: np.ndarray) -> np.ndarray:
+        """Prediction of the physical terms alone, seconds."""
+        return np.asarray(features @ self.coefficients, dtype=np.float64)
+
+    def predict(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        """Prediction of the chosen model, seconds."""
+        base = self.physical(features)
+        if self.interpolator is None:
+            return base
+        return np.asarray(base * np.exp(self.interpolator(coords)), dtype=np.float64)
+
+
+# -- the cost model ---------------------------------------------------------------------------
+def fit_label(fit: Mapping[str, Any]) -> str:
+    """Label of a fit: ``fitted:<gpu>/<model>-tp<k>``; derived fits and CPU test fits say so."""
+    name = f"{fit['gpu']}/{fit['shard']['model']}-tp{fit['shard']['tp']}"
+    if fit.get("provenance") == "derived":
+        src = fit.get("derivation", {}).get("source_gpu", "?")
+        return f"derived:{name}[from {src}]"
+    if fit.get("device") != "cuda":
+        return f"fitted:{name}[device={fit.get('device')}]"
+    return f"fitted:{name}"
+
+
+class FittedCostModel:
+    """Step times of one shard from a fit of measured kernels (see module docstring).
+
+    ``held_out_error[phase]`` holds the chosen model's error on grid points left out of the fit
+    (``median_ape``, ``p95_ape``, ``max_ape`` as fractions: 0.05 is 5 %). ``power_w[phase]`` is
+    the median measured GPU power of that phase's points, or ``None`` where NVML gave none.
+
+    ``mixed_step_time_s`` = prefill part + decode part - one weight read: the two parts of a
+    chunked-prefill iteration share one pass over the weights. The weight-read time comes from
+    the measured device-to-device copy bandwidth (``fit.json: weight_read``) and is capped by
+    each part's fixed term; the result is never below the slower part.
+    """
+
+    def __init__(self, fit: Mapping[str, Any], gpu: GPUProfile | None = None, source: Path | None = None) -> None:
+        version = fit.get("schema_version")
+        if version != FIT_SCHEMA_VERSION:
+            raise CalibrationError(f"{source or 'fit'}: schema_version {version} (expected {FIT_SCHEMA_VERSION})")
+        self.fit = fit
+        self.source = source
+        self.shard = ShardShape.from_dict(fit["shard"])
+        self.provenance: str = fit["provenance"]
+        self.device: str = fit["device"]
+        self.label = fit_label(fit)
+        phases = fit["phases"]
+        if "prefill" not in phases or "decode" not in phases:
+            raise CalibrationError(f"{source or 'fit'}: needs both a prefill and a decode phase")
+        self._prefill = PhaseModel(phases["prefill"], PREFILL_FEATURES)
+        self._decode = PhaseModel(phases["decode"], DECODE_FEATURES)
+        self._transfers = {
+            kind: PhaseModel(phases[f"transfer_{kind}"], TRANSFER_FEATURES)
+            for kind in TRANSFER_KINDS
+            if f"transfer_{kind}" in phases
+        }
+        self.chosen: dict[str, str] = {name: spec["chosen"] for name, spec in phases.items()}
+        self.held_out_error: dict[str, dict[str, float]] = {
+            name: {k: float(v) for k, v in spec["held_out_error"].items()} for name, spec in phases.items()
+        }
+        self.power_w: dict[str, float | None] = {
+            name: (None if spec.get("power_w") is None else float(spec["power_w"]["median"]))
+            for name, spec in phases.items()
+        }
+        weight_read = fit.get("weight_read") or {}
+        self.weight_read_s = float(weight_read.get("weight_read_s") or 0.0)
+        self._ar_per_token_s, self._ar_fixed_s = self._allreduce_terms(fit, gpu)
+
+    @classmethod
+    def from_path(cls, path: Path, gpu: GPUProfile | None = None) -> FittedCostModel:
+        """Load ``fit.json`` (or the folder holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "fit.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CalibrationError(f"{path}: cannot read fit ({exc})") from exc
+        return cls(data, gpu=gpu, source=path)
+
+    def _allreduce_terms(self, fit: Mapping[str, Any], gpu: GPUProfile | None) -> tuple[float, float]:
+        s = self.shard
+        if s.tp == 1:
+            return 0.0, 0.0
+        if gpu is not None:
+            bw = gpu.intra_node_bandwidth_bytes_per_s.value
+            latency = ALLREDUCE_LATENCY_S
+        elif fit.get("allreduce"):
+            bw = float(fit["allreduce"]["intra_node_bandwidth_bytes_per_s"])
+            latency = float(fit["allreduce"]["latency_s"])
+        else:
+            raise ConfigError(
+                f"{self.label}: tp={s.tp} needs the GPU's intra-node bandwidth for the modelled "
+                "all-reduce; pass gpu= or refit with the GPU profile available"
+            )
+        ring_s_per_byte = 2.0 * (s.tp - 1) / s.tp / bw
+        per_token = 2.0 * s.num_layers * s.hidden_size * s.dtype_bytes * ring_s_per_byte
+        return per_token, 2.0 * s.num_layers * latency
+
+    # -- prefill ---------------------------------------------------------------------------
+    def _prefill_shard_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> tuple[float, float]:
+        t, cc, pairs, p = prefill_aggregates(new_tokens, cached_tokens)
+        if p == 0 or t == 0:
+            return 0.0, 0.0
+        x = prefill_features(self.shard, np.array([t]), np.array([cc]), np.array([pairs]), np.array([p]))
+        z = prefill_coords(np.array([t]), np.array([cc]), np.array([p]))
+        return float(self._prefill.predict(x, z)[0]), t
+
+    def prefill_time_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> float:
+        """One prefill iteration (LM head and first-token sampling included); an empty batch
+        takes no time."""
+        shard_s, tokens = self._prefill_shard_s(new_tokens, cached_tokens)
+        if tokens == 0:
+            return 0.0
+        return shard_s + self._ar_fixed_s + self._ar_per_token_s * tokens
+
+    # -- decode ----------------------------------------------------------------------------
+    def _decode_vec(self, batch_size: int, context_tokens: np.ndarray) -> np.ndarray:
+        if batch_size < 1:
+            raise ValueError(f"decode batch_size must be >= 1, got {batch_size}")
+        ctx = np.asarray(context_tokens, dtype=np.float64)
+        b = np.full_like(ctx, float(batch_size))
+        x = decode_features(self.shard, b, ctx)
+        z = decode_coords(b, ctx)
+        return self._decode.predict(x, z)
+
+    def decode_step_time_s(self, batch_size: int, context_tokens: int) -> float:
+        """One decode iteration of ``batch_size`` requests whose contexts sum to ``context_tokens``."""
+        return float(self.decode_run_times_s(batch_size, context_tokens, 1)[0])
+
+    def decode_run_times_s(self, batch_size: int, context_tokens: int, n_steps: int) -> np.ndarray:
+        """``n_steps`` steps of an unchanged batch (step ``j`` has context ``C + j*B``),
+        vectorised; element ``j`` equals ``decode_step_time_s(B, C + j*B)`` exactly, because
+        every element goes through the same per-row arithmetic."""
+        ctx = float(context_tokens) + float(batch_size) * np.arange(n_steps, dtype=np.float64)
+        out = self._decode_vec(batch_size, ctx)
+        return out + (self._ar_fixed_s + self._ar_per_token_s * float(batch_size))
+
+    # -- mixed -----------------------------------------------------------------------------
+    def mixed_step_time_s(
+        self,
+        new_tokens: np.ndarray,
+        cached_tokens: np.ndarray,
+        decode_batch_size: int,
+        decode_context_tokens: int,
+    ) -> float:
+        """Prefill chunks and a decode batch in one iteration: the sum of the two parts less
+        one shared weight read (see class docstring), plus the all-reduce of all tokens."""
+        prefill_s, tokens = self._prefill_shard_s(new_tokens, cached_tokens)
+        if decode_batch_size < 1:
+            return self.prefill_time_s(new_tokens, cached_tokens)
+        decode_s = float(self._decode_vec(decode_batch_size, np.array([float(decode_context_tokens)]))[0])
+        if tokens == 0:
+            combined = decode_s
+        else:
+            shared = min(self.weight_read_s, prefill_s, decode_s)
+            combined = max(prefill_s + decode_s - shared, prefill_s, decode_s)
+        all_tokens = tokens + float(decode_batch_size)
+        return combined + self._ar_fixed_s + self._ar_per_token_s * all_tokens
+
+    # -- transfers (informational) ----------------------------------------------------------
+    def transfer_time_s(self, kind: str, nbytes: float) -> float:
+        """Measured-fit time of one copy of ``nbytes`` (``kind``: d2d, h2d or d2h)."""
+        if kind not in self._transfers:
+            raise KeyError(f"{self.label}: no fitted transfer of kind '{kind}'")
+        x = transfer_features(np.array([float(nbytes)]))
+        return float(self._transfers[kind].predict(x, transfer_coords(np.array([float(nbytes)])))[0])
+
+
+def find_fitted(roots: list[Path], gpu: str, model: str, tp: int) -> Path | None:
+    """The ``fit.json`` to use for ``gpu``/``model``/``tp``, or ``None``.
+
+    Looks for ``<root>/measured/<gpu>/<model>-tp<tp>/fit.json`` in each root in order, then for
+    ``<root>/derived/<gpu>/<model>-tp<tp>/fit.json`` (a measured fit beats a derived one). A
+    fit made on the CPU (``device`` other than ``cuda``) is skipped with a warning unless
+    ``gpu`` is ``cpu``: CPU timings must never stand in for a GPU.
+    """
+    for kind in ("measured", "derived"):
+        for root in roots:
+            path = Path(root) / kind / gpu / f"{model}-tp{tp}" / "fit.json"
+            if not path.is_file():
+                continue
+            try:
+                device = json.loads(path.read_text()).get("device")
+            except (OSError, json.JSONDecodeError):
+                warnings.warn(f"{path}: unreadable fit.json, ignored", stacklevel=2)
+                continue
+            if device != "cuda" and gpu != "cpu":
+                warnings.warn(f"{path}: measured on device={device}, not used for GPU '{gpu}'", stacklevel=2)
+                continue
+            return path
+    return None
+
+
+def ape_summary(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Absolute percentage errors summarised as fractions: median, p95, max and mean."""
+    m = np.asarray(measured, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64)
+    if m.size == 0:
+        nan = math.nan
+        return {"median_ape": nan, "p95_ape": nan, "max_ape": nan, "mean_ape": nan}
+    ape = np.abs(p - m) / m
+    return {
+        "median_ape": float(np.median(ape)),
+        "p95_ape": float(np.percentile(ape, 95)),
+        "max_ape": float(ape.max()),
+        "mean_ape": float(ape.mean()),
+    }

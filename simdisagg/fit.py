@@ -1,0 +1,599 @@
+"""Fit cost models to measured kernels: ``raw.csv`` -> ``fit.json`` + ``fit_report.md`` + plot.
+
+For every phase in ``raw.csv`` (``prefill``, ``decode``, and ``transfer_<kind>``) two candidate
+predictors are fitted (their form is described in :mod:`simdisagg.costmodel.fitted`):
+
+* **physical** -- non-negative least squares (:func:`scipy.optimize.nnls`) on the physical
+  features, each row divided by its measured time so the fit minimises *relative* error;
+* **interpolation** -- the physical prediction times an interpolated log-residual over the
+  measured grid.
+
+The choice between them is made on points the fit has not seen: the grid points of a phase are
+split into ``k`` folds (seeded shuffle, each point held out exactly once); each fold's points
+are predicted by candidates fitted to the other folds. The candidate with the lower mean
+held-out absolute percentage error (APE) is chosen (the physical one on a tie: it extrapolates
+more safely), then refitted on all points. ``fit.json`` records, per phase, both candidates'
+held-out median / p95 / max APE and the point where the chosen one errs most.
+
+Nothing here imports torch; matplotlib is imported only to draw the plot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from simdisagg.costmodel.fitted import (
+    ALLREDUCE_LATENCY_S,
+    DECODE_FEATURES,
+    FEATURE_BOUND,
+    FEATURE_UNITS,
+    FIT_SCHEMA_VERSION,
+    PREFILL_FEATURES,
+    TRANSFER_FEATURES,
+    TRANSFER_KINDS,
+    LogResidualInterpolator,
+    ShardShape,
+    ape_summary,
+    decode_coords,
+    decode_features,
+    fit_label,
+    prefill_aggregates,
+    prefill_coords,
+    prefill_features,
+    transfer_coords,
+    transfer_features,
+)
+from simdisagg.errors import CalibrationError, ConfigError
+
+#: Columns every ``raw.csv`` must have (more are allowed).
+RAW_REQUIRED_COLUMNS: tuple[str, ...] = (
+    "device",
+    "phase",
+    "batch_size",
+    "new_tokens_list",
+    "cached_tokens_list",
+    "context_tokens",
+    "bytes",
+    "transfer_kind",
+    "n_reps",
+    "median_s",
+    "p10_s",
+    "p90_s",
+    "mean_s",
+    "std_s",
+    "power_w_mean",
+)
+
+#: Criterion used to choose between candidates (documented in fit.json).
+CRITERION = "lowest mean held-out absolute percentage error (ties: physical)"
+
+
+# -- data ------------------------------------------------------------------------------------
+@dataclass
+class PhaseData:
+    """One phase's measured points: features, interpolation coordinates, median times."""
+
+    name: str
+    feature_names: tuple[str, ...]
+    coord_names: tuple[str, ...]
+    features: np.ndarray
+    coords: np.ndarray
+    y: np.ndarray
+    labels: list[str]
+    power_w: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, idx: np.ndarray) -> PhaseData:
+        """The points at ``idx``."""
+        return PhaseData(
+            self.name,
+            self.feature_names,
+            self.coord_names,
+            self.features[idx],
+            self.coords[idx],
+            self.y[idx],
+            [self.labels[i] for i in idx],
+            self.power_w[idx],
+        )
+
+
+def _parse_list(text: object) -> list[int]:
+    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip() == "":
+        return []
+    return [int(float(v)) for v in str(text).split(";") if v.strip() != ""]
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024.0
+    return f"{n:.3g} GiB"
+
+
+def _short_list(values: list[int], limit: int = 6) -> str:
+    if len(values) <= limit:
+        return "[" + ",".join(str(v) for v in values) + "]"
+    return "[" + ",".join(str(v) for v in values[:limit]) + f",...{len(values)}]"
+
+
+def load_raw(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of ``raw.csv`` (as dicts) and the parsed ``meta.yaml`` of a measured folder."""
+    import pandas as pd
+
+    folder = Path(folder)
+    raw_path, meta_path = folder / "raw.csv", folder / "meta.yaml"
+    if not raw_path.is_file():
+        raise CalibrationError(f"{raw_path}: no raw.csv (run simdisagg calibrate first)")
+    if not meta_path.is_file():
+        raise CalibrationError(f"{meta_path}: no meta.yaml next to raw.csv")
+    try:
+        frame = pd.read_csv(raw_path, keep_default_na=True, dtype={"new_tokens_list": str, "cached_tokens_list": str})
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{raw_path}: cannot read ({exc})") from exc
+    missing = [c for c in RAW_REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise CalibrationError(f"{raw_path}: missing columns {', '.join(missing)}")
+    if frame.empty:
+        raise CalibrationError(f"{raw_path}: no measured points")
+    bad = frame[~(frame["median_s"] > 0)]
+    if not bad.empty:
+        raise CalibrationError(f"{raw_path}:{int(bad.index[0]) + 2}: field 'median_s': must be > 0")
+    try:
+        meta = yaml.safe_load(meta_path.read_text())
+    except yaml.YAMLError as exc:
+        raise CalibrationError(f"{meta_path}: not valid YAML") from exc
+    for key in ("schema_version", "device", "shard", "gpu_profile"):
+        if key not in meta:
+            raise CalibrationError(f"{meta_path}: field '{key}': missing")
+    devices = set(frame["device"].astype(str))
+    if devices != {str(meta["device"])}:
+        raise CalibrationError(f"{raw_path}: device column {sorted(devices)} disagrees with meta.yaml ({meta['device']})")
+    return frame.to_dict(orient="records"), meta
+
+
+def phase_datasets(rows: list[dict[str, Any]], shard: ShardShape) -> dict[str, PhaseData]:
+    """Group raw rows into per-phase datasets with features and coordinates."""
+    out: dict[str, PhaseData] = {}
+    pre = [r for r in rows if r["phase"] == "prefill"]
+    if pre:
+        agg = []
+        labels = []
+        for r in pre:
+            n = _parse_list(r["new_tokens_list"])
+            c = _parse_list(r["cached_tokens_list"]) or [0] * len(n)
+            agg.append(prefill_aggregates(np.array(n), np.array(c)))
+            if len(n) == 1:
+                labels.append(f"prompt n={n[0]} cached={c[0]}")
+            else:
+                labels.append(f"{len(n)} prompts n={_short_list(n)} cached={_short_list(c)}")
+        a = np.array(agg, dtype=np.float64)
+        out["prefill"] = PhaseData(
+            "prefill",
+            PREFILL_FEATURES,
+            ("log_new_tokens", "log_prompts", "log1p_cached_tokens"),
+            prefill_features(shard, a[:, 0], a[:, 1], a[:, 2], a[:, 3]),
+            prefill_coords(a[:, 0], a[:, 1], a[:, 3]),
+            np.array([float(r["median_s"]) for r in pre]),
+            labels,
+            np.array([float(r["power_w_mean"]) for r in pre]),
+        )
+    dec = [r for r in rows if r["phase"] == "decode"]
+    if dec:
+        b = np.array([float(r["batch_size"]) for r in dec])
+        c = np.array([float(r["context_tokens"]) for r in dec])
+        out["decode"] = PhaseData(
+            "decode",
+            DECODE_FEATURES,
+            ("log_batch_size", "log_mean_context_tokens"),
+            decode_features(shard, b, c),
+            decode_coords(b, c),
+            np.array([float(r["median_s"]) for r in dec]),
+            [f"B={int(bi)} C={int(ci)} (mean ctx {ci / bi:.0f})" for bi, ci in zip(b, c, strict=True)],
+            np.array([float(r["power_w_mean"]) for r in dec]),
+        )
+    for kind in TRANSFER_KINDS:
+        tr = [r for r in rows if r["phase"] == "transfer" and r["transfer_kind"] == kind]
+        if not tr:
+            continue
+        nbytes = np.array([float(r["bytes"]) for r in tr])
+        out[f"transfer_{kind}"] = PhaseData(
+            f"transfer_{kind}",
+            TRANSFER_FEATURES,
+            ("log_bytes",),
+            transfer_features(nbytes),
+            transfer_coords(nbytes),
+            np.array([float(r["median_s"]) for r in tr]),
+            [f"{kind} {_human_bytes(x)}" for x in nbytes],
+            np.array([float(r["power_w_mean"]) for r in tr]),
+        )
+    return out
+
+
+# -- fitting ---------------------------------------------------------------------------------
+def nnls_relative(features: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients minimising ``sum(((features @ a) / y - 1)**2)``.
+
+    Rows are divided by the measured time (relative error), columns are scaled to unit maximum
+    for conditioning, and all-zero columns get a zero coefficient."""
+    from scipy.optimize import nnls
+
+    x = np.asarray(features, dtype=np.float64) / np.asarray(y, dtype=np.float64)[:, None]
+    scale = np.abs(x).max(axis=0)
+    active = scale > 0
+    coef = np.zeros(x.shape[1])
+    if not active.any():
+        return coef
+    sol, _ = nnls(x[:, active] / scale[active], np.ones(x.shape[0]), maxiter=50 * x.shape[1] + 100)
+    coef[active] = sol / scale[active]
+    return coef
+
+
+def _physical_floor(pred: np.ndarray) -> np.ndarray:
+    # A degenerate fit can predict 0 s; keep log-residuals and APEs finite.
+    return np.maximum(pred, 1e-12)
+
+
+class Candidate:
+    """A fitted candidate predictor (physical, or physical x interpolated residual)."""
+
+    def __init__(self, kind: str, data: PhaseData) -> None:
+        self.kind = kind
+        self.coef = nnls_relative(data.features, data.y)
+        self.interp: LogResidualInterpolator | None = None
+        self.residuals = np.log(data.y / _physical_floor(data.features @ self.coef))
+        if kind == "interpolation":
+            self.interp = LogResidualInterpolator(data.coords, self.residuals)
+
+    def predict(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        """Predicted seconds for the given points."""
+        base = _physical_floor(features @ self.coef)
+        if self.interp is None:
+            return np.asarray(base, dtype=np.float64)
+        return np.asarray(base * np.exp(self.interp(coords)), dtype=np.float64)
+
+
+def kfold_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` index pairs: a seeded shuffle of ``range(n)`` cut into
+    ``min(folds, n)`` folds; every index is in exactly one test set and never in its own
+    fold's training set."""
+    k = min(folds, n)
+    if k < 2:
+        return []
+    order = np.random.default_rng(np.random.SeedSequence(seed)).permutation(n)
+    parts = np.array_split(order, k)
+    return [(np.sort(np.concatenate([p for j, p in enumerate(parts) if j != i])), np.sort(parts[i])) for i in range(k)]
+
+
+@dataclass
+class CrossValidation:
+    """Held-out predictions of each candidate for every point of a phase."""
+
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+CANDIDATES: tuple[str, ...] = ("physical", "interpolation")
+
+
+def cross_validate(data: PhaseData, folds: int = 5, seed: int = 0) -> CrossValidation:
+    """Predict every point from candidates fitted without it (k-fold by grid point)."""
+    splits = kfold_splits(len(data), folds, seed)
+    cv = CrossValidation(splits)
+    for kind in CANDIDATES:
+        pred = np.full(len(data), np.nan)
+        for train, test in splits:
+            cand = Candidate(kind, data.subset(train))
+            pred[test] = cand.predict(data.features[test], data.coords[test])
+        cv.predictions[kind] = pred
+    return cv
+
+
+def _worst(data: PhaseData, pred: np.ndarray) -> dict[str, Any] | None:
+    if len(data) == 0 or np.isnan(pred).all():
+        return None
+    ape = np.abs(pred - data.y) / data.y
+    i = int(np.nanargmax(ape))
+    return {"label": data.labels[i], "measured_s": float(data.y[i]), "predicted_s": float(pred[i]), "ape": float(ape[i])}
+
+
+def fit_phase(data: PhaseData, folds: int = 5, seed: int = 0) -> tuple[dict[str, Any], CrossValidation]:
+    """Fit both candidates, choose on held-out error, refit the choice on all points."""
+    cv = cross_validate(data, folds, seed)
+    held: dict[str, dict[str, Any]] = {}
+    for kind in CANDIDATES:
+        summary: dict[str, Any] = dict(ape_summary(data.y, cv.predictions[kind]))
+        summary["worst_point"] = _worst(data, cv.predictions[kind])
+        held[kind] = summary
+    if cv.splits:
+        chosen = min(CANDIDATES, key=lambda k: (held[k]["mean_ape"], CANDIDATES.index(k)))
+    else:
+        chosen = "physical"
+    final = Candidate("interpolation", data)  # physical coefficients + residuals on all points
+    in_sample = final.predict(data.features, data.coords) if chosen == "interpolation" else _physical_floor(
+        data.features @ final.coef
+    )
+    finite_power = data.power_w[np.isfinite(data.power_w)]
+    spec: dict[str, Any] = {
+        "chosen": chosen,
+        "criterion": CRITERION,
+        "n_points": len(data),
+        "folds": len(cv.splits),
+        "physical": {
+            "features": list(data.feature_names),
+            "coefficients": {n: float(c) for n, c in zip(data.feature_names, final.coef, strict=True)},
+            "units": {n: FEATURE_UNITS[n] for n in data.feature_names},
+            "bound": {n: FEATURE_BOUND[n] for n in data.feature_names},
+        },
+        "interpolation": {
+            "coordinates": list(data.coord_names),
+            "points": data.coords.tolist(),
+            "log_residuals": final.residuals.tolist(),
+        },
+        "held_out": held,
+        "held_out_error": {k: held[chosen][k] for k in ("median_ape", "p95_ape", "max_ape", "mean_ape")},
+        "worst_point": held[chosen]["worst_point"],
+        "in_sample_error": ape_summary(data.y, in_sample),
+        "power_w": None
+        if finite_power.size == 0
+        else {
+            "median": float(np.median(finite_power)),
+            "min": float(finite_power.min()),
+            "max": float(finite_power.max()),
+            "n_points": int(finite_power.size),
+        },
+    }
+    return spec, cv
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_measured` produced: the ``fit.json`` content plus what the report needs."""
+
+    fit: dict[str, Any]
+    data: dict[str, PhaseData]
+    cv: dict[str, CrossValidation]
+    meta: dict[str, Any]
+
+
+def _load_gpu(name: str, profiles_dir: Path | None) -> Any:
+    from simdisagg.hardware import ProfileStore
+
+    try:
+        return ProfileStore(profiles_dir).gpu(name)
+    except ConfigError:
+        return None
+
+
+def _weight_read(data: dict[str, PhaseData], shard: ShardShape, phases: Mapping[str, Any]) -> dict[str, Any]:
+    """Time of one pass over the shard's weights, from the measured copy bandwidth."""
+    consts = [phases[p]["physical"]["coefficients"]["const"] for p in ("prefill", "decode") if p in phases]
+    d2d = data.get("transfer_d2d")
+    if d2d is not None and len(d2d):
+        nbytes = d2d.features[:, 1]
+        big = nbytes >= min(64 * 2**20, float(nbytes.max()))
+        # A copy reads and writes every byte: HBM traffic is twice the message size.
+        bw = float(np.max(2.0 * nbytes[big] / d2d.y[big]))
+        return {
+            "weight_bytes": shard.weight_bytes,
+            "hbm_copy_bandwidth_bytes_per_s": bw,
+            "weight_read_s": shard.weight_bytes / bw,
+            "source": "measured: weight bytes / device-to-device copy bandwidth (2 x bytes / time, messages >= 64 MiB)",
+        }
+    upper = float(min(consts)) if consts else 0.0
+    return {
+        "weight_bytes": shard.weight_bytes,
+        "hbm_copy_bandwidth_bytes_per_s": None,
+        "weight_read_s": upper,
+        "source": "no copy measurement: the smaller fixed term of prefill and decode (an upper bound)",
+    }
+
+
+def fit_measured(folder: Path, *, profiles_dir: Path | None = None, folds: int = 5, seed: int = 0) -> FitResult:
+    """Fit every phase of ``folder/raw.csv`` (see module docstring); writes nothing."""
+    folder = Path(folder)
+    rows, meta = load_raw(folder)
+    shard = ShardShape.from_dict(meta["shard"])
+    data = phase_datasets(rows, shard)
+    for needed in ("prefill", "decode"):
+        if needed not in data:
+            raise CalibrationError(f"{folder / 'raw.csv'}: no {needed} points")
+    phases: dict[str, Any] = {}
+    cvs: dict[str, CrossValidation] = {}
+    for name, d in data.items():
+        phases[name], cvs[name] = fit_phase(d, folds, seed)
+    gpu_profile = str(meta["gpu_profile"])
+    allreduce = None
+    if shard.tp > 1:
+        gpu = _load_gpu(gpu_profile, profiles_dir)
+        if gpu is not None:
+            allreduce = {
+                "provenance": "modelled",
+                "intra_node_bandwidth_bytes_per_s": gpu.intra_node_bandwidth_bytes_per_s.value,
+                "latency_s": ALLREDUCE_LATENCY_S,
+                "source": f"ring all-reduce, 2 per layer, over {gpu_profile} intra_node_bandwidth_bytes_per_s "
+                f"({gpu.intra_node_bandwidth_bytes_per_s.source}); not measured",
+            }
+    raw_bytes = (folder / "raw.csv").read_bytes()
+    fit: dict[str, Any] = {
+        "schema_version": FIT_SCHEMA_VERSION,
+        "provenance": "measured",
+        "device": str(meta["device"]),
+        "gpu": gpu_profile,
+        "gpu_name": meta.get("gpu_name"),
+        "shard": shard.to_dict(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "raw_csv_sha256": hashlib.sha256(raw_bytes).hexdigest(),
+        "measured_at": meta.get("date"),
+        "cross_validation": {"folds": folds, "seed": seed, "split": "k-fold by grid point", "criterion": CRITERION},
+        "phases": phases,
+        "weight_read": _weight_read(data, shard, phases),
+        "allreduce": allreduce,
+        "notes": "Times are for one iteration of the whole shard. held_out_error values are fractions "
+        "(0.05 = 5 %) measured on grid points left out of the fit.",
+    }
+    fit["label"] = fit_label(fit)
+    return FitResult(fit, data, cvs, meta)
+
+
+# -- outputs ---------------------------------------------------------------------------------
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100.0 * x:.1f} %"
+
+
+def _implied_rates(fit: Mapping[str, Any], gpu: Any) -> list[str]:
+    lines = []
+    for phase in ("prefill", "decode"):
+        coef = fit["phases"][phase]["physical"]["coefficients"]
+        for name in ("gemm_flops", "attn_flops"):
+            c = coef.get(name, 0.0)
+            if c > 0:
+                rate = 1.0 / c
+                peak = f" ({100 * rate / gpu.dense_bf16_flops_per_s.value:.0f} % of datasheet peak)" if gpu else ""
+                lines.append(f"- {phase} `{name}`: {rate / 1e12:.1f} TFLOP/s{peak}")
+        c = coef.get("kv_bytes", 0.0)
+        if c > 0:
+            rate = 1.0 / c
+            peak = f" ({100 * rate / gpu.hbm_bandwidth_bytes_per_s.value:.0f} % of datasheet HBM)" if gpu else ""
+            lines.append(f"- {phase} `kv_bytes`: {rate / 1e9:.0f} GB/s{peak}")
+        lines.append(f"- {phase} fixed term `const`: {coef['const'] * 1e3:.3f} ms per iteration")
+    return lines
+
+
+def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path | None = None) -> str:
+    """The ``fit_report.md`` text."""
+    fit, meta = result.fit, result.meta
+    gpu = _load_gpu(fit["gpu"], profiles_dir) if fit["device"] == "cuda" else None
+    out = [f"# Fit report: `{fit['label']}`", ""]
+    if fit["device"] != "cuda":
+        out += [f"> **device={fit['device']}: test data, not a GPU profile.**", ""]
+    out += [
+        f"- measured: {meta.get('date')} on {meta.get('gpu_name')} (device {fit['device']}), "
+        f"torch {meta.get('torch_version')}, CUDA {meta.get('cuda_version')}, driver {meta.get('driver_version')}",
+        f"- grid: {meta.get('grid', {}).get('name')}; layers timed {meta.get('layers_timed')} of "
+        f"{fit['shard']['num_layers']}, scaled (see meta.yaml `method`)",
+        f"- raw.csv sha256 `{fit['raw_csv_sha256'][:16]}...`; fitted {fit['created_at']}",
+        f"- held-out split: {fit['cross_validation']['split']}, {fit['cross_validation']['folds']} folds, "
+        f"seed {fit['cross_validation']['seed']}; choice: {CRITERION}",
+        "",
+        "## Held-out error per phase (absolute percentage error)",
+        "",
+        "| phase | points | candidate | median | p95 | max | chosen | largest error at |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, spec in fit["phases"].items():
+        for kind in CANDIDATES:
+            h = spec["held_out"][kind]
+            worst = h.get("worst_point")
+            where = f"{worst['label']} ({worst['measured_s'] * 1e3:.3g} ms)" if worst else "n/a"
+            mark = "**yes**" if kind == spec["chosen"] else ""
+            out.append(
+                f"| {name} | {spec['n_points']} | {kind} | {_pct(h['median_ape'])} | {_pct(h['p95_ape'])} | "
+                f"{_pct(h['max_ape'])} | {mark} | {where} |"
+            )
+    out += ["", "## Physical coefficients", ""]
+    for name, spec in fit["phases"].items():
+        coefs = ", ".join(
+            f"`{k}` = {v:.4g} {spec['physical']['units'][k]}" for k, v in spec["physical"]["coefficients"].items()
+        )
+        out.append(f"- **{name}**: {coefs}")
+    out += ["", "Implied rates:", ""] + _implied_rates(fit, gpu)
+    wr = fit["weight_read"]
+    out += [
+        "",
+        "## Shared terms",
+        "",
+        f"- weight read per iteration: {wr['weight_read_s'] * 1e3:.3f} ms for {wr['weight_bytes'] / 1e9:.2f} GB "
+        f"({wr['source']}); mixed steps subtract it once",
+    ]
+    if fit["allreduce"]:
+        out.append(f"- all-reduce (tp={fit['shard']['tp']}): **modelled**, {fit['allreduce']['source']}")
+    elif fit["shard"]["tp"] > 1:
+        out.append("- all-reduce: GPU profile not found at fit time; pass the GPU profile when loading")
+    power = [(n, s["power_w"]) for n, s in fit["phases"].items() if s["power_w"]]
+    if power:
+        out += ["", "## Measured power (NVML)", ""]
+        out += [f"- {n}: median {p['median']:.0f} W (min {p['min']:.0f}, max {p['max']:.0f})" for n, p in power]
+    if plot_name:
+        out += ["", "## Measured vs held-out predicted", "", f"![measured vs predicted]({plot_name})"]
+    out += [
+        "",
+        "Regenerate with `simdisagg fit <this folder>`; raw.csv and meta.yaml are the measurement and never edited.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def plot_fit(result: FitResult, path: Path) -> None:
+    """Measured vs held-out predicted time per phase, log-log (matplotlib, imported here)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    names = list(result.data)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        d, spec = result.data[name], result.fit["phases"][name]
+        for kind, marker in (("physical", "o"), ("interpolation", "x")):
+            pred = result.cv[name].predictions.get(kind)
+            if pred is None or np.isnan(pred).all():
+                continue
+            label = f"{kind}{' (chosen)' if kind == spec['chosen'] else ''}"
+            ax.scatter(d.y * 1e3, pred * 1e3, s=14, marker=marker, label=label, alpha=0.8)
+        lo, hi = float(d.y.min()) * 1e3 / 1.5, float(d.y.max()) * 1e3 * 1.5
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{name} (held-out median {_pct(spec['held_out_error']['median_ape'])})", fontsize=9)
+        ax.set_xlabel("measured (ms)")
+        ax.set_ylabel("predicted (ms)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_visible(False)
+    fig.suptitle(result.fit["label"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_fit(
+    folder: Path, result: FitResult, *, plot: bool = True, profiles_dir: Path | None = None
+) -> list[Path]:
+    """Write ``fit.json``, ``fit_report.md`` and (optionally) ``fit_plot.png`` into ``folder``."""
+    folder = Path(folder)
+    written = []
+    fit_path = folder / "fit.json"
+    _atomic_write(fit_path, json.dumps(result.fit, indent=1, allow_nan=True) + "\n")
+    written.append(fit_path)
+    plot_name = None
+    if plot:
+        plot_path = folder / "fit_plot.png"
+        plot_fit(result, plot_path)
+        written.append(plot_path)
+        plot_name = plot_path.name
+    report = folder / "fit_report.md"
+    _atomic_write(report, render_report(result, plot_name, profiles_dir))
+    written.append(report)
+    return written
