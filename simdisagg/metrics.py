@@ -176,6 +176,87 @@ def summarize(result: RunResult, slo: SLOConfig) -> dict[str, Any]:
     if rec.link_busy_s:
         s["link_busy_fraction"] = float(np.mean(rec.link_busy_s) / duration)
         s["kv_bytes_sent"] = float(sum(rec.link_bytes))
+    for key, value in result.meta.items():
+        if key.startswith("prefix_cache:"):
+            pool = key.split(":", 1)[1]
+            for k, v in value.items():  # type: ignore[attr-defined]
+                s[f"{pool}_{k}"] = v
+    if result.recorder.unloaded_s is not None:
+        s.update(session_summary(session_metrics(result)))
     s["events"] = result.events
     s["wall_s"] = result.wall_s
     return s
+
+
+def session_metrics(result: RunResult) -> Any:
+    """Per-session table (pandas): end-to-end time, the agent's critical path, how much of
+    that path was queueing, and its slowdown against an idle cluster.
+
+    The critical path ends at the session's last completion and walks back, at each step, to
+    the request it waited for that completed last (the one that released it). Along it:
+    ``critical_path_s`` = last completion − arrival of the path's first request;
+    ``queueing_s`` = the path's waits in queues (prefill queue, decode admission, link queue,
+    batch join); ``unloaded_s`` = the path's service times alone on an idle cluster plus its
+    tool waits; ``slowdown`` = critical_path_s / unloaded_s."""
+    import pandas as pd
+
+    rec = result.recorder
+    t = rec.times
+    sess = result.session_index
+    if result.wait_offsets is None or not (sess >= 0).any():
+        return pd.DataFrame()
+    waits_off, waits_idx = result.wait_offsets, result.wait_indices
+    assert waits_idx is not None and result.tool_wait_s is not None
+    done_at = t["completed_at"]
+    queue = np.zeros(len(sess))
+    for a, b in (
+        ("prefill_enqueued_at", "prefill_start_at"),
+        ("first_token_at", "decode_admit_at"),
+        ("decode_admit_at", "kv_send_start_at"),
+        ("kv_send_end_at", "decode_start_at"),
+    ):
+        d = t[b] - t[a]
+        queue += np.where(np.isnan(d), 0.0, d)
+    unloaded = rec.unloaded_s if rec.unloaded_s is not None else np.full(len(sess), np.nan)
+    rows = []
+    order = np.argsort(sess, kind="stable")
+    bounds = np.searchsorted(sess[order], np.arange(sess.max() + 2))
+    for s in range(int(sess.max()) + 1):
+        members = order[bounds[s] : bounds[s + 1]]
+        if len(members) == 0:
+            continue
+        ok = rec.status[members] == STATUS_COMPLETED
+        row: dict[str, Any] = {"session_index": s, "requests": len(members), "completed": int(ok.sum())}
+        if ok.all():
+            last = int(members[np.argmax(done_at[members])])
+            path = [last]
+            while waits_off[path[-1] + 1] > waits_off[path[-1]]:
+                parents = waits_idx[waits_off[path[-1]] : waits_off[path[-1] + 1]]
+                path.append(int(parents[np.argmax(done_at[parents])]))
+            p = np.array(path)
+            first = int(p[-1])
+            row["e2e_s"] = float(done_at[members].max() - np.nanmin(t["arrival_at"][members]))
+            row["critical_path_s"] = float(done_at[last] - t["arrival_at"][first])
+            row["critical_path_requests"] = len(p)
+            row["queueing_s"] = float(queue[p].sum())
+            tool = float(result.tool_wait_s[p[:-1]].sum())
+            row["unloaded_s"] = float(unloaded[p].sum()) + tool
+            row["slowdown"] = row["critical_path_s"] / row["unloaded_s"] if row["unloaded_s"] > 0 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def session_summary(frame: Any) -> dict[str, float]:
+    """Summary keys of the per-session table (empty when the trace has no sessions)."""
+    if len(frame) == 0 or "critical_path_s" not in frame:
+        return {}
+    f = frame.dropna(subset=["critical_path_s"])
+    return {
+        "sessions": int(len(frame)),
+        "mean_session_e2e_s": float(f["e2e_s"].mean()),
+        "p90_session_e2e_s": float(f["e2e_s"].quantile(0.9)),
+        "mean_critical_path_s": float(f["critical_path_s"].mean()),
+        "critical_path_queueing_fraction": float(f["queueing_s"].sum() / f["critical_path_s"].sum()),
+        "mean_session_slowdown": float(f["slowdown"].mean()),
+        "p90_session_slowdown": float(f["slowdown"].quantile(0.9)),
+    }

@@ -366,6 +366,8 @@ def simulate(
     if cfg.mode != "aggregated":
         rec.link_busy_s = [link.busy_s for link in links]
         rec.link_bytes = [link.bytes_sent for link in links]
+    if (trace.session_index >= 0).any() and trace.closed_loop.any():
+        rec.unloaded_s = _unloaded_service_s(cfg, trace, rec, store, streams, cost_scale)
     events = next(env._eid)  # SimPy's event counter: events scheduled in this run
     meta: dict[str, Any] = {"kv_capacity_blocks": {s.pool: s.kv.capacity for s in instances_stats}}
     for name, cache in caches.items():
@@ -382,4 +384,35 @@ def simulate(
         events=events,
         wall_s=time.perf_counter() - wall0,
         meta=meta,
+        wait_offsets=trace.wait_offsets,
+        wait_indices=trace.wait_indices,
+        tool_wait_s=trace.tool_wait_s,
     )
+
+
+def _unloaded_service_s(
+    cfg: RunConfig, trace: Trace, rec: Recorder, store: ProfileStore, streams: Streams, cost_scale: float
+) -> np.ndarray:
+    """Each request's time alone on an idle cluster, with the prefix hits it actually got:
+    its prefill, its KV transfer (disaggregated) and its decode steps at batch size one."""
+    pool_p = cfg.aggregated_pool() if cfg.mode == "aggregated" else cfg.prefill
+    pool_d = cfg.aggregated_pool() if cfg.mode == "aggregated" else cfg.decode
+    cost_p = _plan_pool(cfg, pool_p, "prefill-unloaded", store, streams, cost_scale).cost
+    cost_d = _plan_pool(cfg, pool_d, "decode-unloaded", store, streams, cost_scale).cost
+    out = np.zeros(len(trace))
+    transfer_per_token = 0.0
+    latency = 0.0
+    if cfg.mode != "aggregated":
+        link = store.link(cfg.link.preset)
+        bw = link.bandwidth_bytes_per_s.value * min(cfg.prefill.tp, cfg.decode.tp) * cfg.link.bandwidth_scale
+        transfer_per_token = store.model(cfg.model).kv_bytes_per_token / bw
+        latency = link.latency_s.value
+    for i in np.flatnonzero(trace.session_index >= 0).tolist():
+        n_in, n_out, c = int(trace.input_tokens[i]), int(trace.output_tokens[i]), int(rec.cached_tokens[i])
+        t = cost_p.prefill_time_s(np.array([n_in - c]), np.array([c]))
+        if n_out > 1:
+            t += float(cost_d.decode_run_times_s(1, n_in + 1, n_out - 1).sum())
+            if cfg.mode != "aggregated":
+                t += latency + n_in * transfer_per_token
+        out[i] = t
+    return out

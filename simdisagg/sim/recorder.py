@@ -122,7 +122,8 @@ class Recorder:
         self.link_busy_s: list[float] = []
         self.link_bytes: list[float] = []
         self.end_at = 0.0
-        self.extra: dict[str, object] = {}
+        # Service time of each request alone on an idle cluster (closed-loop traces only).
+        self.unloaded_s: np.ndarray | None = None
 
     def reject(self, i: int, reason: str) -> None:
         """Mark request ``i`` as rejected with a reason (it will never be served)."""
@@ -150,3 +151,6 @@ class RunResult:
     events: int
     wall_s: float
     meta: dict[str, object] = field(default_factory=dict)
+    wait_offsets: np.ndarray | None = None
+    wait_indices: np.ndarray | None = None
+    tool_wait_s: np.ndarray | None = None
