@@ -130,7 +130,10 @@ class PrefixCache(PrefixLookup):
         load_s = 0.0
         tiers = self._tiers[instance]
         usable = min(len(found) * self._block_tokens, int(self._inp[i]) - 1)
-        for n, (h, k) in enumerate(zip(hashes, found, strict=False)):
+        # Touch from the last block to the first, so the first blocks are the most recent and
+        # LRU evicts sequence tails before the prefixes they hang from (as vLLM's evictor does).
+        pairs = list(enumerate(zip(hashes, found, strict=False)))
+        for n, (h, k) in reversed(pairs):
             st = self.stats[k]
             st.hit_blocks += 1
             st.saved_tokens += max(0, min(self._block_tokens, usable - n * self._block_tokens))
@@ -151,7 +154,7 @@ class PrefixCache(PrefixLookup):
         """Request ``i``'s prompt KV now exists on ``instance``: cache all its blocks in HBM."""
         tiers = self._tiers[instance]
         hbm = tiers[0].blocks
-        for h in self._hashes(i).tolist():
+        for h in reversed(self._hashes(i).tolist()):  # tails first: see use()
             if h in hbm:
                 hbm.move_to_end(h)
                 continue

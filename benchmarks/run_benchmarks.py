@@ -1,0 +1,174 @@
+"""Simulation-speed benchmark suite (a script, not a test).
+
+Simulates standard cases and prints, for each: requests simulated per wall-second, events per
+second, peak memory (each case runs in its own process, so ``ru_maxrss`` is that case's
+peak), and, where asked, the step-by-step (``--exact-steps``) vs fast-forward ratio on the same
+run. Writes a JSON of every figure (``--json``) so that changes can be compared.
+
+Cases: the agentic generator and the real Mooncake conversation trace (tiled end to end with
+fresh ids and hashes to reach the request count), 10k / 100k / 1M requests, on clusters of 8,
+64 and 512 H100 GPUs running Llama-3.1-8B, disaggregated (half prefill, half decode) and
+aggregated. The open-loop rate is scaled with the cluster so that every case runs at a
+comparable, realistic load (``--load-per-gpu`` requests/s per GPU).
+
+    python benchmarks/run_benchmarks.py --preset quick --json benchmarks/results/latest.json
+    python benchmarks/run_benchmarks.py --preset full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "traces"
+
+PRESETS = {
+    "quick": [
+        ("agentic", 10_000, 64, "disaggregated", True),
+        ("agentic", 10_000, 64, "aggregated", False),
+        ("mooncake", 10_000, 64, "disaggregated", True),
+        ("agentic", 100_000, 64, "disaggregated", False),
+        ("mooncake", 100_000, 64, "disaggregated", False),
+    ],
+    "full": [
+        (kind, n, gpus, mode, n == 10_000)
+        for kind in ("agentic", "mooncake")
+        for n in (10_000, 100_000, 1_000_000)
+        for gpus in (8, 64, 512)
+        for mode in ("disaggregated", "aggregated")
+    ],
+}
+
+
+def _tile(trace, count: int):  # type: ignore[no-untyped-def]
+    """Repeat a trace end to end (fresh request ids and hash ids each copy) up to ``count``."""
+    from simdisagg.trace import TraceBuilder
+
+    span = float(trace.timestamp_s.max()) + 1.0
+    offset = int(trace.hash_values.max()) + 1 if trace.has_hashes else 0
+    b = TraceBuilder(f"{trace.source} (tiled)", trace.hash_block_tokens)
+    k = 0
+    copy = 0
+    while k < count:
+        for i in range(len(trace)):
+            if k >= count:
+                break
+            b.add(
+                line=k + 1,
+                timestamp_s=float(trace.timestamp_s[i]) + copy * span,
+                input_tokens=int(trace.input_tokens[i]),
+                output_tokens=int(trace.output_tokens[i]),
+                hash_ids=(trace.hashes_of(i) + copy * offset).tolist(),
+            )
+            k += 1
+        copy += 1
+    return b.build()
+
+
+def _make_trace(kind: str, count: int):  # type: ignore[no-untyped-def]
+    from simdisagg.generate import generate_trace
+    from simdisagg.trace import load_jsonl
+
+    if kind == "agentic":
+        return generate_trace("agentic", num_requests=count, seed=1).subset(np.arange(count))
+    path = SHARED / "mooncake" / "conversation_trace.jsonl"
+    if not path.is_file():
+        path = ROOT / "traces" / "mooncake-conversation-5min.jsonl"
+    return _tile(load_jsonl(path), count)
+
+
+def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu: float, q: mp.Queue) -> None:
+    from simdisagg import RunConfig, simulate
+
+    trace = _make_trace(kind, count)
+    open_loop = ~trace.closed_loop
+    ts = trace.timestamp_s[open_loop]
+    base_rate = open_loop.sum() / max(float(ts.max() - ts.min()), 1e-9)
+    # Closed-loop requests follow their sessions; scale the open-loop starts to the target load.
+    target = load_per_gpu * gpus * (open_loop.sum() / len(trace))
+    cfg = RunConfig.model_validate(
+        {
+            "mode": mode,
+            "prefill": {"count": gpus // 2},
+            "decode": {"count": gpus - gpus // 2},
+            "rate_scale": target / base_rate,
+            "exact_steps": exact,
+        }
+    )
+    t0 = time.perf_counter()
+    result = simulate(cfg, trace)
+    wall = time.perf_counter() - t0
+    status = result.recorder.status
+    q.put(
+        {
+            "wall_s": wall,
+            "events": result.events,
+            "completed": int((status == 1).sum()),
+            "rejected": int((status == 2).sum()),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "completed_at": result.recorder.times["completed_at"],
+        }
+    )
+
+
+def run_case(kind: str, count: int, gpus: int, mode: str, exact: bool, load: float) -> dict:
+    """Run one case in a fresh process (so peak memory is its own)."""
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()
+    p = ctx.Process(target=_case, args=(kind, count, gpus, mode, exact, load, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    ap.add_argument("--load-per-gpu", type=float, default=1.0, help="open-loop requests/s per GPU")
+    ap.add_argument("--json", type=Path, default=None, help="write figures here")
+    args = ap.parse_args()
+    rows = []
+    print(f"{'case':44s} {'req/s':>10s} {'events/s':>11s} {'peak MB':>8s} {'wall s':>7s} {'exact/ff':>8s}")
+    for kind, count, gpus, mode, with_exact in PRESETS[args.preset]:
+        ff = run_case(kind, count, gpus, mode, False, args.load_per_gpu)
+        row = {
+            "trace": kind, "requests": count, "gpus": gpus, "mode": mode,
+            "wall_s": ff["wall_s"], "requests_per_s": count / ff["wall_s"],
+            "events_per_s": ff["events"] / ff["wall_s"], "events": ff["events"],
+            "peak_rss_mb": ff["peak_rss_mb"], "completed": ff["completed"], "rejected": ff["rejected"],
+        }
+        if with_exact:
+            ex = run_case(kind, count, gpus, mode, True, args.load_per_gpu)
+            row["exact_wall_s"] = ex["wall_s"]
+            row["exact_over_ff"] = ex["wall_s"] / ff["wall_s"]
+            a, b = ff["completed_at"], ex["completed_at"]
+            row["max_abs_diff_completed_at_s"] = float(np.nanmax(np.abs(a - b))) if len(a) else 0.0
+        rows.append(row)
+        name = f"{kind} {count:>9,d} req, {gpus:>3d} GPUs, {mode}"
+        ratio = f"{row.get('exact_over_ff', float('nan')):8.1f}"
+        print(f"{name:44s} {row['requests_per_s']:10,.0f} {row['events_per_s']:11,.0f} "
+              f"{row['peak_rss_mb']:8.0f} {row['wall_s']:7.2f} {ratio}", flush=True)
+    if args.json:
+        from simdisagg.output import atomic_write_json
+
+        atomic_write_json(args.json, {
+            "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                        "cpus": mp.cpu_count(), "processor": platform.processor()},
+            "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "load_per_gpu": args.load_per_gpu,
+            "rows": rows,
+        })
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
