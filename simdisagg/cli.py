@@ -209,30 +209,14 @@ def profiles(profiles_dir: ProfilesOpt = None) -> None:
     _run_guarded(body)
 
 
-def _mount_optional() -> None:
-    """Sub-commands that live in their own modules."""
-    try:
-        from simdisagg.cli_trace import trace_app
-    except ImportError:
-        pass
-    else:
-        app.add_typer(trace_app, name="trace", help="Convert, generate and describe traces.")
-    try:
-        from simdisagg.cli_calibrate import calibrate_command, fit_command
-    except ImportError:
-        pass
-    else:
-        app.command("calibrate")(calibrate_command)
-        app.command("fit")(fit_command)
-    try:
-        from simdisagg.cli_plan import plan_command
-    except ImportError:
-        pass
-    else:
-        app.command("plan")(plan_command)
+from simdisagg.cli_calibrate import calibrate_command, fit_command  # noqa: E402
+from simdisagg.cli_plan import plan_command  # noqa: E402
+from simdisagg.cli_trace import trace_app  # noqa: E402
 
-
-_mount_optional()
+app.add_typer(trace_app, name="trace", help="Convert, generate and describe traces.")
+app.command("calibrate")(calibrate_command)
+app.command("fit")(fit_command)
+app.command("plan")(plan_command)
 
 
 def main() -> None:  # pragma: no cover - console entry

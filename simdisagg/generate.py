@@ -14,15 +14,21 @@ Agentic model, per session (all lognormals are parameterised by the mean ``mu`` 
 deviation ``sigma`` of the natural log, so ``exp(mu)`` is the median):
 
 1. ``steps`` main-agent requests, ``round(LogNormal(steps_log_mu, steps_log_sigma)) >= 1``.
-2. Step 0 is open-loop at the session's arrival; its context is
-   ``LogNormal(first_context_log_*)`` tokens (at least the system prompt plus one block).
+2. A session has a large context window with probability ``large_context_probability``
+   (the 1M-token models of the recording), else a standard one. Step 0 is open-loop at the
+   session's arrival; its context is ``LogNormal(first_context_log_*)`` tokens
+   (``large_first_context_log_*`` for a large window: mostly resumed sessions), at least the
+   system prompt plus one block and at most the window's limit.
 3. After each step the next input is a tool result with probability ``p_tool_step`` (tool
    time ``LogNormal(tool_time_log_*)`` s, new tokens ``LogNormal(tool_result_tokens_log_*)``),
    else a user turn (think time ``LogNormal(user_think_log_*)`` s, new tokens
    ``LogNormal(user_turn_tokens_log_*)``). Context grows: previous context + previous output +
-   new tokens. Once the context reaches ``compaction_threshold_tokens``, each step compacts it
-   with probability ``compaction_probability`` to ``compaction_keep_fraction`` of its size (a
-   user turn that keeps only the system prompt as cached prefix), as Claude Code's auto-compact does.
+   new tokens. Compaction (Claude Code's ``/compact`` and auto-compact) shrinks the context to
+   ``compaction_keep_fraction`` of its size, as a user turn whose only cached prefix is the
+   system prompt: always when the next context would pass the window's limit
+   (``context_limit_tokens`` or ``large_context_limit_tokens``), and with probability
+   ``compaction_probability`` per step once the context is at least
+   ``compaction_threshold_tokens`` (``large_compaction_*`` for a large window).
 4. Prefix hashes, one per full ``hash_block_tokens`` block: a session's step reuses all full
    blocks of its previous context and adds fresh ids; the first ``system_prompt_tokens`` are
    one global prefix shared by all sessions (Claude Code's tool definitions + system prompt).
@@ -41,6 +47,8 @@ deviation ``sigma`` of the natural log, so ``exp(mu)`` is the median):
 
 Recorded timestamps of closed-loop requests (ignored by a replay) use a nominal service time
 ``api_time_base_s + api_time_per_output_token_s × output`` fitted to the recorded ``api_time``.
+
+Hash ids are renumbered 0, 1, 2, ... in order of first appearance once a trace is built.
 
 Randomness: ``seed`` → ``SeedSequence(seed, spawn_key=(0,))`` for arrivals and
 ``SeedSequence(seed, spawn_key=(1, k))`` for session ``k``, so adding sessions or changing the
@@ -70,14 +78,21 @@ _NAMESPACE_STRIDE = 2**40
 
 
 class _Params(BaseModel):
+    """Base of the parameter models: unknown names are errors, instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ArrivalParams(_Params):
-    """Arrival process of sessions (agentic) or requests (open-loop kinds)."""
+    """Arrival process of sessions (agentic) or requests (open-loop kinds).
+
+    The MMPP defaults (0.02/s, bursting to 0.2/s) are sized for agentic sessions.
+    """
 
     arrival: ArrivalProcess = "poisson"
-    arrival_rate_per_s: float = Field(default=1.0, gt=0, description="mean rate of the gamma/poisson process (sessions or requests), 1/s")
+    arrival_rate_per_s: float = Field(
+        default=1.0, gt=0, description="mean rate of the gamma/poisson process (sessions or requests), 1/s"
+    )
     interarrival_cv: float = Field(default=1.0, gt=0, description="CV of gamma inter-arrival gaps")
     rate_low_per_s: float = Field(default=0.02, ge=0, description="MMPP rate in the low state, 1/s")
     rate_high_per_s: float = Field(default=0.2, ge=0, description="MMPP rate in the high state, 1/s")
@@ -104,8 +119,13 @@ class AgenticParams(ArrivalParams):
     # --- fitted by fit_agentic_params on kvct_requests_710_traces.csv, 2026-11-23 ---
     steps_log_mu: float = 3.807
     steps_log_sigma: float = 0.9656
-    first_context_log_mu: float = 10.105
-    first_context_log_sigma: float = 1.841
+    large_context_probability: float = Field(default=0.2338, ge=0, le=1)
+    first_context_log_mu: float = 9.937
+    first_context_log_sigma: float = 1.314
+    large_first_context_log_mu: float = 12.37
+    large_first_context_log_sigma: float = 0.5914
+    context_limit_tokens: int = Field(default=163_811, ge=1)
+    large_context_limit_tokens: int = Field(default=894_371, ge=1)
     output_log_mu: float = 5.375
     output_log_sigma: float = 1.113
     p_tool_step: float = Field(default=0.8511, ge=0, le=1)
@@ -117,10 +137,12 @@ class AgenticParams(ArrivalParams):
     tool_time_log_sigma: float = 1.566
     user_think_log_mu: float = 4.875
     user_think_log_sigma: float = 2.094
-    compaction_threshold_tokens: int = Field(default=79_797, ge=1)
-    compaction_probability: float = Field(default=0.00704, ge=0, le=1)
+    compaction_threshold_tokens: int = Field(default=105_162, ge=1)
+    compaction_probability: float = Field(default=0.0137, ge=0, le=1)
+    large_compaction_threshold_tokens: int = Field(default=51_237, ge=1)
+    large_compaction_probability: float = Field(default=0.002954, ge=0, le=1)
     compaction_keep_fraction: float = Field(default=0.2703, gt=0, le=1)
-    subagent_probability: float = Field(default=0.000793, ge=0, le=1)
+    subagent_probability: float = Field(default=0.0007925, ge=0, le=1)
     subagent_extra_mean: float = Field(default=0.6579, ge=0)
     subagent_prompt_tokens: int = Field(default=9984, ge=0)
     subagent_steps_log_mu: float = 2.398
@@ -139,7 +161,11 @@ class AgenticParams(ArrivalParams):
 
 
 class OpenLoopParams(ArrivalParams):
-    """Open-loop single requests: lognormal input and output lengths, clipped to [1, max]."""
+    """Open-loop single requests: lognormal input and output lengths, clipped to [1, max].
+
+    The base of :class:`ChatParams` and :class:`CodingParams`, whose defaults are fitted; the
+    length defaults here are only placeholders for a direct use.
+    """
 
     hash_block_tokens: int = Field(default=64, ge=1)
     system_prompt_tokens: int = Field(default=0, ge=0, description="global shared prefix, tokens")
@@ -154,8 +180,8 @@ class OpenLoopParams(ArrivalParams):
 class ChatParams(OpenLoopParams):
     """Chat requests. Defaults: ``fit_open_loop_params`` on
     ``shared/traces/azure2023/AzureLLMInferenceTrace_conv.csv`` (19,366 requests), 2026-11-23:
-    lognormal MLE of ContextTokens and GeneratedTokens, their maxima, the mean arrival rate and
-    the inter-arrival CV (Gamma renewal arrivals)."""
+    lognormals of ContextTokens and GeneratedTokens (median and p90 matched), their maxima, the
+    mean arrival rate and the inter-arrival CV (Gamma renewal arrivals)."""
 
     arrival: ArrivalProcess = "gamma"
     arrival_rate_per_s: float = Field(default=5.53, gt=0)
@@ -171,8 +197,9 @@ class ChatParams(OpenLoopParams):
 class CodingParams(OpenLoopParams):
     """Code-completion requests. Defaults: ``fit_open_loop_params`` on
     ``shared/traces/azure2023/AzureLLMInferenceTrace_code.csv`` (8,819 requests), 2026-11-23:
-    lognormal MLE of the lengths, their maxima, the mean arrival rate and the inter-arrival CV
-    (a Gamma renewal process with CV 13: long quiet gaps between dense bursts)."""
+    lognormals of the lengths (median and p90 matched), their maxima, the mean arrival rate and
+    the inter-arrival CV (a Gamma renewal process with CV 13: long quiet gaps between dense
+    bursts)."""
 
     arrival: ArrivalProcess = "gamma"
     arrival_rate_per_s: float = Field(default=2.567, gt=0)
@@ -372,44 +399,58 @@ def _agentic_session(
     steps = max(1, int(round(_lognormal(rng, p.steps_log_mu, p.steps_log_sigma))))
     blocks = _Blocks(block, system_ids, p.system_prompt_tokens, fresh)
     min_context = p.system_prompt_tokens + block
-    context = max(min_context, _tokens(rng, p.first_context_log_mu, p.first_context_log_sigma))
+    if rng.random() < p.large_context_probability:
+        limit = max(min_context, p.large_context_limit_tokens)
+        threshold = p.large_compaction_threshold_tokens
+        p_compact = p.large_compaction_probability
+        first = _tokens(rng, p.large_first_context_log_mu, p.large_first_context_log_sigma)
+    else:
+        limit = max(min_context, p.context_limit_tokens)
+        threshold = p.compaction_threshold_tokens
+        p_compact = p.compaction_probability
+        first = _tokens(rng, p.first_context_log_mu, p.first_context_log_sigma)
+    context = min(limit, max(min_context, first))
     ids = blocks.reset(context)
     out = _tokens(rng, p.output_log_mu, p.output_log_sigma)
     rid = f"{name}/main/0"
     emit.add(timestamp_s=start_s, input_tokens=context, output_tokens=out,
-                request_id=rid, session_id=name, hash_ids=ids)  # fmt: skip
+             request_id=rid, session_id=name, hash_ids=ids)  # fmt: skip
     prev_id, prev_end_s, prev_out = rid, start_s + _api_time_s(p, out), out
     n_sub = 0
     for step in range(1, steps):
         tool_step = rng.random() < p.p_tool_step
-        compact = context >= p.compaction_threshold_tokens and rng.random() < p.compaction_probability
+        compact = context >= threshold and rng.random() < p_compact
+        if tool_step:
+            wait_s = _lognormal(rng, p.tool_time_log_mu, p.tool_time_log_sigma)
+            new = _tokens(rng, p.tool_result_tokens_log_mu, p.tool_result_tokens_log_sigma)
+        else:
+            wait_s = _lognormal(rng, p.user_think_log_mu, p.user_think_log_sigma)
+            new = _tokens(rng, p.user_turn_tokens_log_mu, p.user_turn_tokens_log_sigma)
+        grown = context + prev_out + new
+        if compact or grown > limit:
+            # /compact or auto-compact: a user turn with a summarised context
+            if tool_step:
+                wait_s = _lognormal(rng, p.user_think_log_mu, p.user_think_log_sigma)
+            tool_step = False
+            context = min(limit, max(min_context, int(round(context * p.compaction_keep_fraction))))
+            ids = blocks.reset(context)
+        else:
+            context = grown
+            ids = blocks.grow(context)
         waits = [prev_id]
         ready_s = prev_end_s
-        if tool_step and not compact and rng.random() < p.subagent_probability:
+        if tool_step and rng.random() < p.subagent_probability:
             fan_out = 1 + int(rng.poisson(p.subagent_extra_mean))
             for _ in range(fan_out):
                 last_id, last_end_s = _subagent(emit, p, rng, name, n_sub, prev_id, prev_end_s, fresh, subagent_ids)
                 n_sub += 1
                 waits.append(last_id)
                 ready_s = max(ready_s, last_end_s)
-        if compact:
-            wait_s = _lognormal(rng, p.user_think_log_mu, p.user_think_log_sigma)
-            context = max(min_context, int(round(context * p.compaction_keep_fraction)))
-            ids = blocks.reset(context)
-        else:
-            if tool_step:
-                wait_s = _lognormal(rng, p.tool_time_log_mu, p.tool_time_log_sigma)
-                new = _tokens(rng, p.tool_result_tokens_log_mu, p.tool_result_tokens_log_sigma)
-            else:
-                wait_s = _lognormal(rng, p.user_think_log_mu, p.user_think_log_sigma)
-                new = _tokens(rng, p.user_turn_tokens_log_mu, p.user_turn_tokens_log_sigma)
-            context = context + prev_out + new
-            ids = blocks.grow(context)
         out = _tokens(rng, p.output_log_mu, p.output_log_sigma)
         rid = f"{name}/main/{step}"
         at_s = ready_s + wait_s
-        emit.add(timestamp_s=at_s, input_tokens=context, output_tokens=out,
-                    request_id=rid, session_id=name, wait_for=waits, tool_wait_s=wait_s, hash_ids=ids)  # fmt: skip
+        emit.add(timestamp_s=at_s, input_tokens=context, output_tokens=out, request_id=rid,
+                 session_id=name, wait_for=waits, tool_wait_s=wait_s, hash_ids=ids)  # fmt: skip
         prev_id, prev_end_s, prev_out = rid, at_s + _api_time_s(p, out), out
 
 
@@ -460,6 +501,7 @@ class _Emitter:
         self.count = 0
 
     def add(self, **request: Any) -> None:
+        """Add one request (keyword arguments of :meth:`TraceBuilder.add`, without ``line``)."""
         self.count += 1
         self.builder.add(line=self.count, **request)
 
@@ -554,12 +596,28 @@ def _generate_rag(p: RagParams, count: int, seed: int) -> Trace:
     return builder.build()
 
 
+def _dense_hash_ids(trace: Trace) -> Trace:
+    """Renumber hash ids 0, 1, 2, ... in order of first appearance (only equality matters).
+
+    Keeps files small (ids of the per-session namespaces are ~13 digits) and keeps a prefix
+    of sessions numbered the same when more sessions are added after it.
+    """
+    values = trace.hash_values
+    if len(values):
+        _, first_pos, inverse = np.unique(values, return_index=True, return_inverse=True)
+        rank = np.empty(len(first_pos), dtype=np.int64)
+        rank[np.argsort(first_pos, kind="stable")] = np.arange(len(first_pos), dtype=np.int64)
+        trace.hash_values = rank[inverse]
+    return trace
+
+
 def generate_trace(
     kind: Kind,
     *,
     num_sessions: int | None = None,
     num_requests: int | None = None,
     seed: int = 0,
+    horizon_s: float | None = None,
     params: Any | None = None,
     **overrides: Any,
 ) -> Trace:
@@ -570,6 +628,12 @@ def generate_trace(
     (``num_sessions`` is accepted as a synonym; default 1,000). ``params`` is a parameter model
     of the kind (default: its fitted defaults); keyword ``overrides`` replace single fields, e.g.
     ``generate_trace("agentic", num_sessions=5, p_tool_step=0.9)``.
+
+    ``horizon_s`` keeps only requests whose recorded (nominal) arrival is at most that many
+    seconds after the first arrival: a window of the workload. Sessions still running at the
+    horizon are cut there; since a request always comes after the requests it waits for, no
+    kept request waits for a dropped one. (A replay times closed-loop requests by simulated
+    completions, so it may stretch or shrink the window a little.)
     """
     p = make_params(kind, overrides, base=params)
     if num_sessions is not None and num_requests is not None and kind == "agentic":
@@ -577,20 +641,26 @@ def generate_trace(
     for name, value in (("num_sessions", num_sessions), ("num_requests", num_requests)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if horizon_s is not None and not horizon_s > 0:
+        raise ConfigError(f"horizon_s must be > 0, got {horizon_s}")
     if kind == "agentic":
         if num_sessions is None and num_requests is None:
             num_sessions = 10
-        return _generate_agentic(p, num_sessions, num_requests, seed)
-    count = num_requests or num_sessions or 1000
-    if kind == "rag":
-        return _generate_rag(p, count, seed)
-    return _generate_open_loop(kind, p, count, seed)
+        trace = _generate_agentic(p, num_sessions, num_requests, seed)
+    else:
+        count = num_requests or num_sessions or 1000
+        trace = _generate_rag(p, count, seed) if kind == "rag" else _generate_open_loop(kind, p, count, seed)
+    if horizon_s is not None:
+        keep = np.flatnonzero(trace.timestamp_s <= trace.timestamp_s.min() + horizon_s)
+        trace = trace.subset(keep)
+    return _dense_hash_ids(trace)
 
 
 # --------------------------------------------------------------------------------------------
 # Fitting
 
 
+LARGE_WINDOW_ABOVE_TOKENS = 200_000  # contexts beyond this need a 1M-token model
 _Z90 = 1.2815515655446004  # standard normal 90th percentile
 
 
@@ -618,17 +688,21 @@ def fit_agentic_params(csv_path: str | Path) -> AgenticParams:
     Per session (``trace_id``), main-agent rows in file order; every lognormal matches the
     sample's median and 90th percentile (:func:`_lognormal_fit`):
 
-    * steps = main-agent requests per session; first context = ``in`` of the first request;
-      output = ``out`` (> 0) of main-agent requests;
+    * steps = main-agent requests per session; output = ``out`` (> 0) of main-agent requests;
+    * large window = a session whose context ever passed 200k tokens; first context = ``in`` of
+      the first request, fitted per window class; context limit = the 99th percentile of ``in``
+      in standard sessions (auto-compact fires around there; a few overshoot to 198k) and the
+      largest ``in`` of all for large ones;
     * ``p_tool_step`` = share of later requests whose input is exactly ``tool_result``;
     * new tokens = ``in[k] − in[k−1] − out[k−1]``, fitted on the positive values (≤ 0 means
       thinking tokens were not kept in the context; 11 % of steps, mostly a few tokens) and
       split by tool-result vs user-turn input, leaving compactions out;
     * tool time / user think = ``think_time_s`` split the same way; zeros (recorded in whole
       seconds, so < 1 s) are taken as 0.5 s;
-    * compaction: a step whose context falls below 0.7 × the previous one; threshold = the
-      10th percentile of the context before those falls, probability = falls / steps from a
-      context at or above the threshold, keep fraction = median ratio;
+    * compaction: a step whose context falls below 0.7 × the previous one; per window class,
+      threshold = the 10th percentile of the context before those falls and probability =
+      falls / steps from a context at or above the threshold; keep fraction = median ratio
+      over all falls;
     * sub-agents: spawn events = groups of sub-agents after the same main request;
       ``subagent_probability`` = events / later main-agent requests, ``subagent_extra_mean`` =
       sub-agents per event − 1; prompt = median positive ``cached_prefix_tokens`` of a
@@ -655,11 +729,20 @@ def fit_agentic_params(csv_path: str | Path) -> AgenticParams:
     first = g.first()
     think = later["think"].clip(lower=0.5)
 
-    threshold = float(np.percentile(later.loc[compacted, "prev_in"], 10))
-    at_risk = later["prev_in"] >= threshold
+    # Sessions whose context ever passed 200k tokens (the standard window) ran on 1M-token models.
+    large = g["in"].max() > LARGE_WINDOW_ABOVE_TOKENS
+    later_large = later["trace_id"].map(large).astype(bool)
+    standard = later[~later_large]
+    standard_drop = compacted[~later_large]
+    threshold = float(np.percentile(standard.loc[standard_drop, "prev_in"], 10))
+    at_risk = standard["prev_in"] >= threshold
     fit: dict[str, Any] = {}
     fit["steps_log_mu"], fit["steps_log_sigma"] = _lognormal_fit(steps)
-    fit["first_context_log_mu"], fit["first_context_log_sigma"] = _lognormal_fit(first["in"])
+    fit["large_context_probability"] = float(large.mean())
+    fit["first_context_log_mu"], fit["first_context_log_sigma"] = _lognormal_fit(first.loc[~large, "in"])
+    fit["large_first_context_log_mu"], fit["large_first_context_log_sigma"] = _lognormal_fit(first.loc[large, "in"])
+    fit["context_limit_tokens"] = int(np.percentile(main.loc[~main["trace_id"].map(large).astype(bool), "in"], 99))
+    fit["large_context_limit_tokens"] = int(main["in"].max())
     fit["output_log_mu"], fit["output_log_sigma"] = _lognormal_fit(main["out"])
     fit["p_tool_step"] = float(is_tool.mean())
     fit["tool_result_tokens_log_mu"], fit["tool_result_tokens_log_sigma"] = _lognormal_fit(
@@ -671,7 +754,12 @@ def fit_agentic_params(csv_path: str | Path) -> AgenticParams:
     fit["tool_time_log_mu"], fit["tool_time_log_sigma"] = _lognormal_fit(think[is_tool].dropna())
     fit["user_think_log_mu"], fit["user_think_log_sigma"] = _lognormal_fit(think[~is_tool].dropna())
     fit["compaction_threshold_tokens"] = int(round(threshold))
-    fit["compaction_probability"] = float(compacted[at_risk].sum() / max(1, at_risk.sum()))
+    fit["compaction_probability"] = float(standard_drop[at_risk].sum() / max(1, int(at_risk.sum())))
+    large_drop = compacted[later_large]
+    large_threshold = float(np.percentile(later.loc[later_large & compacted, "prev_in"], 10))
+    large_at_risk = later.loc[later_large, "prev_in"] >= large_threshold
+    fit["large_compaction_threshold_tokens"] = int(round(large_threshold))
+    fit["large_compaction_probability"] = float(large_drop[large_at_risk].sum() / max(1, int(large_at_risk.sum())))
     fit["compaction_keep_fraction"] = float((later.loc[compacted, "in"] / later.loc[compacted, "prev_in"]).median())
 
     sub = d[d["agent"] != "main"].copy()

@@ -103,7 +103,7 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _first_line(path: Path, limit_bytes: int = 65536) -> str:
+def _first_line(path: Path, limit_bytes: int = 1 << 20) -> str:
     """The first non-blank line of a file, cut at ``limit_bytes`` (JSON session files are one line)."""
     try:
         with path.open("rb") as handle:
@@ -178,7 +178,8 @@ def import_trace(
     """Import any supported trace and report what was skipped or adjusted.
 
     ``format`` is one of :data:`FORMATS` or ``"auto"``. ``zero_output`` and
-    ``session_arrival`` default per format (see the module docstring); ``model`` filters
+    ``session_arrival`` default per format (see the module docstring; sessions of the agentic
+    formats start as a Poisson process unless ``"recorded"``); ``model`` filters
     BurstGPT rows by their ``Model`` column; ``sessions_per_s`` and ``seed`` drive the Poisson
     session starts of the agentic formats.
     """
@@ -208,7 +209,7 @@ def import_trace(
         return import_kvct_sessions(path, session_arrival=session_arrival or "poisson", **agentic)
     if fmt == "kvct-csv":
         return import_kvct_csv(path, session_arrival=session_arrival or "poisson", **agentic)
-    return import_tracelab(path, session_arrival=session_arrival or "recorded", **agentic)
+    return import_tracelab(path, session_arrival=session_arrival or "poisson", **agentic)
 
 
 def load_any(path: str | Path, hash_block_tokens: int | None = None, **options: Any) -> Trace:
@@ -680,7 +681,9 @@ def _session_files(path: str | Path) -> list[Path]:
     return files
 
 
-def _num(obj: dict[str, Any], key: str, source: str, where: str, *, required: bool, minimum: float = 0.0) -> float | None:
+def _num(
+    obj: dict[str, Any], key: str, source: str, where: str, *, required: bool, minimum: float = 0.0
+) -> float | None:
     value = obj.get(key)
     if value is None:
         if required:
@@ -1016,7 +1019,7 @@ def _iso_s(text: Any, source: str, line: int, name: str) -> float:
 def import_tracelab(
     path: str | Path,
     *,
-    session_arrival: SessionArrival = "recorded",
+    session_arrival: SessionArrival = "poisson",
     sessions_per_s: float = DEFAULT_SESSIONS_PER_S,
     seed: int = 0,
     zero_output: ZeroOutput = "one",
@@ -1028,9 +1031,10 @@ def import_tracelab(
     timing event; round ``k`` waits for round ``k-1`` with a tool wait equal to the *sum* of
     round ``k-1``'s ``tools[].tool_wall_latency_ms`` (tools run in parallel make this an upper
     bound), plus, when round ``k`` opens with a ``user_message``, the human's gap from round
-    ``k-1``'s last timing event to that message (clamped at 0). TraceLab has a common UTC clock,
-    so sessions start at their recorded times by default; ``session_arrival="poisson"`` moves
-    each session's start to a Poisson arrival instead. No prefix hashes.
+    ``k-1``'s last timing event to that message (clamped at 0). Sessions start as a Poisson
+    process like the other agentic formats; TraceLab has a common UTC clock, so
+    ``session_arrival="recorded"`` keeps each session's recorded start instead (the two example
+    sessions lie 72 days apart). No prefix hashes.
     """
     _check_zero_policy(zero_output, closed_loop=True)
     path = Path(path)
@@ -1087,7 +1091,9 @@ def import_tracelab(
                 if value is None:
                     continue  # a tool without a measured latency adds nothing
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                    raise TraceError(source, line, f"tools[{j}].tool_wall_latency_ms", f"must be >= 0 ms, got {value!r}")
+                    raise TraceError(
+                        source, line, f"tools[{j}].tool_wall_latency_ms", f"must be >= 0 ms, got {value!r}"
+                    )
                 tool_ms += float(value)
             rec = {
                 "line": line, "round": rnd, "in": inp, "out": out, "start_s": min(times),
@@ -1107,7 +1113,9 @@ def import_tracelab(
         recs = sorted(rounds[name], key=lambda r: r["round"])
         for a, b in zip(recs, recs[1:], strict=False):
             if a["round"] == b["round"]:
-                raise TraceError(source, b["line"], "round_index", f"round {b['round']} of '{name}' repeats line {a['line']}")
+                raise TraceError(
+                    source, b["line"], "round_index", f"round {b['round']} of '{name}' repeats line {a['line']}"
+                )
         session_origin_s = recs[0]["start_s"]
         prev = None
         for rec in recs:

@@ -25,6 +25,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; results are ordinary files (honour the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
