@@ -27,7 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from simdisagg.costmodel.fitted import FEATURE_BOUND, FIT_SCHEMA_VERSION, ShardShape, fit_label
+from simdisagg.costmodel.fitted import (
+    FEATURE_BOUND,
+    FIT_SCHEMA_VERSION,
+    ShardShape,
+    fit_label,
+)
 from simdisagg.errors import CalibrationError
 from simdisagg.hardware import GPUProfile
 

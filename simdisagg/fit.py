@@ -11,9 +11,10 @@ predictors are fitted (their form is described in :mod:`simdisagg.costmodel.fitt
 The choice between them is made on points the fit has not seen: the grid points of a phase are
 split into ``k`` folds (seeded shuffle, each point held out exactly once); each fold's points
 are predicted by candidates fitted to the other folds. The candidate with the lower mean
-held-out absolute percentage error (APE) is chosen (the physical one on a tie: it extrapolates
-more safely), then refitted on all points. ``fit.json`` records, per phase, both candidates'
-held-out median / p95 / max APE and the point where the chosen one errs most.
+held-out absolute percentage error (APE) is chosen (the physical one unless interpolation is
+more than 2 % better: it extrapolates more safely), then refitted on all points. ``fit.json``
+records, per phase, both candidates' held-out median / p95 / max APE and the point where the
+chosen one errs most.
 
 Nothing here imports torch; matplotlib is imported only to draw the plot.
 """
@@ -48,6 +49,7 @@ from simdisagg.costmodel.fitted import (
     decode_coords,
     decode_features,
     fit_label,
+    linear_terms,
     prefill_aggregates,
     prefill_coords,
     prefill_features,
@@ -75,8 +77,12 @@ RAW_REQUIRED_COLUMNS: tuple[str, ...] = (
     "power_w_mean",
 )
 
+#: Interpolation must beat the physical terms' held-out error by this fraction to be chosen:
+#: near-ties go to the physical terms, which extrapolate more safely beyond the grid.
+TIE_MARGIN = 0.02
+
 #: Criterion used to choose between candidates (documented in fit.json).
-CRITERION = "lowest mean held-out absolute percentage error (ties: physical)"
+CRITERION = "lowest mean held-out absolute percentage error (physical unless interpolation is > 2 % lower)"
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -125,9 +131,11 @@ def _human_bytes(n: float) -> str:
 
 
 def _short_list(values: list[int], limit: int = 6) -> str:
+    if len(values) > 1 and len(set(values)) == 1:
+        return f"{values[0]} each"
     if len(values) <= limit:
         return "[" + ",".join(str(v) for v in values) + "]"
-    return "[" + ",".join(str(v) for v in values[:limit]) + f",...{len(values)}]"
+    return "[" + ",".join(str(v) for v in values[:limit]) + ",...]"
 
 
 def load_raw(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -161,7 +169,9 @@ def load_raw(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             raise CalibrationError(f"{meta_path}: field '{key}': missing")
     devices = set(frame["device"].astype(str))
     if devices != {str(meta["device"])}:
-        raise CalibrationError(f"{raw_path}: device column {sorted(devices)} disagrees with meta.yaml ({meta['device']})")
+        raise CalibrationError(
+            f"{raw_path}: device column {sorted(devices)} disagrees with meta.yaml ({meta['device']})"
+        )
     return frame.to_dict(orient="records"), meta
 
 
@@ -193,16 +203,16 @@ def phase_datasets(rows: list[dict[str, Any]], shard: ShardShape) -> dict[str, P
         )
     dec = [r for r in rows if r["phase"] == "decode"]
     if dec:
-        b = np.array([float(r["batch_size"]) for r in dec])
-        c = np.array([float(r["context_tokens"]) for r in dec])
+        bs = np.array([float(r["batch_size"]) for r in dec])
+        cs = np.array([float(r["context_tokens"]) for r in dec])
         out["decode"] = PhaseData(
             "decode",
             DECODE_FEATURES,
             ("log_batch_size", "log_mean_context_tokens"),
-            decode_features(shard, b, c),
-            decode_coords(b, c),
+            decode_features(shard, bs, cs),
+            decode_coords(bs, cs),
             np.array([float(r["median_s"]) for r in dec]),
-            [f"B={int(bi)} C={int(ci)} (mean ctx {ci / bi:.0f})" for bi, ci in zip(b, c, strict=True)],
+            [f"B={int(bi)} C={int(ci)} (mean ctx {ci / bi:.0f})" for bi, ci in zip(bs, cs, strict=True)],
             np.array([float(r["power_w_mean"]) for r in dec]),
         )
     for kind in TRANSFER_KINDS:
@@ -244,7 +254,7 @@ def nnls_relative(features: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _physical_floor(pred: np.ndarray) -> np.ndarray:
     # A degenerate fit can predict 0 s; keep log-residuals and APEs finite.
-    return np.maximum(pred, 1e-12)
+    return np.asarray(np.maximum(pred, 1e-12), dtype=np.float64)
 
 
 class Candidate:
@@ -254,13 +264,13 @@ class Candidate:
         self.kind = kind
         self.coef = nnls_relative(data.features, data.y)
         self.interp: LogResidualInterpolator | None = None
-        self.residuals = np.log(data.y / _physical_floor(data.features @ self.coef))
+        self.residuals = np.log(data.y / _physical_floor(linear_terms(data.features, self.coef)))
         if kind == "interpolation":
             self.interp = LogResidualInterpolator(data.coords, self.residuals)
 
     def predict(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
         """Predicted seconds for the given points."""
-        base = _physical_floor(features @ self.coef)
+        base = _physical_floor(linear_terms(features, self.coef))
         if self.interp is None:
             return np.asarray(base, dtype=np.float64)
         return np.asarray(base * np.exp(self.interp(coords)), dtype=np.float64)
@@ -307,7 +317,12 @@ def _worst(data: PhaseData, pred: np.ndarray) -> dict[str, Any] | None:
         return None
     ape = np.abs(pred - data.y) / data.y
     i = int(np.nanargmax(ape))
-    return {"label": data.labels[i], "measured_s": float(data.y[i]), "predicted_s": float(pred[i]), "ape": float(ape[i])}
+    return {
+        "label": data.labels[i],
+        "measured_s": float(data.y[i]),
+        "predicted_s": float(pred[i]),
+        "ape": float(ape[i]),
+    }
 
 
 def fit_phase(data: PhaseData, folds: int = 5, seed: int = 0) -> tuple[dict[str, Any], CrossValidation]:
@@ -318,14 +333,16 @@ def fit_phase(data: PhaseData, folds: int = 5, seed: int = 0) -> tuple[dict[str,
         summary: dict[str, Any] = dict(ape_summary(data.y, cv.predictions[kind]))
         summary["worst_point"] = _worst(data, cv.predictions[kind])
         held[kind] = summary
+    chosen = "physical"
     if cv.splits:
-        chosen = min(CANDIDATES, key=lambda k: (held[k]["mean_ape"], CANDIDATES.index(k)))
-    else:
-        chosen = "physical"
+        phys, interp = held["physical"]["mean_ape"], held["interpolation"]["mean_ape"]
+        if interp < phys * (1.0 - TIE_MARGIN) - 1e-12:
+            chosen = "interpolation"
     final = Candidate("interpolation", data)  # physical coefficients + residuals on all points
-    in_sample = final.predict(data.features, data.coords) if chosen == "interpolation" else _physical_floor(
-        data.features @ final.coef
-    )
+    if chosen == "interpolation":
+        in_sample = final.predict(data.features, data.coords)
+    else:
+        in_sample = _physical_floor(linear_terms(data.features, final.coef))
     finite_power = data.power_w[np.isfinite(data.power_w)]
     spec: dict[str, Any] = {
         "chosen": chosen,
@@ -384,14 +401,16 @@ def _weight_read(data: dict[str, PhaseData], shard: ShardShape, phases: Mapping[
     d2d = data.get("transfer_d2d")
     if d2d is not None and len(d2d):
         nbytes = d2d.features[:, 1]
-        big = nbytes >= min(64 * 2**20, float(nbytes.max()))
+        threshold = min(64 * 2**20, float(nbytes.max()))
+        big = nbytes >= threshold
         # A copy reads and writes every byte: HBM traffic is twice the message size.
         bw = float(np.max(2.0 * nbytes[big] / d2d.y[big]))
         return {
             "weight_bytes": shard.weight_bytes,
             "hbm_copy_bandwidth_bytes_per_s": bw,
             "weight_read_s": shard.weight_bytes / bw,
-            "source": "measured: weight bytes / device-to-device copy bandwidth (2 x bytes / time, messages >= 64 MiB)",
+            "source": "measured: weight bytes / device-to-device copy bandwidth "
+            f"(2 x bytes / time, best of messages >= {_human_bytes(threshold)})",
         }
     upper = float(min(consts)) if consts else 0.0
     return {
@@ -487,13 +506,19 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
     if fit["device"] != "cuda":
         out += [f"> **device={fit['device']}: test data, not a GPU profile.**", ""]
     out += [
-        f"- measured: {meta.get('date')} on {meta.get('gpu_name')} (device {fit['device']}), "
-        f"torch {meta.get('torch_version')}, CUDA {meta.get('cuda_version')}, driver {meta.get('driver_version')}",
-        f"- grid: {meta.get('grid', {}).get('name')}; layers timed {meta.get('layers_timed')} of "
-        f"{fit['shard']['num_layers']}, scaled (see meta.yaml `method`)",
+        (
+            f"- measured: {meta.get('date')} on {meta.get('gpu_name')} (device {fit['device']}), "
+            f"torch {meta.get('torch_version')}, CUDA {meta.get('cuda_version')}, driver {meta.get('driver_version')}"
+        ),
+        (
+            f"- grid: {meta.get('grid', {}).get('name')}; layers timed {meta.get('layers_timed')} of "
+            f"{fit['shard']['num_layers']}, scaled (see meta.yaml `method`)"
+        ),
         f"- raw.csv sha256 `{fit['raw_csv_sha256'][:16]}...`; fitted {fit['created_at']}",
-        f"- held-out split: {fit['cross_validation']['split']}, {fit['cross_validation']['folds']} folds, "
-        f"seed {fit['cross_validation']['seed']}; choice: {CRITERION}",
+        (
+            f"- held-out split: {fit['cross_validation']['split']}, {fit['cross_validation']['folds']} folds, "
+            f"seed {fit['cross_validation']['seed']}; choice: {CRITERION}"
+        ),
         "",
         "## Held-out error per phase (absolute percentage error)",
         "",
@@ -522,8 +547,10 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
         "",
         "## Shared terms",
         "",
-        f"- weight read per iteration: {wr['weight_read_s'] * 1e3:.3f} ms for {wr['weight_bytes'] / 1e9:.2f} GB "
-        f"({wr['source']}); mixed steps subtract it once",
+        (
+            f"- weight read per iteration: {wr['weight_read_s'] * 1e3:.3f} ms for {wr['weight_bytes'] / 1e9:.2f} GB "
+            f"({wr['source']}); mixed steps subtract it once"
+        ),
     ]
     if fit["allreduce"]:
         out.append(f"- all-reduce (tp={fit['shard']['tp']}): **modelled**, {fit['allreduce']['source']}")
@@ -578,9 +605,7 @@ def plot_fit(result: FitResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_fit(
-    folder: Path, result: FitResult, *, plot: bool = True, profiles_dir: Path | None = None
-) -> list[Path]:
+def write_fit(folder: Path, result: FitResult, *, plot: bool = True, profiles_dir: Path | None = None) -> list[Path]:
     """Write ``fit.json``, ``fit_report.md`` and (optionally) ``fit_plot.png`` into ``folder``."""
     folder = Path(folder)
     written = []
@@ -597,3 +622,111 @@ def write_fit(
     _atomic_write(report, render_report(result, plot_name, profiles_dir))
     written.append(report)
     return written
+
+
+# -- synthetic measurements (tests and examples) ----------------------------------------------
+def synthetic_points(kv_capacity_tokens: float = 4.0e5) -> dict[str, list[Any]]:
+    """A grid like ``calibrate/grids/default.yaml``: prefill batches ``(new, cached)``, decode
+    batches ``(B, C)`` and copy sizes, with decode points beyond the KV capacity left out."""
+    prefill: list[tuple[list[int], list[int]]] = []
+    prefill += [([n], [0]) for n in (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)]
+    prefill += [
+        ([n], [c]) for n, c in ((64, 1024), (256, 4096), (1024, 8192), (4096, 4096), (512, 16384), (2048, 30720))
+    ]
+    prefill += [
+        ([n] * b, [0] * b) for b, n in ((4, 64), (16, 64), (64, 64), (4, 512), (16, 512), (32, 1024), (8, 4096))
+    ]
+    prefill += [([64, 512, 2048], [0, 0, 0]), ([1024, 4096, 16384], [0, 0, 0]), ([256, 2048], [8192, 1024])]
+    decode = [
+        (b, b * c)
+        for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+        for c in (128, 512, 2048, 8192, 32768)
+        if b * c <= kv_capacity_tokens
+    ]
+    sizes = [65536 * 4**i for i in range(8)]
+    return {"prefill": prefill, "decode": decode, "transfer": sizes}
+
+
+def synthetic_measurement(
+    folder: Path,
+    shard: ShardShape,
+    coefficients: Mapping[str, Mapping[str, float]],
+    *,
+    noise: float = 0.01,
+    seed: int = 0,
+    distortion: Mapping[str, Any] | None = None,
+    device: str = "synthetic",
+    gpu_profile: str = "h100-sxm",
+) -> Path:
+    """Write a ``raw.csv`` + ``meta.yaml`` whose times follow the physical model with the given
+    per-phase ``coefficients`` (phases ``prefill``, ``decode``, ``transfer_<kind>``), times
+    log-normal noise of relative size ``noise``, times ``distortion[phase](coords)`` if given.
+
+    For tests and examples: ``device`` defaults to ``synthetic`` so the result can never pass
+    for a GPU measurement."""
+    import csv
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    pts = synthetic_points()
+    rows: list[dict[str, Any]] = []
+
+    def timed(phase: str, features: np.ndarray, coords: np.ndarray, names: tuple[str, ...]) -> float:
+        coef = np.array([coefficients[phase].get(n, 0.0) for n in names])
+        t = float(linear_terms(features, coef)[0]) * float(np.exp(noise * rng.standard_normal()))
+        if distortion and phase in distortion:
+            t *= float(distortion[phase](coords[0]))
+        return t
+
+    def row(phase: str, t: float, **cols: Any) -> dict[str, Any]:
+        base: dict[str, Any] = {c: "" for c in RAW_REQUIRED_COLUMNS}
+        base.update(device=device, phase=phase, n_reps=10, median_s=t, p10_s=t, p90_s=t, mean_s=t, std_s=0.0)
+        base.update(power_w_mean="nan", transfer_kind="", bytes=0, context_tokens=0, batch_size=1)
+        base.update(cols)
+        return base
+
+    for new, cached in pts["prefill"]:
+        tt, cc, pairs, p = prefill_aggregates(np.array(new), np.array(cached))
+        x = prefill_features(shard, np.array([tt]), np.array([cc]), np.array([pairs]), np.array([p]))
+        t = timed("prefill", x, prefill_coords(np.array([tt]), np.array([cc]), np.array([p])), PREFILL_FEATURES)
+        rows.append(
+            row(
+                "prefill",
+                t,
+                batch_size=len(new),
+                new_tokens_list=";".join(map(str, new)),
+                cached_tokens_list=";".join(map(str, cached)),
+            )
+        )
+    for b, c in pts["decode"]:
+        x = decode_features(shard, np.array([b]), np.array([c]))
+        t = timed("decode", x, decode_coords(np.array([b]), np.array([c])), DECODE_FEATURES)
+        rows.append(row("decode", t, batch_size=b, context_tokens=c))
+    for kind in TRANSFER_KINDS:
+        phase = f"transfer_{kind}"
+        if phase not in coefficients:
+            continue
+        for size in pts["transfer"]:
+            x = transfer_features(np.array([size]))
+            t = timed(phase, x, transfer_coords(np.array([size])), TRANSFER_FEATURES)
+            rows.append(row("transfer", t, transfer_kind=kind, bytes=size))
+    with (folder / "raw.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(RAW_REQUIRED_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {
+        "schema_version": 1,
+        "kind": "simdisagg-calibration",
+        "device": device,
+        "gpu_profile": gpu_profile,
+        "gpu_name": f"synthetic ({gpu_profile})",
+        "date": "1970-01-01T00:00:00+00:00",
+        "shard": shard.to_dict(),
+        "tp": shard.tp,
+        "layers_timed": shard.num_layers,
+        "grid": {"name": "synthetic"},
+        "warning": "synthetic data from a known physical model, for tests",
+    }
+    (folder / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return folder

@@ -39,18 +39,16 @@ def make_cost_model(
     if cfg.kind == "exponential":
         return ExponentialCostModel(cfg.mean_prefill_s, cfg.decode_step_s, streams[f"cost:{role}"])
     if cfg.kind == "auto":
-        fitted = _find_fitted(store, gpu.name, model.name, tp)
+        fitted = _find_fitted(store, gpu, model.name, tp)
         if fitted is not None:
             return fitted
     return _roofline(cfg, model, gpu, tp)
 
 
-def _find_fitted(store: ProfileStore, gpu: str, model: str, tp: int) -> CostModel | None:
-    try:
-        from simdisagg.costmodel import fitted
-    except ImportError:
-        return None
-    path = fitted.find_fitted(store.roots, gpu, model, tp)
+def _find_fitted(store: ProfileStore, gpu_profile: GPUProfile, model: str, tp: int) -> CostModel | None:
+    from simdisagg.costmodel import fitted
+
+    path = fitted.find_fitted(store.roots, gpu_profile.name, model, tp)
     if path is None:
         return None
-    return fitted.FittedCostModel.from_file(path)  # type: ignore[no-any-return]
+    return fitted.FittedCostModel.from_file(path, gpu=gpu_profile)  # type: ignore[no-any-return]

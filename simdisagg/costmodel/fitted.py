@@ -272,7 +272,7 @@ class LogResidualInterpolator:
                     self._linear = None
 
     def _scale(self, pts: np.ndarray) -> np.ndarray:
-        return ((pts - self._lo) / self._span)[:, self._keep]
+        return np.asarray(((pts - self._lo) / self._span)[:, self._keep], dtype=np.float64)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Interpolated log-residual at each row of ``points``."""
@@ -281,7 +281,7 @@ class LogResidualInterpolator:
             return np.full(pts.shape[0], self._const)
         z = self._scale(pts)
         if self._dim == 1:
-            return np.interp(z[:, 0], self._x1, self._y1)
+            return np.asarray(np.interp(z[:, 0], self._x1, self._y1), dtype=np.float64)
         if self._linear is None:
             return np.asarray(self._nearest(z), dtype=np.float64)
         out = np.asarray(self._linear(z), dtype=np.float64)
@@ -289,6 +289,20 @@ class LogResidualInterpolator:
         if outside.any():
             out[outside] = self._nearest(z[outside])
         return out
+
+
+def linear_terms(features: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """``features @ coefficients`` summed column by column in a fixed order.
+
+    A BLAS matrix-vector product may order its sums differently for different row counts, so a
+    row's result could change in the last bit with the batch it is evaluated in; this loop
+    gives every row the same arithmetic however many rows there are."""
+    x = np.asarray(features, dtype=np.float64)
+    out = np.zeros(x.shape[0], dtype=np.float64)
+    for j, c in enumerate(np.asarray(coefficients, dtype=np.float64)):
+        if c != 0.0:
+            out += x[:, j] * c
+    return out
 
 
 class PhaseModel:
@@ -311,7 +325,7 @@ class PhaseModel:
 
     def physical(self, features: np.ndarray) -> np.ndarray:
         """Prediction of the physical terms alone, seconds."""
-        return np.asarray(features @ self.coefficients, dtype=np.float64)
+        return linear_terms(features, self.coefficients)
 
     def predict(self, features: np.ndarray, coords: np.ndarray) -> np.ndarray:
         """Prediction of the chosen model, seconds."""
@@ -389,6 +403,11 @@ class FittedCostModel:
         except (OSError, json.JSONDecodeError) as exc:
             raise CalibrationError(f"{path}: cannot read fit ({exc})") from exc
         return cls(data, gpu=gpu, source=path)
+
+    @classmethod
+    def from_file(cls, path: Path, gpu: GPUProfile | None = None) -> FittedCostModel:
+        """Same as :meth:`from_path` (the name the cost-model factory uses)."""
+        return cls.from_path(path, gpu=gpu)
 
     def _allreduce_terms(self, fit: Mapping[str, Any], gpu: GPUProfile | None) -> tuple[float, float]:
         s = self.shard
