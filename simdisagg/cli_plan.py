@@ -1,0 +1,408 @@
+"""``simdisagg plan``: search the prefill:decode split (and the aggregated baseline) of a GPU
+budget by simulation, and write the ranked table, a CSV of every candidate and plots.
+
+Thin by design: parse options → :class:`~simdisagg.plan.PlanSpec` → :func:`simdisagg.plan.plan`
+→ print and write. Registered by :mod:`simdisagg.cli` as ``simdisagg plan``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
+
+import typer
+
+from simdisagg.errors import ConfigError
+
+# The shared options are spelled here rather than imported: simdisagg.cli imports this module
+# while it is itself being imported, and the command must not depend on that order.
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="base cluster config (YAML or JSON)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="model shape, e.g. llama-3.1-8b")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="random seed (default 0)")]
+SloTtftOpt = Annotated[str | None, typer.Option("--slo-ttft", help="TTFT target, e.g. 500ms (default 2s)")]
+SloTpotOpt = Annotated[str | None, typer.Option("--slo-tpot", help="TPOT target, e.g. 50ms (default 100ms)")]
+ProfilesOpt = Annotated[Path | None, typer.Option("--profiles-dir", help="folder of hardware profiles")]
+
+
+def _names(text: str | None, flag: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not items:
+        raise ConfigError(f"{flag}: give one or more comma-separated names")
+    return items
+
+
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    names = _names(text, flag)
+    if names is None:
+        return None
+    try:
+        values = tuple(int(x) for x in names)
+    except ValueError:
+        raise ConfigError(f"{flag}: '{text}' is not a comma-separated list of integers") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{flag}: values must be >= 1")
+    return values
+
+
+def _ratio(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.upper().replace("P", "").replace("D", "").split(":")
+    try:
+        p, d = (int(x) for x in parts)
+    except ValueError:
+        raise ConfigError(f"--ratio: '{text}' is not P:D, e.g. 3:5") from None
+    if p < 1 or d < 1:
+        raise ConfigError("--ratio: both pools need at least one instance")
+    return p, d
+
+
+def _fmt(x: Any, spec: str) -> str:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "-"
+    return spec.format(x)
+
+
+def plan_command(
+    trace: Annotated[Path, typer.Argument(help="request trace (native JSONL, Mooncake, Azure CSV, ...)")],
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPU budget: split this many GPUs")] = None,
+    budget_per_hour: Annotated[
+        float | None, typer.Option("--budget-per-hour", help="budget in USD per hour (GPU list prices)")
+    ] = None,
+    slo_ttft: SloTtftOpt = None,
+    slo_tpot: SloTpotOpt = None,
+    attainment: Annotated[
+        float | None, typer.Option("--attainment", help="fraction of requests that must meet the SLO (default 0.9)")
+    ] = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU type(s) of both pools, comma-separated")] = None,
+    prefill_gpu: Annotated[str | None, typer.Option("--prefill-gpu", help="prefill GPU type(s), e.g. h100-sxm")] = None,
+    decode_gpu: Annotated[str | None, typer.Option("--decode-gpu", help="decode GPU type(s), e.g. h200,h20")] = None,
+    tp: Annotated[str | None, typer.Option("--tp", help="TP degrees to try per pool, e.g. 1,2")] = None,
+    max_batch: Annotated[
+        str | None, typer.Option("--max-batch", help="decode max batch sizes to try, e.g. 64,256")
+    ] = None,
+    link: Annotated[str | None, typer.Option("--link", help="KV link presets to try, e.g. ib-ndr-400,roce-200")] = None,
+    aggregated: Annotated[
+        bool, typer.Option("--aggregated/--no-aggregated", help="include the aggregated baselines")
+    ] = True,
+    rank_by: Annotated[
+        str, typer.Option("--rank-by", help="goodput | per_gpu | per_dollar | per_kw")
+    ] = "goodput",
+    cost_error: Annotated[
+        float | None,
+        typer.Option("--cost-error", help="re-run the top candidates with step times ±this (e.g. 0.1)"),
+    ] = None,
+    sensitivity_top: Annotated[int, typer.Option("--sensitivity-top", help="splits re-run for sensitivity")] = 3,
+    windows: Annotated[
+        int, typer.Option("--windows", help="evaluate the best ratio against K consecutive trace windows")
+    ] = 0,
+    ratio: Annotated[str | None, typer.Option("--ratio", help="the fixed P:D ratio for --windows")] = None,
+    rel_tol: Annotated[float, typer.Option("--rel-tol", help="goodput bisection tolerance (relative)")] = 0.02,
+    max_rate_scale: Annotated[
+        float, typer.Option("--max-rate-scale", help="highest rate scale searched")
+    ] = 1e4,
+    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="skip dominated candidates")] = True,
+    workers: Annotated[int | None, typer.Option("--workers", help="parallel workers (default: CPU count)")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="process | ray")] = "process",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (--backend ray)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="results folder (default plan-<trace name>); resumes there")
+    ] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="discard finished results in --out and start over")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG figures")] = True,
+    top: Annotated[int, typer.Option("--top", help="rows shown in the table")] = 15,
+    seed: SeedOpt = None,
+    profiles_dir: ProfilesOpt = None,
+) -> None:
+    """Find the best prefill:decode split of a GPU budget under SLOs by simulating the trace:
+    every split (and TP, batch size, GPU type and link you list), plus the aggregated baseline
+    with and without chunked prefill; each ranked by goodput, the highest request rate at which
+    the SLO attainment target still holds."""
+
+    from simdisagg.cli import _run_guarded, build_overrides
+
+    def body() -> None:
+        from rich.console import Console
+
+        from simdisagg.config import resolve_config
+        from simdisagg.plan import PlanSpec, SearchSettings
+        from simdisagg.trace import load_trace
+
+        if backend not in ("process", "ray"):
+            raise ConfigError(f"--backend: '{backend}' is not process or ray")
+        if rank_by not in ("goodput", "per_gpu", "per_dollar", "per_kw"):
+            raise ConfigError(f"--rank-by: '{rank_by}' is not goodput, per_gpu, per_dollar or per_kw")
+        if (gpus is None) == (budget_per_hour is None):
+            raise ConfigError("give exactly one of --gpus N and --budget-per-hour X")
+        overrides = build_overrides(model=model, seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot)
+        overrides["slo.attainment"] = attainment
+        base = resolve_config(config, overrides)
+        both = _names(gpu, "--gpu")
+        try:
+            spec = PlanSpec(
+                base=base,
+                gpus=gpus,
+                budget_per_hour_usd=budget_per_hour,
+                prefill_gpus=_names(prefill_gpu, "--prefill-gpu") or both or (base.prefill.gpu,),
+                decode_gpus=_names(decode_gpu, "--decode-gpu") or both or (base.decode.gpu,),
+                tps=_ints(tp, "--tp") or (base.decode.tp,),
+                max_batch_sizes=_ints(max_batch, "--max-batch") or (base.decode.max_batch_size,),
+                links=_names(link, "--link") or (base.link.preset,),
+                aggregated=aggregated,
+                search=SearchSettings(rel_tol=rel_tol, max_rate_scale=max_rate_scale),
+                rank_by=rank_by,  # type: ignore[arg-type]
+                prune=prune,
+                cost_error=cost_error,
+                sensitivity_top=sensitivity_top,
+                windows=windows,
+                window_ratio=_ratio(ratio),
+            )
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise ConfigError(f"plan options: {str(exc).splitlines()[-1].strip()}") from None
+        out_dir = out if out is not None else Path(f"plan-{trace.stem}")
+        if fresh and (out_dir / "results.jsonl").exists():
+            (out_dir / "results.jsonl").unlink()
+        tr = load_trace(trace)
+        console = Console()
+        n_workers = workers or os.cpu_count() or 1
+        result = _run_with_progress(console, tr, spec, out_dir, profiles_dir, backend, n_workers, address)
+        _print(console, result, top)
+        _write(console, result, tr, out_dir, plots, profiles_dir)
+
+    _run_guarded(body)
+
+
+def _run_with_progress(
+    console: Any, tr: Any, spec: Any, out_dir: Path, profiles_dir: Path | None, backend: str, workers: int,
+    address: str | None,
+) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from simdisagg.plan import ProgressEvent, plan
+
+    with Progress(
+        TextColumn("[bold]plan[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("candidates ·"),
+        TimeElapsedColumn(),
+        TextColumn("· left"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}", style="dim"),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("", total=None)
+        resumed = 0
+
+        def on_progress(ev: ProgressEvent) -> None:
+            nonlocal resumed
+            resumed += ev.resumed
+            note = f" ({resumed} resumed)" if resumed else ""
+            progress.update(task, completed=ev.done, total=ev.total, description=ev.description[:60] + note)
+
+        return plan(
+            tr, spec, out_dir=out_dir, backend=cast(Literal["process", "ray"], backend), workers=workers, address=address,
+            profiles_dir=profiles_dir, on_progress=on_progress,
+        )
+
+
+def _short(row: dict[str, Any]) -> str:
+    if row["mode"] == "aggregated":
+        return f"agg x{row['decode_count']}" + (" chunked" if row["chunked_prefill"] else "")
+    return str(row["ratio"])
+
+
+def _family(row: dict[str, Any]) -> str:
+    if row["mode"] == "aggregated":
+        return f"{row['decode_gpu']} tp{row['decode_tp']} b{row['max_batch_size']}"
+    if row["prefill_gpu"] == row["decode_gpu"] and row["prefill_tp"] == row["decode_tp"]:
+        hw = f"{row['prefill_gpu']} tp{row['prefill_tp']}"
+    else:
+        hw = f"P {row['prefill_gpu']} tp{row['prefill_tp']} / D {row['decode_gpu']} tp{row['decode_tp']}"
+    return f"{hw} b{row['max_batch_size']} {row['link']}"
+
+
+def _print(console: Any, result: Any, top: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    spec = result.spec
+    slo = spec.slo
+    budget = f"{spec.gpus} GPUs" if spec.gpus is not None else f"${spec.budget_per_hour_usd:g}/h"
+    title = (
+        f"{result.trace_label} · {spec.base.model} · {budget} · SLO TTFT {slo.ttft_s * 1e3:g} ms, "
+        f"TPOT {slo.tpot_s * 1e3:g} ms for {slo.attainment:.0%} of requests · trace rate "
+        f"{result.base_rate_rps:.3g} req/s"
+    )
+    fam_d = sorted({_family(r) for r in result.rows if r["mode"] == "disaggregated"})
+    fam_a = sorted({_family(r) for r in result.rows if r["mode"] == "aggregated"})
+    multi = len(fam_d) > 1 or len(fam_a) > 1
+    table = Table(title=escape(title), title_justify="left")
+    columns: list[tuple[str, str]] = [("#", "right"), ("config", "left")]
+    if multi:
+        columns.append(("hardware", "left"))
+    columns += [
+        ("GPUs", "right"), ("P share", "right"), ("goodput req/s", "right"), ("/GPU", "right"),
+        ("/($/h)", "right"), ("/kW", "right"), ("limit", "left"), ("p90 TTFT ms", "right"), ("p90 TPOT ms", "right"),
+    ]
+    for col, just in columns:
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in result.rows[:top]:
+        goodput = _fmt(r["goodput_rps"], "{:.3g}")
+        if r["status"] != "evaluated":
+            goodput = f"pruned ≤{_fmt(r['bound_rps'], '{:.3g}')}" if r["goodput_rps"] is None else "0 (pruned)"
+        elif r.get("at_ceiling"):
+            goodput = "≥" + goodput
+        style = "bold green" if r["rank"] == 1 and r["status"] == "evaluated" else None
+        cells = [str(r["rank"]), _short(r)]
+        if multi:
+            cells.append(_family(r))
+        cells += [
+            str(r["gpus"]), _fmt(r["prefill_fraction"], "{:.0%}"), goodput, _fmt(r["goodput_per_gpu"], "{:.3g}"),
+            _fmt(r["goodput_per_dollar_hour"], "{:.3g}"), _fmt(r["goodput_per_kw"], "{:.3g}"),
+            r["bottleneck"] or "-", _fmt(r["p90_ttft_ms"], "{:.0f}"), _fmt(r["p90_tpot_ms"], "{:.1f}"),
+        ]
+        table.add_row(*cells, style=style)
+    console.print(table)
+    if not multi:
+        hw = [f"disaggregated {fam_d[0]}"] if fam_d else []
+        hw += [f"aggregated {fam_a[0]}"] if fam_a else []
+        console.print(f"[dim]hardware: {'; '.join(hw)}[/dim]")
+    if len(result.rows) > top:
+        console.print(f"[dim]{len(result.rows) - top} more candidates in candidates.csv[/dim]")
+    best = result.best
+    if best is not None:
+        console.print(f"[bold]Best:[/bold] {escape(_short(best))} on {escape(_family(best))} — "
+                      f"{best['goodput_rps']:.3g} req/s "
+                      "within the SLO "
+                      f"({best['goodput_per_gpu']:.3g} per GPU, {best['goodput_per_dollar_hour']:.3g} per $/h).")
+        console.print(f"[bold]Why:[/bold] {escape(best['why'])}")
+    console.print(f"[bold]Verdict:[/bold] {escape(result.verdict)}")
+    for line in result.pruned_summary:
+        console.print(f"[yellow]pruned:[/yellow] {escape(line)}")
+    zero = [
+        _short(r) + (f" [{_family(r)}]" if multi else "")
+        for r in result.rows if r["status"] == "evaluated" and r["goodput_rps"] == 0
+    ]
+    if zero:
+        console.print(
+            f"[yellow]goodput 0:[/yellow] {len(zero)} candidate(s) miss the SLO target even at the lowest rate "
+            f"(2 simulations each): {escape(', '.join(zero[:8]))}{' ...' if len(zero) > 8 else ''}"
+        )
+    if result.sensitivity:
+        _print_sensitivity(console, result)
+    if result.windows:
+        _print_windows(console, result)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
+    console.print(
+        f"[dim]{result.evaluations} evaluations ({result.resumed} resumed from the results file), "
+        f"{result.simulations} simulations run now.[/dim]"
+    )
+
+
+def _print_sensitivity(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    rows = result.sensitivity
+    factors = [k for k in rows[0] if k.startswith("goodput_rps_x")]
+    table = Table(title="sensitivity to the cost model's error (goodput req/s)", title_justify="left")
+    table.add_column("config")
+    table.add_column("nominal", justify="right")
+    for k in factors:
+        table.add_column(f"steps x{k.removeprefix('goodput_rps_x')}", justify="right")
+    for r in rows:
+        name = r["ratio"] if r["mode"] == "disaggregated" else r["label"]
+        table.add_row(name, f"{r['goodput_rps']:.3g}", *[f"{r[k]:.3g}" for k in factors])
+    console.print(table)
+    for line in result.sensitivity_summary:
+        console.print(line, markup=False)
+
+
+def _print_windows(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="fixed ratio against trace windows", title_justify="left")
+    for col in ("window", "time (s)", "req/s", "in/out tokens", "attainment at deployed load", "goodput req/s",
+                "limiting pool", "prefill busy", "decode busy", "stranded prefill", "stranded decode"):
+        table.add_column(col, justify="right")
+    for w in result.windows:
+        if "goodput_rps" not in w:
+            table.add_row(str(w["window"]), f"{w['start_s']:.0f}–{w['end_s']:.0f}", "-", "-", "-", "-",
+                          w.get("note", "-"), "-", "-", "-", "-")
+            continue
+        table.add_row(
+            str(w["window"]), f"{w['start_s']:.0f}–{w['end_s']:.0f}", f"{w['rate_rps']:.3g}",
+            f"{w['mean_input_tokens']:.0f}/{w['mean_output_tokens']:.0f}",
+            _fmt(w["attainment_at_deployed_load"], "{:.0%}"), f"{w['goodput_rps']:.3g}", w["limiting_pool"],
+            _fmt(w["prefill_busy"], "{:.0%}"), _fmt(w["decode_busy"], "{:.0%}"),
+            _fmt(w["stranded_prefill"], "{:.0%}"), _fmt(w["stranded_decode"], "{:.0%}"),
+        )
+    console.print(table)
+    for line in result.windows_summary:
+        console.print(line, markup=False)
+
+
+def _write(console: Any, result: Any, tr: Any, out_dir: Path, plots: bool, profiles_dir: Path | None) -> None:
+    import pandas as pd
+
+    from simdisagg.output import atomic_write, atomic_write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = result.frame()
+    atomic_write(out_dir / "candidates.csv", lambda p: frame.to_csv(p, index=False))
+    written = ["results.jsonl", "candidates.csv", "plan.json"]
+    if result.sensitivity:
+        sens = pd.DataFrame(result.sensitivity)
+        atomic_write(out_dir / "sensitivity.csv", lambda p: sens.to_csv(p, index=False))
+        written.append("sensitivity.csv")
+    if result.windows:
+        win = pd.DataFrame(result.windows)
+        atomic_write(out_dir / "windows.csv", lambda p: win.to_csv(p, index=False))
+        written.append("windows.csv")
+    atomic_write_json(out_dir / "plan.json", result.record())
+    if plots:
+        written += _plots(result, tr, out_dir, profiles_dir)
+    console.print(f"wrote {out_dir}/: {', '.join(written)}")
+
+
+def _plots(result: Any, tr: Any, out_dir: Path, profiles_dir: Path | None) -> list[str]:
+    from simdisagg import plots
+    from simdisagg.hardware import ProfileStore
+    from simdisagg.plan import latency_samples
+
+    spec = result.spec
+    names = []
+    plots.goodput_vs_prefill_fraction(result.rows, out_dir / "goodput_vs_prefill_fraction.png")
+    names.append("goodput_vs_prefill_fraction.png")
+    if result.probes:
+        plots.pareto(result.probes, out_dir / "pareto.png")
+        names.append("pareto.png")
+    store = ProfileStore(profiles_dir)
+    samples = {}
+    for mode in ("disaggregated", "aggregated"):
+        row = result.best_of(mode)
+        if row is not None:
+            name = f"{row['label']} @ {row['goodput_rps']:.3g} req/s"
+            samples[name] = latency_samples(tr, row, spec, store)
+    if samples:
+        plots.latency_cdfs(samples, out_dir / "latency_cdf.png", spec.slo.ttft_s, spec.slo.tpot_s)
+        names.append("latency_cdf.png")
+    if result.windows:
+        plots.window_bars(result.windows, out_dir / "windows.png")
+        names.append("windows.png")
+    return names
