@@ -132,22 +132,26 @@ class PrefixCache(PrefixLookup):
         usable = min(len(found) * self._block_tokens, int(self._inp[i]) - 1)
         # Touch from the last block to the first, so the first blocks are the most recent and
         # LRU evicts sequence tails before the prefixes they hang from (as vLLM's evictor does).
-        pairs = list(enumerate(zip(hashes, found, strict=False)))
-        for n, (h, k) in reversed(pairs):
-            st = self.stats[k]
+        # Tiers are looked up again for each block: promoting one block cascades evictions that
+        # can move (or drop) the blocks found earlier.
+        for n in range(len(found) - 1, -1, -1):
+            h = hashes[n]
+            k = next((j for j, lru in enumerate(tiers) if h in lru.blocks), -1)
+            st = self.stats[max(k, 0) if k >= 0 else found[n]]
             st.hit_blocks += 1
             st.saved_tokens += max(0, min(self._block_tokens, usable - n * self._block_tokens))
             if k == 0:
                 tiers[0].blocks.move_to_end(h)
-            else:
-                spec = self.specs[k - 1]
+                continue
+            spec = self.specs[(k if k > 0 else found[n]) - 1] if (k > 0 or found[n] > 0) else None
+            if spec is not None:
                 load_s += self.block_bytes / spec.read_bytes_per_s
                 st.bytes_read += self.block_bytes
-                if spec.shared:
-                    self.inserted_blocks += 1  # a copy: the shared store keeps its own
-                else:
-                    del tiers[k].blocks[h]
-                self._put(instance, 0, h)
+            if k < 0 or spec is None or spec.shared:
+                self.inserted_blocks += 1  # a new copy in HBM (dropped meanwhile, or shared store)
+            else:
+                del tiers[k].blocks[h]
+            self._put(instance, 0, h)
         return load_s
 
     def insert(self, instance: int, i: int, now: float) -> None:
