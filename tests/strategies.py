@@ -185,10 +185,9 @@ MODES = ("disaggregated", "aggregated")
 
 _TIER_KINDS = ("host_dram", "nvme", "shared_store")
 
-#: Lower KV tiers are not drawn yet: ``PrefixCache.use`` promotes blocks using tier positions
-#: found before the promotions evict other blocks of the same prompt, and then raises
-#: KeyError (see ``test_prefix_cache_lower_tier_regression`` in tests/properties). Set this
-#: to True once that is fixed.
+#: Draw lower KV tiers (host DRAM, NVMe, shared store). They once exposed stale tier
+#: positions in ``PrefixCache.use`` (see the regressions at the end of
+#: tests/properties/test_invariants.py); keep them drawn.
 DRAW_PREFIX_TIERS = True
 
 

@@ -318,7 +318,8 @@ def _tier(kind: str, capacity_bytes: float) -> TierConfig:
 def test_prefix_cache_lower_tier_regression_shared_store() -> None:
     """One shared-store tier, an HBM cache of one 16-token block (hbm_fraction 0.2 of 80).
     r0 (1,2) leaves HBM={2}, store={1,2}; r1 (1,) promotes 1: HBM={1}. r2 (1,2) matches
-    [hbm, store]; promoting 2 evicts 1 from HBM, then touching 1 in HBM raises KeyError."""
+    [hbm, store]; promoting 2 evicts 1 from HBM, so touching 1 in HBM must re-locate it
+    (it used to raise KeyError)."""
     cfg = RunConfig(
         prefix_cache=PrefixCacheConfig(hbm_fraction=0.2, tiers=(_tier("shared_store", 1e9),)),
         cost=ConstantCost(),
@@ -333,7 +334,8 @@ def test_prefix_cache_lower_tier_regression_shared_store() -> None:
 
 def test_prefix_cache_lower_tier_regression_two_host_tiers() -> None:
     """No HBM cache, two host-DRAM tiers of one 2 MiB block each: promoting one block of the
-    second request cascades the other block down a tier before it is taken from the first."""
+    second request cascades the other block down a tier before it is taken from the first
+    (it used to raise KeyError)."""
     block = 16 * 131072.0  # one 16-token block of llama-3.1-8b KV
     cfg = RunConfig(
         prefix_cache=PrefixCacheConfig(hbm_fraction=0.0, tiers=(_tier("host_dram", block), _tier("host_dram", block))),
