@@ -22,9 +22,9 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from strategies import Req, build_trace  # noqa: E402
+from strategies import Req, build_trace
 
-from simdisagg.trace import Trace  # noqa: E402
+from simdisagg.trace import Trace
 
 settings.register_profile(
     "ci",

