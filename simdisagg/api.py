@@ -83,7 +83,7 @@ def run_config(trace: Trace, cfg: RunConfig, store: ProfileStore, label: str) ->
     result = simulate(cfg, trace, store=store)
     summary = summarize(result, cfg.slo)
     notes: list[str] = []
-    if summary["cost_model"].startswith("roofline") or "roofline" in summary["cost_model"]:
+    if "roofline" in summary["cost_model"]:
         notes.append(
             f"{column_name(cfg)}: no measured profile for this GPU/model/TP; step times come from the "
             "roofline model with assumed efficiencies (see `simdisagg calibrate`)."

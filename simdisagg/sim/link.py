@@ -81,7 +81,6 @@ class KVLink:
         call_later(self.env, serial_s, self._fifo_sent, (i, on_landed))
 
     def _fifo_sent(self, item: tuple[int, Callable[[int], None]]) -> None:
-        i, on_landed = item
         call_later(self.env, self.latency_s, self._landed, item)
         self._fifo_next()
 

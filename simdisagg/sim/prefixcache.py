@@ -137,13 +137,14 @@ class PrefixCache(PrefixLookup):
         for n in range(len(found) - 1, -1, -1):
             h = hashes[n]
             k = next((j for j, lru in enumerate(tiers) if h in lru.blocks), -1)
-            st = self.stats[max(k, 0) if k >= 0 else found[n]]
+            tier = k if k >= 0 else found[n]  # a block dropped meanwhile counts where it was found
+            st = self.stats[tier]
             st.hit_blocks += 1
             st.saved_tokens += max(0, min(self._block_tokens, usable - n * self._block_tokens))
             if k == 0:
                 tiers[0].blocks.move_to_end(h)
                 continue
-            spec = self.specs[(k if k > 0 else found[n]) - 1] if (k > 0 or found[n] > 0) else None
+            spec = self.specs[tier - 1] if tier > 0 else None
             if spec is not None:
                 load_s += self.block_bytes / spec.read_bytes_per_s
                 st.bytes_read += self.block_bytes
