@@ -220,7 +220,10 @@ def test_agentic_defaults_are_the_fit_of_the_recorded_csv() -> None:
     fitted = fit_agentic_params(SHARED / "kv-cache-tester" / "derived" / "kvct_requests_710_traces.csv")
     defaults = AgenticParams()
     for name, value in fitted.model_dump().items():
-        assert getattr(defaults, name) == pytest.approx(value, rel=1e-3), name
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            assert getattr(defaults, name) == pytest.approx(value, rel=1e-3), name
+        else:  # names such as the arrival process (newer pytest refuses approx on strings)
+            assert getattr(defaults, name) == value, name
 
 
 @needs_shared
