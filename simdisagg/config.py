@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simdisagg.errors import ConfigError
 
@@ -101,6 +101,14 @@ class PrefixCacheConfig(_Frozen):
     hbm_fraction: float = Field(default=0.5, ge=0, lt=1)
     decode_retain_fraction: float = Field(default=0.0, ge=0, lt=1)
     tiers: tuple[TierConfig, ...] = ()
+
+    @field_validator("tiers")
+    @classmethod
+    def _shared_store_last(cls, tiers: tuple[TierConfig, ...]) -> tuple[TierConfig, ...]:
+        # The cluster-wide store sits below every instance's own tiers (as Mooncake's does).
+        if any(t.kind == "shared_store" for t in tiers[:-1]):
+            raise ValueError("a shared_store tier must be the last tier, and there can be only one")
+        return tiers
 
 
 class SLOConfig(_Frozen):

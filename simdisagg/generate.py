@@ -66,6 +66,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simdisagg.errors import ConfigError
+from simdisagg.prefixtree import PrefixTreeBuilder
 from simdisagg.trace import Trace, TraceBuilder
 
 Kind = Literal["agentic", "chat", "rag", "coding"]
@@ -327,49 +328,53 @@ def _tokens(rng: np.random.Generator, mu: float, sigma: float, minimum: int = 1,
 
 
 class _Blocks:
-    """Full-block hash ids of one agent's context, extended as the context grows."""
+    """The path of one agent's context in the generated prefix tree, extended as it grows.
 
-    def __init__(self, block_tokens: int, shared_ids: np.ndarray, shared_tokens: int, fresh: _Fresh) -> None:
+    Requests name their prefix by the segment at the end of this path, so a generated trace
+    never holds per-block hash lists (a 100k-token context is over 1,500 blocks of 64 tokens).
+    """
+
+    def __init__(self, block_tokens: int, tree: PrefixTreeBuilder, shared_segment: int, shared_tokens: int) -> None:
         self.block_tokens = block_tokens
-        self.shared_ids = shared_ids
+        self.tree = tree
+        self.shared_segment = shared_segment
         self.shared_tokens = shared_tokens
-        self.fresh = fresh
-        self.buffer = np.zeros(256, dtype=np.int64)  # ids of the full blocks, grown by doubling
-        self.count = 0
+        self.end = -1  # last segment of the path (-1: empty)
+        self.count = 0  # full blocks on the path
 
-    def reset(self, context_tokens: int) -> np.ndarray:
+    def reset(self, context_tokens: int) -> int:
         """Context rebuilt from the shared prompt plus fresh content (start or compaction)."""
-        shared_blocks = min(self.shared_tokens, context_tokens) // self.block_tokens
-        self._reserve(shared_blocks)
-        self.buffer[:shared_blocks] = self.shared_ids[:shared_blocks]
+        shared_blocks = 0
+        if self.shared_segment >= 0:
+            shared_blocks = min(self.shared_tokens, context_tokens) // self.block_tokens
+        self.end = self.tree.end_at(self.shared_segment, shared_blocks)
         self.count = shared_blocks
         return self.grow(context_tokens)
 
-    def grow(self, context_tokens: int) -> np.ndarray:
+    def grow(self, context_tokens: int) -> int:
         """Context extended to ``context_tokens``: earlier full blocks kept, the rest fresh.
 
-        The previous context's partial last block is completed with new content, so it gets a
-        fresh id like every block after it. Returns a copy of the ids.
+        The previous context's partial last block is completed with new content, so it is a
+        fresh block like every block after it. Returns the path's last segment.
         """
         full = context_tokens // self.block_tokens
         if full > self.count:
-            self._reserve(full)
-            self.buffer[self.count : full] = self.fresh.take(full - self.count)
-        self.count = full
-        return self.buffer[:full].copy()
+            self.end = self.tree.extend(self.end, full - self.count)
+            self.count = full
+        return self.end
 
-    def _reserve(self, n: int) -> None:
-        if n > len(self.buffer):
-            grown = np.zeros(max(n, 2 * len(self.buffer)), dtype=np.int64)
-            grown[: self.count] = self.buffer[: self.count]
-            self.buffer = grown
+
+def _shared_segment(tree: PrefixTreeBuilder, tokens: int, block_tokens: int) -> int:
+    """A root segment of the full blocks of a prompt shared by many requests (-1 if none)."""
+    n_blocks = tokens // block_tokens
+    return tree.extend(-1, n_blocks) if n_blocks else -1
 
 
 class _Fresh:
-    """Allocates hash ids that no other block uses (one namespace per session)."""
+    """Allocates hash ids that no other block uses."""
 
-    def __init__(self, namespace: int) -> None:
-        self.next_id = namespace * _NAMESPACE_STRIDE
+    def __init__(self, first_id: int) -> None:
+        self.next_id = first_id
 
     def take(self, n: int) -> np.ndarray:
         """``n`` new ids."""
@@ -388,16 +393,17 @@ def _agentic_session(
     k: int,
     start_s: float,
     seed: int,
-    system_ids: np.ndarray,
-    subagent_ids: np.ndarray,
+    system_segment: int,
+    subagent_segment: int,
 ) -> None:
     """Add session ``k`` (its main agent and sub-agents) to ``emit``."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, k)))
     name = f"s{k:05d}"
-    fresh = _Fresh(k + 1)
     block = p.hash_block_tokens
     steps = max(1, int(round(_lognormal(rng, p.steps_log_mu, p.steps_log_sigma))))
-    blocks = _Blocks(block, system_ids, p.system_prompt_tokens, fresh)
+    tree = emit.builder.tree
+    assert tree is not None
+    blocks = _Blocks(block, tree, system_segment, p.system_prompt_tokens)
     min_context = p.system_prompt_tokens + block
     if rng.random() < p.large_context_probability:
         limit = max(min_context, p.large_context_limit_tokens)
@@ -414,7 +420,7 @@ def _agentic_session(
     out = _tokens(rng, p.output_log_mu, p.output_log_sigma)
     rid = f"{name}/main/0"
     emit.add(timestamp_s=start_s, input_tokens=context, output_tokens=out,
-             request_id=rid, session_id=name, hash_ids=ids)  # fmt: skip
+             request_id=rid, session_id=name, prefix_segment=ids)  # fmt: skip
     prev_id, prev_end_s, prev_out = rid, start_s + _api_time_s(p, out), out
     n_sub = 0
     for step in range(1, steps):
@@ -442,7 +448,7 @@ def _agentic_session(
         if tool_step and rng.random() < p.subagent_probability:
             fan_out = 1 + int(rng.poisson(p.subagent_extra_mean))
             for _ in range(fan_out):
-                last_id, last_end_s = _subagent(emit, p, rng, name, n_sub, prev_id, prev_end_s, fresh, subagent_ids)
+                last_id, last_end_s = _subagent(emit, p, rng, name, n_sub, prev_id, prev_end_s, subagent_segment)
                 n_sub += 1
                 waits.append(last_id)
                 ready_s = max(ready_s, last_end_s)
@@ -450,7 +456,7 @@ def _agentic_session(
         rid = f"{name}/main/{step}"
         at_s = ready_s + wait_s
         emit.add(timestamp_s=at_s, input_tokens=context, output_tokens=out, request_id=rid,
-                 session_id=name, wait_for=waits, tool_wait_s=wait_s, hash_ids=ids)  # fmt: skip
+                 session_id=name, wait_for=waits, tool_wait_s=wait_s, prefix_segment=ids)  # fmt: skip
         prev_id, prev_end_s, prev_out = rid, at_s + _api_time_s(p, out), out
 
 
@@ -462,12 +468,13 @@ def _subagent(
     index: int,
     spawner_id: str,
     spawner_end_s: float,
-    fresh: _Fresh,
-    subagent_ids: np.ndarray,
+    subagent_segment: int,
 ) -> tuple[str, float]:
     """Add one sub-agent chain; returns its last request id and nominal completion time."""
     block = p.hash_block_tokens
-    blocks = _Blocks(block, subagent_ids, p.subagent_prompt_tokens, fresh)
+    tree = emit.builder.tree
+    assert tree is not None
+    blocks = _Blocks(block, tree, subagent_segment, p.subagent_prompt_tokens)
     steps = max(1, int(round(_lognormal(rng, p.subagent_steps_log_mu, p.subagent_steps_log_sigma))))
     context = max(
         p.subagent_prompt_tokens + block,
@@ -488,7 +495,7 @@ def _subagent(
         rid = f"{agent}/{step}"
         at_s = ready_s + wait_s
         emit.add(timestamp_s=at_s, input_tokens=context, output_tokens=out,
-                    request_id=rid, session_id=session, wait_for=waits, tool_wait_s=wait_s, hash_ids=ids)  # fmt: skip
+                    request_id=rid, session_id=session, wait_for=waits, tool_wait_s=wait_s, prefix_segment=ids)  # fmt: skip
         end_s = at_s + _api_time_s(p, out)
     return rid, end_s
 
@@ -512,14 +519,15 @@ def _shared_ids(first_id: int, tokens: int, block_tokens: int) -> np.ndarray:
 
 def _generate_agentic(p: AgenticParams, num_sessions: int | None, num_requests: int | None, seed: int) -> Trace:
     source = f"generated:agentic:seed={seed}"
-    emit = _Emitter(TraceBuilder(source, p.hash_block_tokens))
-    system_ids = _shared_ids(0, p.system_prompt_tokens, p.hash_block_tokens)
-    subagent_ids = _shared_ids(len(system_ids), p.subagent_prompt_tokens, p.hash_block_tokens)
+    tree = PrefixTreeBuilder()
+    emit = _Emitter(TraceBuilder(source, p.hash_block_tokens, tree))
+    system_segment = _shared_segment(tree, p.system_prompt_tokens, p.hash_block_tokens)
+    subagent_segment = _shared_segment(tree, p.subagent_prompt_tokens, p.hash_block_tokens)
     arrivals_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     if num_sessions is not None:
         starts_s = arrival_times(num_sessions, p, arrivals_rng)
         for k, start_s in enumerate(starts_s):
-            _agentic_session(emit, p, k, float(start_s), seed, system_ids, subagent_ids)
+            _agentic_session(emit, p, k, float(start_s), seed, system_segment, subagent_segment)
         return emit.builder.build()
     assert num_requests is not None
     # Sessions are added whole until there are enough requests; arrival instants are drawn in
@@ -529,7 +537,7 @@ def _generate_agentic(p: AgenticParams, num_sessions: int | None, num_requests: 
     while emit.count < num_requests:
         if k == len(starts_s):
             raise ConfigError("internal: arrival batch exhausted")  # pragma: no cover
-        _agentic_session(emit, p, k, float(starts_s[k]), seed, system_ids, subagent_ids)
+        _agentic_session(emit, p, k, float(starts_s[k]), seed, system_segment, subagent_segment)
         k += 1
         if k == len(starts_s):
             arrivals_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
@@ -542,18 +550,18 @@ def _generate_agentic(p: AgenticParams, num_sessions: int | None, num_requests: 
 
 
 def _generate_open_loop(kind: str, p: OpenLoopParams, count: int, seed: int) -> Trace:
-    builder = TraceBuilder(f"generated:{kind}:seed={seed}", p.hash_block_tokens)
+    tree = PrefixTreeBuilder()
+    builder = TraceBuilder(f"generated:{kind}:seed={seed}", p.hash_block_tokens, tree)
     arrivals = arrival_times(count, p, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
     inputs = np.clip(np.rint(rng.lognormal(p.input_log_mu, p.input_log_sigma, count)), 1, p.input_max_tokens)
     outputs = np.clip(np.rint(rng.lognormal(p.output_log_mu, p.output_log_sigma, count)), 1, p.output_max_tokens)
-    shared = _shared_ids(0, p.system_prompt_tokens, p.hash_block_tokens)
-    fresh = _Fresh(1)
+    shared = _shared_segment(tree, p.system_prompt_tokens, p.hash_block_tokens)
     for i in range(count):
         inp = int(max(inputs[i], min(p.system_prompt_tokens, p.input_max_tokens)))
-        blocks = _Blocks(p.hash_block_tokens, shared, p.system_prompt_tokens, fresh)
+        blocks = _Blocks(p.hash_block_tokens, tree, shared, p.system_prompt_tokens)
         builder.add(line=i + 1, timestamp_s=float(arrivals[i]), input_tokens=inp,
-                    output_tokens=int(outputs[i]), request_id=f"r{i}", hash_ids=blocks.reset(inp))  # fmt: skip
+                    output_tokens=int(outputs[i]), request_id=f"r{i}", prefix_segment=blocks.reset(inp))  # fmt: skip
     return builder.build()
 
 
@@ -573,7 +581,7 @@ def _generate_rag(p: RagParams, count: int, seed: int) -> Trace:
     sys_pad = p.system_prompt_tokens - len(shared) * block  # tail of the prompt, never shared
     weights = _zipf_weights(p.corpus_docs, p.zipf_exponent)
     k_docs = min(p.docs_per_request, p.corpus_docs)
-    fresh = _Fresh(1)
+    fresh = _Fresh(len(shared))
     path_ids: dict[tuple[int, ...], list[int]] = {}
     for i in range(count):
         docs = rng.choice(p.corpus_docs, size=k_docs, replace=False, p=weights) if k_docs else []
@@ -602,12 +610,14 @@ def _dense_hash_ids(trace: Trace) -> Trace:
     Keeps files small (ids of the per-session namespaces are ~13 digits) and keeps a prefix
     of sessions numbered the same when more sessions are added after it.
     """
+    if trace.prefix_tree_only:
+        return trace  # tree keys are already numbered in order of creation
     values = trace.hash_values
     if len(values):
         _, first_pos, inverse = np.unique(values, return_index=True, return_inverse=True)
         rank = np.empty(len(first_pos), dtype=np.int64)
         rank[np.argsort(first_pos, kind="stable")] = np.arange(len(first_pos), dtype=np.int64)
-        trace.hash_values = rank[inverse]
+        trace.set_hash_values(rank[inverse])
     return trace
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from simdisagg.errors import TraceError
+from simdisagg.prefixtree import PrefixTree, PrefixTreeBuilder, build_prefix_tree, hash_lists, path_hashes
 
 DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size
 
@@ -90,10 +91,11 @@ class Trace:
     tool_wait_s: np.ndarray  # float64
     wait_offsets: np.ndarray  # int64, len n+1
     wait_indices: np.ndarray  # int64
-    hash_offsets: np.ndarray  # int64, len n+1
-    hash_values: np.ndarray  # int64
+    _hash_offsets: np.ndarray | None  # int64, len n+1; None while only the tree is held
+    _hash_values: np.ndarray | None  # int64
     hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS
     line_numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _prefix_tree: PrefixTree | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -103,14 +105,62 @@ class Trace:
         """Boolean mask of requests that wait for others."""
         return np.diff(self.wait_offsets) > 0
 
+    @classmethod
+    def from_prefix_tree(cls, tree: PrefixTree, **columns: Any) -> Trace:
+        """A trace whose hashes are held only as a :class:`PrefixTree` (as the agentic
+        generator makes them): its hash lists are made on demand, never all at once unless
+        :attr:`hash_values` is asked for."""
+        return cls(_hash_offsets=None, _hash_values=None, _prefix_tree=tree, **columns)
+
+    @property
+    def hash_offsets(self) -> np.ndarray:
+        """CSR offsets of the hash lists (``len(trace) + 1``)."""
+        if self._hash_offsets is None:
+            self._materialize_hashes()
+        assert self._hash_offsets is not None
+        return self._hash_offsets
+
+    @property
+    def hash_values(self) -> np.ndarray:
+        """All hash lists, concatenated (see :attr:`hash_offsets`)."""
+        if self._hash_values is None:
+            self._materialize_hashes()
+        assert self._hash_values is not None
+        return self._hash_values
+
+    def _materialize_hashes(self) -> None:
+        assert self._prefix_tree is not None
+        self._hash_offsets, self._hash_values = hash_lists(self._prefix_tree)
+
+    @property
+    def prefix_tree_only(self) -> bool:
+        """Whether the hashes are held only as a tree (no hash lists made yet)."""
+        return self._hash_values is None
+
+    def set_hash_values(self, values: np.ndarray) -> None:
+        """Replace the hash ids (same lengths), e.g. to renumber them."""
+        self._hash_values = values
+        self._prefix_tree = None
+
     @property
     def has_hashes(self) -> bool:
         """Whether any request carries prefix-block hashes."""
-        return len(self.hash_values) > 0
+        if self._hash_values is None:
+            return bool((self.prefix_tree().request_segment >= 0).any())
+        return len(self._hash_values) > 0
 
     def hashes_of(self, i: int) -> np.ndarray:
         """Prefix-block hashes of request ``i`` (may be empty)."""
-        return self.hash_values[self.hash_offsets[i] : self.hash_offsets[i + 1]]
+        if self._hash_values is None:
+            return path_hashes(self.prefix_tree(), i)
+        assert self._hash_offsets is not None
+        return self._hash_values[self._hash_offsets[i] : self._hash_offsets[i + 1]]
+
+    def prefix_tree(self) -> PrefixTree:
+        """The hash lists as a radix tree of block runs (built once, then kept)."""
+        if self._prefix_tree is None:
+            self._prefix_tree = build_prefix_tree(self.hash_offsets, self.hash_values)
+        return self._prefix_tree
 
     def waits_of(self, i: int) -> np.ndarray:
         """Indices of the requests request ``i`` waits for."""
@@ -121,11 +171,22 @@ class Trace:
         idx = np.asarray(indices, dtype=np.int64)
         remap = np.full(len(self), -1, dtype=np.int64)
         remap[idx] = np.arange(len(idx))
-        hash_lists = [self.hashes_of(int(i)) for i in idx]
         wait_lists = []
         for i in idx:
             mapped = remap[self.waits_of(int(i))]
             wait_lists.append(mapped[mapped >= 0])
+        if self._hash_values is None:
+            # Tree-held hashes: the subset shares the tree (unused segments cost nothing).
+            tree = self.prefix_tree()
+            hashes: dict[str, Any] = {
+                "_hash_offsets": None,
+                "_hash_values": None,
+                "_prefix_tree": PrefixTree(tree.parent, tree.start_block, tree.blocks, tree.key_base,
+                                           tree.request_segment[idx]),
+            }
+        else:
+            lists = [self.hashes_of(int(i)) for i in idx]
+            hashes = {"_hash_offsets": _offsets(lists), "_hash_values": _concat(lists)}
         return Trace(
             source=self.source,
             request_ids=[self.request_ids[int(i)] for i in idx],
@@ -137,10 +198,9 @@ class Trace:
             tool_wait_s=self.tool_wait_s[idx].copy(),
             wait_offsets=_offsets(wait_lists),
             wait_indices=_concat(wait_lists),
-            hash_offsets=_offsets(hash_lists),
-            hash_values=_concat(hash_lists),
             hash_block_tokens=self.hash_block_tokens,
             line_numbers=self.line_numbers[idx].copy() if len(self.line_numbers) else self.line_numbers,
+            **hashes,
         )
 
 
@@ -176,9 +236,13 @@ class TraceBuilder:
     Importers feed it one request at a time with the location to blame in errors.
     """
 
-    def __init__(self, source: str, hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS) -> None:
+    def __init__(
+        self, source: str, hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS, tree: PrefixTreeBuilder | None = None
+    ) -> None:
         self.source = source
         self.hash_block_tokens = hash_block_tokens
+        self.tree = tree  # when given, requests name their prefix as a tree segment
+        self._segments: list[int] = []
         self._ids: list[str] = []
         self._index_of: dict[str, int] = {}
         self._ts: list[float] = []
@@ -204,8 +268,14 @@ class TraceBuilder:
         wait_for: Iterable[str] = (),
         tool_wait_s: float = 0.0,
         hash_ids: Sequence[int] | None = None,
+        prefix_segment: int = -1,
     ) -> int:
-        """Add one request; returns its index. Raises :class:`TraceError` naming the line."""
+        """Add one request; returns its index. Raises :class:`TraceError` naming the line.
+
+        With a tree builder, the request's hashes are the path to ``prefix_segment`` (-1: none)
+        and ``hash_ids`` must not be given."""
+        if self.tree is not None and hash_ids is not None:
+            raise ValueError("a tree-built trace takes prefix_segment, not hash_ids")
         rid = str(line) if request_id is None else str(request_id)
         if rid in self._index_of:
             raise TraceError(self.source, line, "request_id", f"duplicate id '{rid}'")
@@ -240,7 +310,10 @@ class TraceBuilder:
             self._sess.append(s)
         self._tool.append(float(tool_wait_s))
         self._waits.append(waits)
-        self._hashes.append(hash_ids if hash_ids is not None else ())
+        if self.tree is None:
+            self._hashes.append(hash_ids if hash_ids is not None else ())
+        else:
+            self._segments.append(prefix_segment)
         self._lines.append(line)
         return index
 
@@ -248,22 +321,23 @@ class TraceBuilder:
         """Freeze the accumulated requests into a columnar :class:`Trace`."""
         if not self._ids:
             raise TraceError(self.source, None, None, "the trace has no requests")
-        return Trace(
-            source=self.source,
-            request_ids=self._ids,
-            timestamp_s=np.asarray(self._ts, dtype=np.float64),
-            input_tokens=np.asarray(self._inp, dtype=np.int64),
-            output_tokens=np.asarray(self._out, dtype=np.int64),
-            session_index=np.asarray(self._sess, dtype=np.int64),
-            session_names=self._sess_names,
-            tool_wait_s=np.asarray(self._tool, dtype=np.float64),
-            wait_offsets=_offsets(self._waits),
-            wait_indices=_concat(self._waits),
-            hash_offsets=_offsets(self._hashes),
-            hash_values=_concat(self._hashes),
-            hash_block_tokens=self.hash_block_tokens,
-            line_numbers=np.asarray(self._lines, dtype=np.int64),
-        )
+        columns: dict[str, Any] = {
+            "source": self.source,
+            "request_ids": self._ids,
+            "timestamp_s": np.asarray(self._ts, dtype=np.float64),
+            "input_tokens": np.asarray(self._inp, dtype=np.int64),
+            "output_tokens": np.asarray(self._out, dtype=np.int64),
+            "session_index": np.asarray(self._sess, dtype=np.int64),
+            "session_names": self._sess_names,
+            "tool_wait_s": np.asarray(self._tool, dtype=np.float64),
+            "wait_offsets": _offsets(self._waits),
+            "wait_indices": _concat(self._waits),
+            "hash_block_tokens": self.hash_block_tokens,
+            "line_numbers": np.asarray(self._lines, dtype=np.int64),
+        }
+        if self.tree is not None:
+            return Trace.from_prefix_tree(self.tree.build(self._segments), **columns)
+        return Trace(_hash_offsets=_offsets(self._hashes), _hash_values=_concat(self._hashes), **columns)
 
 
 def load_jsonl(path: str | Path, hash_block_tokens: int | None = None) -> Trace:

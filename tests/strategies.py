@@ -211,6 +211,9 @@ def prefix_cache_configs(draw: st.DrawFn) -> PrefixCacheConfig:
             max_size=2 if DRAW_PREFIX_TIERS else 0,
         )
     )
+    # At most one shared store, and it goes last (below every instance's own tiers).
+    local = [t for t in tiers if t.kind != "shared_store"]
+    tiers = local + [t for t in tiers if t.kind == "shared_store"][:1]
     return PrefixCacheConfig(
         enabled=draw(st.booleans()),
         hbm_fraction=draw(st.sampled_from([0.0, 0.2, 0.5])),

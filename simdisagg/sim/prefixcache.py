@@ -9,7 +9,13 @@ one token always is (the engine must produce logits).
 Blocks evicted from HBM go down the tiers configured below it, in order (for example host
 DRAM, then local NVMe, per instance; and a ``shared_store`` tier, one for the whole cluster as
 in Mooncake's store). A hit in a lower tier costs the time to read those blocks into HBM at
-that tier's read bandwidth (added to the prefill iteration), and promotes them to HBM.
+that tier's read bandwidth (added to the prefill iteration), and promotes them to HBM. The
+shared store, when configured, is the last tier; a hit there copies the blocks into HBM and
+the store keeps its own copy.
+
+Hits are counted in the tier where the lookup found them; the found blocks are then touched
+together, from the last to the first, so a sequence's tail is evicted before the prefix it
+hangs from (as vLLM's evictor does), and what they displace cascades down the tiers.
 
 Accounting (per tier): blocks hit, prompt tokens saved, bytes read up and bytes written down.
 Every block lives in at most one tier of an instance (plus possibly the shared store), so the
@@ -20,9 +26,7 @@ tier; :meth:`PrefixCache.block_census` exposes that for tests.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import dataclass
 
 from simdisagg.sim.prefill import PrefixLookup
 from simdisagg.trace import Trace
@@ -50,14 +54,22 @@ class TierStats:
     evicted_blocks: int = 0
 
 
-@dataclass(slots=True, eq=False)
-class _LRU:
-    capacity: int
-    blocks: OrderedDict[int, None] = field(default_factory=OrderedDict)
-
-
 class PrefixCache(PrefixLookup):
-    """Per-instance LRU prefix caches (HBM plus lower tiers) for one run."""
+    """Per-instance LRU prefix caches (HBM plus lower tiers) for one run.
+
+    Blocks are held as runs of :class:`~simdisagg.prefixtree.PrefixTree` segments: each local
+    tier of an instance is an ``OrderedDict`` from segment to the number of its leading blocks
+    in that tier, least recently used first. This is exact, not an approximation: a request
+    touches its blocks from the last to the first, so every segment's cached blocks share one
+    touch, ancestors are never older than descendants, and the exclusive tiers together behave
+    as one LRU stack cut at the tier capacities. A segment's blocks are therefore a prefix of
+    it, split across tiers in tier order (HBM ``[0, a)``, the next tier ``[a, b)``, ...), and a
+    segment cut by a tier boundary is the oldest entry of the upper tier and the newest of the
+    lower one. Eviction trims the oldest segment's tail, a run of blocks at a time.
+
+    The shared store keeps single blocks (keyed by the tree's global block key), because
+    instances evict different runs of the same segment into it.
+    """
 
     def __init__(
         self,
@@ -67,146 +79,269 @@ class PrefixCache(PrefixLookup):
         lower_tiers: list[TierSpec],
         block_bytes: float,
     ) -> None:
-        self._trace = trace
+        if any(spec.shared for spec in lower_tiers[:-1]):
+            raise ValueError("a shared_store tier must be the last tier")
+        tree = trace.prefix_tree()
+        self._tree = tree
+        self._blocks: list[int] = tree.blocks.tolist()
+        self._start: list[int] = tree.start_block.tolist()
+        self._key_base: list[int] = tree.key_base.tolist()
         self._block_tokens = trace.hash_block_tokens
-        self._offsets = trace.hash_offsets
-        self._values = trace.hash_values
         self._inp = trace.input_tokens
         self.block_bytes = block_bytes
         self.tier_names = ["hbm"] + [t.name for t in lower_tiers]
         self.specs = lower_tiers
-        shared_lru: dict[int, _LRU] = {}
-        self._tiers: list[list[_LRU]] = []
-        for _ in range(n_instances):
-            tiers = [_LRU(hbm_capacity_blocks)]
-            for k, spec in enumerate(lower_tiers):
-                if spec.shared:
-                    tiers.append(shared_lru.setdefault(k, _LRU(spec.capacity_blocks)))
-                else:
-                    tiers.append(_LRU(spec.capacity_blocks))
-            self._tiers.append(tiers)
+        has_shared = bool(lower_tiers) and lower_tiers[-1].shared
+        self._n_local = len(self.tier_names) - (1 if has_shared else 0)
+        self._capacity = [hbm_capacity_blocks] + [t.capacity_blocks for t in lower_tiers[: self._n_local - 1]]
+        self._tiers: list[list[OrderedDict[int, int]]] = [
+            [OrderedDict() for _ in range(self._n_local)] for _ in range(n_instances)
+        ]
+        self._used: list[list[int]] = [[0] * self._n_local for _ in range(n_instances)]
+        self._shared: OrderedDict[int, None] | None = OrderedDict() if has_shared else None
+        self._shared_capacity = lower_tiers[-1].capacity_blocks if has_shared else 0
         self.stats = [TierStats() for _ in self.tier_names]
         # Conservation: inserted == census + dropped + merged (see block_census).
         self.inserted_blocks = 0
         self.dropped_blocks = 0
-        self.merged_blocks = 0  # an evicted block already present in a shared tier
+        self.merged_blocks = 0  # an evicted block already present in the shared store
         self.lookups = 0
         self.lookup_blocks = 0
         self.lookup_tokens = 0
+        self._paths: dict[int, list[int]] = {}
+        self._hit_scratch = [0] * len(self.tier_names)  # hits per tier within one use()
+        self._origin: dict[int, tuple[list[int], int]] = {}  # see _to_hbm
 
-    # -- the interface prefill uses -------------------------------------------------------
-    def _hashes(self, i: int) -> np.ndarray:
-        return self._values[self._offsets[i] : self._offsets[i + 1]]
+    # -- lookup -------------------------------------------------------------------------------
+    def _path(self, i: int) -> list[int]:
+        path = self._paths.get(i)
+        if path is None:
+            path = self._paths[i] = self._tree.path(i)
+        return path
 
-    def _match(self, instance: int, i: int) -> list[int]:
-        """Tier index of each leading block found (stops at the first miss)."""
+    def _local_hits(self, instance: int, path: list[int]) -> tuple[int, int]:
+        """``(segments, blocks)`` of the path's leading run held in local tiers: whole
+        segments, then possibly part of the next one."""
         tiers = self._tiers[instance]
-        found: list[int] = []
-        for h in self._hashes(i).tolist():
-            for k, lru in enumerate(tiers):
-                if h in lru.blocks:
-                    found.append(k)
-                    break
-            else:
-                break
+        blocks = self._blocks
+        hit = 0
+        for n, s in enumerate(path):
+            held = 0
+            for tier in tiers:
+                held += tier.get(s, 0)
+            hit += held
+            if held < blocks[s]:
+                return n + (1 if held else 0), hit
+        return len(path), hit
+
+    def _shared_hits(self, path: list[int], n_seg: int, local_blocks: int) -> int:
+        """Blocks found in the shared store right after the local run."""
+        shared = self._shared
+        if not shared:
+            return 0
+        found = 0
+        start, blocks, base = self._start, self._blocks, self._key_base
+        n = max(n_seg - 1, 0)
+        while n < len(path):
+            s = path[n]
+            first = local_blocks + found - start[s]
+            if first >= blocks[s]:
+                n += 1
+                continue
+            for b in range(first, blocks[s]):
+                if base[s] + b not in shared:
+                    return found
+                found += 1
+            n += 1
         return found
 
     def cached_tokens(self, instance: int, i: int) -> int:
         """Leading tokens of request ``i`` cached in any tier of ``instance`` (at most
         ``input − 1``)."""
-        hits = len(self._match(instance, i))
+        path = self._path(i)
+        if not path:
+            return 0
+        n_seg, local = self._local_hits(instance, path)
+        hits = local + self._shared_hits(path, n_seg, local)
         return min(hits * self._block_tokens, int(self._inp[i]) - 1) if hits else 0
 
+    # -- the interface prefill uses -------------------------------------------------------------
     def use(self, instance: int, i: int) -> float:
-        """Request ``i`` starts prefill on ``instance``: touch its cached blocks, promote the
-        ones in lower tiers to HBM, count the hits; returns the seconds to load them."""
+        """Request ``i`` starts prefill on ``instance``: count the hits where they were found,
+        then make the found blocks the most recent in HBM (loading those held lower down);
+        returns the seconds to load them."""
+        path = self._path(i)
+        n_blocks = self._tree.path_blocks(i)
         self.lookups += 1
-        self.lookup_blocks += int(self._offsets[i + 1] - self._offsets[i])
+        self.lookup_blocks += n_blocks
         self.lookup_tokens += int(self._inp[i])
-        found = self._match(instance, i)
+        if not path:
+            return 0.0
+        n_seg, local = self._local_hits(instance, path)
+        shared_found = self._shared_hits(path, n_seg, local)
+        found = local + shared_found
         if not found:
             return 0.0
-        hashes = self._hashes(i).tolist()
-        load_s = 0.0
+        bt = self._block_tokens
+        usable = min(found * bt, int(self._inp[i]) - 1)
         tiers = self._tiers[instance]
-        usable = min(len(found) * self._block_tokens, int(self._inp[i]) - 1)
-        # Touch from the last block to the first, so the first blocks are the most recent and
-        # LRU evicts sequence tails before the prefixes they hang from (as vLLM's evictor does).
-        # Tiers are looked up again for each block: promoting one block cascades evictions that
-        # can move (or drop) the blocks found earlier.
-        for n in range(len(found) - 1, -1, -1):
-            h = hashes[n]
-            k = next((j for j, lru in enumerate(tiers) if h in lru.blocks), -1)
-            tier = k if k >= 0 else found[n]  # a block dropped meanwhile counts where it was found
-            st = self.stats[tier]
-            st.hit_blocks += 1
-            st.saved_tokens += max(0, min(self._block_tokens, usable - n * self._block_tokens))
-            if k == 0:
-                tiers[0].blocks.move_to_end(h)
-                continue
-            spec = self.specs[tier - 1] if tier > 0 else None
-            if spec is not None:
-                load_s += self.block_bytes / spec.read_bytes_per_s
-                st.bytes_read += self.block_bytes
-            if k < 0 or spec is None or spec.shared:
-                self.inserted_blocks += 1  # a new copy in HBM (dropped meanwhile, or shared store)
-            else:
-                del tiers[k].blocks[h]
-            self._put(instance, 0, h)
+        used = self._used[instance]
+        start, blocks = self._start, self._blocks
+        load_s = 0.0
+        # Hits, per tier, over the path positions each tier holds.
+        for s in path[:n_seg]:
+            pos = start[s]
+            for k, tier in enumerate(tiers):
+                c = tier.get(s, 0)
+                if c:
+                    self._count_hit(k, pos, c, usable)
+                    pos += c
+        if shared_found:
+            self._count_hit(len(self.tier_names) - 1, local, shared_found, usable)
+        for k in range(1, len(self.tier_names)):
+            hit = self._hit_scratch[k]
+            if hit:
+                spec = self.specs[k - 1]
+                load_s += hit * self.block_bytes / spec.read_bytes_per_s
+                self.stats[k].bytes_read += hit * self.block_bytes
+                self._hit_scratch[k] = 0
+        self._hit_scratch[0] = 0
+        # Touch: deepest segment first, so the first blocks end up the most recent.
+        # New copies in HBM of the blocks found in the shared store, which keeps its own.
+        self.inserted_blocks += shared_found
+        end_seg = n_seg
+        while end_seg < len(path) and start[path[end_seg]] < found:
+            end_seg += 1
+        for s in reversed(path[:end_seg]):
+            want = min(blocks[s], found - start[s])
+            self._to_hbm(tiers, used, s, want)
+        self._evict(instance, 0)
+        self._origin.clear()
         return load_s
+
+    def _count_hit(self, k: int, first_block: int, count: int, usable_tokens: int) -> None:
+        """``count`` blocks from path position ``first_block`` were found in tier ``k``."""
+        st = self.stats[k]
+        st.hit_blocks += count
+        bt = self._block_tokens
+        st.saved_tokens += max(0, min(count * bt, usable_tokens - first_block * bt))
+        self._hit_scratch[k] += count
+
+    def _to_hbm(self, tiers: list[OrderedDict[int, int]], used: list[int], s: int, want: int) -> None:
+        """Move segment ``s``'s first ``want`` blocks to the newest end of HBM (taking them
+        out of the lower tiers that hold them), remembering where they were."""
+        # Where the blocks were, as cumulative counts per tier: a block that is touched and
+        # then settles back into the tier it came from was not written again.
+        cum: list[int] = []
+        held = 0
+        for k in range(len(tiers)):
+            c = tiers[k].pop(s, 0) if k else tiers[k].get(s, 0)
+            if c and k:
+                used[k] -= c
+            held += c
+            cum.append(held)
+        self._origin[s] = (cum, held)
+        hbm = tiers[0]
+        hbm[s] = want
+        hbm.move_to_end(s)
+        used[0] += want - cum[0]
+
+    def _moved_down(self, s: int, k: int, first: int, count: int) -> int:
+        """Blocks of the run ``first .. first+count-1`` of segment ``s``, leaving tier ``k``,
+        that were not below tier ``k`` before this operation (the ones really written down)."""
+        origin = self._origin.get(s)
+        if origin is None:
+            return count
+        cum, held = origin
+        end = first + count
+        return max(0, min(end, cum[k]) - first) + max(0, end - max(first, held))
 
     def insert(self, instance: int, i: int, now: float) -> None:
         """Request ``i``'s prompt KV now exists on ``instance``: cache all its blocks in HBM."""
+        path = self._paths.pop(i, None) or self._tree.path(i)
+        if not path:
+            return
         tiers = self._tiers[instance]
-        hbm = tiers[0].blocks
-        for h in reversed(self._hashes(i).tolist()):  # tails first: see use()
-            if h in hbm:
-                hbm.move_to_end(h)
+        used = self._used[instance]
+        blocks = self._blocks
+        for s in reversed(path):
+            held = 0
+            for tier in tiers:
+                held += tier.get(s, 0)
+            self.inserted_blocks += blocks[s] - held
+            self._to_hbm(tiers, used, s, blocks[s])
+        self._evict(instance, 0)
+        self._origin.clear()
+
+    def _evict(self, instance: int, k: int) -> None:
+        """Trim the oldest runs of tier ``k`` (and, in cascade, of the tiers below) down to
+        their capacities."""
+        tiers = self._tiers[instance]
+        used = self._used[instance]
+        while k < self._n_local:
+            excess = used[k] - self._capacity[k]
+            if excess <= 0:
+                return
+            tier = tiers[k]
+            st = self.stats[k]
+            nxt = k + 1
+            while excess > 0:
+                s, c = next(iter(tier.items()))
+                take = c if c <= excess else excess
+                if take == c:
+                    del tier[s]
+                else:
+                    tier[s] = c - take
+                used[k] -= take
+                excess -= take
+                # Path position of the run: the segment's blocks in the tiers above come first.
+                first = c - take
+                for j in range(k):
+                    first += tiers[j].get(s, 0)
+                moved = self._moved_down(s, k, first, take)
+                st.evicted_blocks += moved
+                if nxt < self._n_local:
+                    lower = tiers[nxt]
+                    # The run joins the newest end of the tier below, next to the part of
+                    # this segment already there (which is that tier's newest entry).
+                    lower[s] = lower.get(s, 0) + take
+                    lower.move_to_end(s)
+                    used[nxt] += take
+                    self.stats[nxt].bytes_written += moved * self.block_bytes
+                elif self._shared is not None:
+                    self._to_shared(s, first, take)
+                else:
+                    self.dropped_blocks += take
+            k = nxt
+
+    def _to_shared(self, s: int, first: int, count: int) -> None:
+        """Blocks ``first .. first+count-1`` of segment ``s`` drop into the shared store."""
+        shared = self._shared
+        assert shared is not None
+        st = self.stats[-1]
+        st.bytes_written += count * self.block_bytes
+        base = self._key_base[s] + first
+        # Tails are evicted first: add the run from its last block, as single evictions would.
+        for key in range(base + count - 1, base - 1, -1):
+            if key in shared:
+                shared.move_to_end(key)
+                self.merged_blocks += 1
                 continue
-            # A block also held lower down moves up: one copy per instance.
-            for lru, spec in zip(tiers[1:], self.specs, strict=True):
-                if not spec.shared and h in lru.blocks:
-                    del lru.blocks[h]
-                    break
-            else:
-                self.inserted_blocks += 1
-            self._put(instance, 0, h)
-
-    def _put(self, instance: int, k: int, h: int) -> None:
-        """Place block ``h`` in tier ``k``, cascading evictions down the tiers."""
-        tiers = self._tiers[instance]
-        while True:
-            lru = tiers[k]
-            if h in lru.blocks:
-                lru.blocks.move_to_end(h)
-                if k > 0:
-                    self.merged_blocks += 1
-                return
-            if lru.capacity <= 0:
-                victim = h
-            else:
-                lru.blocks[h] = None
-                if len(lru.blocks) <= lru.capacity:
-                    return
-                victim, _ = lru.blocks.popitem(last=False)
-            self.stats[k].evicted_blocks += 1
-            if k + 1 >= len(tiers):
+            shared[key] = None
+            if len(shared) > self._shared_capacity:
+                shared.popitem(last=False)
+                st.evicted_blocks += 1
                 self.dropped_blocks += 1
-                return
-            self.stats[k + 1].bytes_written += self.block_bytes
-            h, k = victim, k + 1
 
-    # -- accounting -------------------------------------------------------------------------
+    # -- accounting ---------------------------------------------------------------------------
     def block_census(self) -> dict[str, int]:
-        """Blocks held per tier (shared tiers counted once)."""
-        counts: dict[str, int] = {}
-        seen: set[int] = set()
-        for tiers in self._tiers:
-            for name, lru in zip(self.tier_names, tiers, strict=True):
-                if id(lru) in seen:
-                    continue
-                seen.add(id(lru))
-                counts[name] = counts.get(name, 0) + len(lru.blocks)
+        """Blocks held per tier (the shared store counted once)."""
+        counts = dict.fromkeys(self.tier_names, 0)
+        for used in self._used:
+            for name, n in zip(self.tier_names, used, strict=False):
+                counts[name] += n
+        if self._shared is not None:
+            counts[self.tier_names[-1]] = len(self._shared)
         return counts
 
     def summary(self) -> dict[str, float]:
