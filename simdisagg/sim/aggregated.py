@@ -166,6 +166,7 @@ class AggregatedInstance(ContinuousBatch):
         self.stats.events += 1
         self._run_times = None
         self._run_cum = None
+        self._run_ends = None
         self._run_steps = 1
         self._gen += 1
         call_later(self.env, duration, self._on_prefill_end, (self._gen, duration, decode_batch))

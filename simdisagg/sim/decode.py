@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
-from collections.abc import Callable
 
 import numpy as np
 import simpy
 
 from simdisagg.costmodel.base import CostModel
-from simdisagg.sim.clock import call_later
+from simdisagg.sim.clock import EARLY, LATE, call_at
 from simdisagg.sim.recorder import InstanceStats, Recorder
 
 
@@ -61,6 +59,7 @@ class ContinuousBatch:
         self._run_start_at = 0.0
         self._run_times: np.ndarray | None = None
         self._run_cum: np.ndarray | None = None
+        self._run_ends: np.ndarray | None = None  # absolute end time of each step of the run
         self._run_steps = 0  # steps of the current run that will have run at its end event
         self._stall_s = 0.0  # time the batch spent stalled (aggregated prefill) before its next step
         self._new_members: list[int] = []  # joined, no decode token yet
@@ -77,23 +76,25 @@ class ContinuousBatch:
         if not self.busy:
             if not self._kick_pending:
                 self._kick_pending = True
-                call_later(self.env, 0.0, self._kick)
+                call_at(self.env, self.env.now, self._kick, None, LATE)
             return
-        cum = self._run_cum
-        if cum is None or self._run_steps <= 1:
+        ends = self._run_ends
+        if ends is None or self._run_steps <= 1:
             return  # a single step (or a prefill iteration) ends at the next boundary anyway
-        elapsed = self.env.now - self._run_start_at
-        j = int(np.searchsorted(cum, elapsed, side="left"))
+        # The first boundary at or after now: one at exactly now still takes the joiner (the
+        # clock's tie rule), as the step-by-step mode does.
+        j = int(np.searchsorted(ends, self.env.now, side="left"))
         if j + 1 < self._run_steps:
             self._run_steps = j + 1
             self._gen += 1
-            call_later(self.env, self._run_start_at + float(cum[j]) - self.env.now, self._on_run_end, self._gen)
+            call_at(self.env, float(ends[j]), self._on_run_end, self._gen, EARLY)
 
     def _kick(self, _value: object) -> None:
         self._kick_pending = False
         if not self.busy:
             self.busy = True
-            self._boundary()
+            self._finish_done()
+            self._start_phase(None)
 
     def _on_run_end(self, gen: int) -> None:
         if gen != self._gen:
@@ -106,14 +107,18 @@ class ContinuousBatch:
         self.stats.iterations += steps
         self.stats.events += 1
         self.steps_done += steps
-        self._run_times = self._run_cum = None
+        self._run_times = self._run_cum = self._run_ends = None
         self._run_steps = 0
         self._boundary()
 
     # -- the boundary ------------------------------------------------------------------
     def _boundary(self) -> None:
-        """Apply finishes and joins, then start the next iteration (subclasses extend)."""
+        """Apply finishes now; admit joiners and start the next iteration in the ``LATE``
+        phase of this instant, once every arrival of the instant has been seen."""
         self._finish_done()
+        call_at(self.env, self.env.now, self._start_phase, None, LATE)
+
+    def _start_phase(self, _value: object) -> None:
         self._add_joiners()
         self._after_changes()
         if not self._start_iteration():
@@ -163,16 +168,19 @@ class ContinuousBatch:
             self._stall_s = 0.0
         cum = np.cumsum(times)
         now = self.env.now
+        # Boundaries as absolute times summed one step at a time from now, exactly as the
+        # step-by-step mode's clock advances (np.cumsum adds in order).
+        ends = np.cumsum(np.concatenate(([now], times)))[1:]
         if new:
-            t_first = now + float(times[0])
+            t_first = float(ends[0])
             for i in new:
                 self._t_first[i] = t_first
                 self._first_step[i] = times[0]
             self._new_members = []
         self._run_start_at = now
-        self._run_times, self._run_cum, self._run_steps = times, cum, n
+        self._run_times, self._run_cum, self._run_ends, self._run_steps = times, cum, ends, n
         self._gen += 1
-        call_later(self.env, float(cum[-1]), self._on_run_end, self._gen)
+        call_at(self.env, float(ends[-1]), self._on_run_end, self._gen, EARLY)
         return True
 
     # -- hooks -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import typing
 
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import (
     COST_KINDS,
@@ -386,21 +386,18 @@ def test_prefix_cache_lower_tier_regression_two_host_tiers() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Known divergence at exact ties, kept as strict xfails: an arrival that coincides with a
-# decode step boundary (to the last bit) joins that boundary in one mode and the next one in
-# the other. Generic float times never tie, so the properties above pass; round-number
-# costs and zero tool waits tie often. Remove the marks once the tie rule is made explicit.
-
-_TIES = "fast-forward and exact_steps disagree when an arrival coincides with a step boundary"
+# Exact ties: an arrival that coincides with a decode step boundary (to the last bit) joins the
+# batch at that boundary in both modes (the clock's tie rule: boundaries finish in the EARLY
+# phase of an instant and start the next step in the LATE phase; fast-forward places its
+# boundaries at the same absolute instants). Round-number costs and zero tool waits tie often.
 
 
-@pytest.mark.xfail(strict=True, reason=_TIES)
 def test_fast_forward_tie_float_rounding() -> None:
     """One aggregated instance, prefill 0.01 s, decode step 0.02 s. r0 (t=0, 10 out)
     decodes from 0.01; r1 arrives at 0.07. Exact mode reaches the boundary 0.01+0.02+0.02+0.02
-    == 0.07 (bit for bit) after r1's arrival event, so r1 joins it and starts at 0.07.
-    Fast-forward locates r1 with searchsorted(cum, 0.07 − 0.01) and 0.07 − 0.01 rounds above
-    cum[2] = 0.06, so r1 waits for the next boundary and starts at 0.09."""
+    == 0.07 (bit for bit), so r1 joins it and starts at 0.07. Fast-forward once located r1 by
+    searchsorted(cum, 0.07 − 0.01), and 0.07 − 0.01 rounds above cum[2] = 0.06 (r1 started at
+    0.09); its boundaries are now absolute times summed as the clock sums them."""
     cfg = RunConfig(
         mode="aggregated",
         prefill=PoolConfig(count=0),
@@ -411,15 +408,15 @@ def test_fast_forward_tie_float_rounding() -> None:
     assert_same_run(cfg, build_trace([(0.0, 1, 10), (0.07, 1, 1)]))
 
 
-@pytest.mark.xfail(strict=True, reason=_TIES)
 def test_fast_forward_tie_event_order() -> None:
     """Two aggregated instances, prefill 0.25 s, decode step 0.125 s (sums exact in binary),
     round robin. r0 (out 2) on instance 0 completes at 0.375; r1 (out 4) decodes on
     instance 1 with boundaries 0.375, 0.5, 0.625; r2 (t=0.3) goes to instance 0; r3 waits
-    for r0 (tool wait 0) and arrives at 0.375, routed to instance 1. Exact mode has already
-    run instance 1's boundary at 0.375 (its event is older than r3's arrival), so r3 starts
-    at 0.5; fast-forward has no event there and truncates r1's run at 0.375 = now, so r3
-    starts at 0.375."""
+    for r0 (tool wait 0) and arrives at 0.375, routed to instance 1. Exact mode once ran
+    instance 1's whole boundary at 0.375 before r3's arrival (its event was older), so r3
+    started at 0.5, while fast-forward truncated r1's run at 0.375 = now and started r3 there.
+    Boundaries now start their next step in the LATE phase, after every arrival of the
+    instant: both start r3 at 0.375."""
     cfg = RunConfig(
         mode="aggregated",
         prefill=PoolConfig(count=0),
@@ -459,8 +456,8 @@ def _round_number_cases(draw: st.DrawFn) -> tuple[RunConfig, Trace]:
     return cfg.model_copy(update={"cost": cost}), build_trace(rows)
 
 
-@pytest.mark.xfail(strict=True, reason=_TIES)
-@settings(max_examples=200, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking while xfail
+
+@settings(max_examples=200, deadline=None)
 @given(case=_round_number_cases())
 def test_fast_forward_equals_exact_steps_round_numbers(
     case: tuple[RunConfig, Trace],
