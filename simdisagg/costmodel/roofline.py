@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from simdisagg.hardware import GPUProfile, ModelShape
@@ -72,18 +74,29 @@ class RooflineCostModel:
             self._ar_fixed_s = 0.0
 
     # -- prefill -----------------------------------------------------------------------
-    def prefill_time_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> float:
+    def prefill_time_s(self, new_tokens: Sequence[int] | np.ndarray, cached_tokens: Sequence[int] | np.ndarray) -> float:
         """One prefill iteration over a batch of prompts (see module docstring)."""
-        n = np.asarray(new_tokens, dtype=np.float64)
-        c = np.asarray(cached_tokens, dtype=np.float64)
-        tokens = float(n.sum())
-        pairs = float((n * c + n * (n + 1.0) * 0.5).sum())
+        if isinstance(new_tokens, list) and isinstance(cached_tokens, list):
+            # Batches are a few prompts: plain floats beat numpy's per-call overhead here.
+            tokens = float(sum(new_tokens))
+            cached_sum = float(sum(cached_tokens))
+            pairs = 0.0
+            for n_i, c_i in zip(new_tokens, cached_tokens, strict=True):
+                pairs += n_i * c_i + n_i * (n_i + 1.0) * 0.5
+            rows = len(new_tokens)
+        else:
+            n = np.asarray(new_tokens, dtype=np.float64)
+            c = np.asarray(cached_tokens, dtype=np.float64)
+            tokens = float(n.sum())
+            cached_sum = float(c.sum())
+            pairs = float((n * c + n * (n + 1.0) * 0.5).sum())
+            rows = len(n)
         flops = (
             self._linear_flops_per_token * tokens
             + self._attn_flops_per_pair * pairs
-            + self._lm_head_flops_per_row * len(n)
+            + self._lm_head_flops_per_row * rows
         )
-        nbytes = self._weight_bytes + self._kv_bytes_per_token * (tokens + float(c.sum()))
+        nbytes = self._weight_bytes + self._kv_bytes_per_token * (tokens + cached_sum)
         return (
             max(flops * self._inv_prefill_flops, nbytes * self._inv_bw)
             + self._overhead_s
@@ -114,6 +127,50 @@ class RooflineCostModel:
         compute = (f0 + f1 * ctx) * self._inv_decode_flops
         memory = (b0 + b1 * ctx) * self._inv_bw
         return np.maximum(compute, memory) + fixed
+
+    def isolated_times_s(
+        self, new_tokens: np.ndarray, cached_tokens: np.ndarray, decode_context_tokens: np.ndarray, decode_steps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per request, alone on an idle instance: its prefill time, and the total of
+        ``decode_steps`` decode steps at batch size one from ``decode_context_tokens``.
+
+        Vectorised over requests: a step's compute and memory times are both linear in the
+        step index, so their maximum switches side at most once and each side is an
+        arithmetic series."""
+        n = np.asarray(new_tokens, dtype=np.float64)
+        c = np.asarray(cached_tokens, dtype=np.float64)
+        flops = (
+            self._linear_flops_per_token * n
+            + self._attn_flops_per_pair * (n * c + n * (n + 1.0) * 0.5)
+            + self._lm_head_flops_per_row
+        )
+        nbytes = self._weight_bytes + self._kv_bytes_per_token * (n + c)
+        prefill = (
+            np.maximum(flops * self._inv_prefill_flops, nbytes * self._inv_bw)
+            + self._overhead_s
+            + self._ar_fixed_s
+            + self._ar_s_per_token * n
+        )
+        f0, f1, b0, b1, fixed = self._decode_terms(1)
+        ctx0 = np.asarray(decode_context_tokens, dtype=np.float64)
+        m = np.asarray(decode_steps, dtype=np.float64)
+        a_c, s_c = (f0 + f1 * ctx0) * self._inv_decode_flops, f1 * self._inv_decode_flops
+        a_m, s_m = (b0 + b1 * ctx0) * self._inv_bw, b1 * self._inv_bw
+        # First step index at which compute is at least memory (0..m).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cross = np.where(s_c != s_m, np.ceil((a_m - a_c) / (s_c - s_m)), np.where(a_c >= a_m, 0.0, m))
+        compute_later = s_c >= s_m
+        k = np.clip(np.nan_to_num(cross, nan=0.0, posinf=m, neginf=0.0), 0.0, m)
+
+        def series(a: np.ndarray, slope: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+            count = hi - lo
+            return count * a + slope * (lo + hi - 1.0) * count * 0.5
+
+        if compute_later:  # memory-bound first, compute-bound from step k on
+            decode = series(a_m, s_m, 0.0 * k, k) + series(a_c, s_c, k, m)
+        else:
+            decode = series(a_c, s_c, 0.0 * k, k) + series(a_m, s_m, k, m)
+        return prefill, decode + fixed * m
 
     # -- mixed (chunked prefill) ---------------------------------------------------------
     def mixed_step_time_s(

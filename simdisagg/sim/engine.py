@@ -27,6 +27,7 @@ import simpy
 from simdisagg.config import PoolConfig, RunConfig
 from simdisagg.costmodel.base import CostModel
 from simdisagg.costmodel.factory import make_cost_model
+from simdisagg.costmodel.roofline import RooflineCostModel
 from simdisagg.costmodel.scaled import ScaledCostModel
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
@@ -47,7 +48,6 @@ from simdisagg.sim.recorder import (
 )
 from simdisagg.sim.router import Router
 from simdisagg.trace import Trace
-
 
 
 @dataclass(slots=True, frozen=True)
@@ -407,7 +407,17 @@ def _unloaded_service_s(
         bw = link.bandwidth_bytes_per_s.value * min(cfg.prefill.tp, cfg.decode.tp) * cfg.link.bandwidth_scale
         transfer_per_token = store.model(cfg.model).kv_bytes_per_token / bw
         latency = link.latency_s.value
-    for i in np.flatnonzero(trace.session_index >= 0).tolist():
+    in_session = np.flatnonzero(trace.session_index >= 0)
+    if isinstance(cost_p, RooflineCostModel) and isinstance(cost_d, RooflineCostModel):
+        n_in = trace.input_tokens[in_session]
+        n_out = trace.output_tokens[in_session]
+        cached = rec.cached_tokens[in_session]
+        prefill_s, _ = cost_p.isolated_times_s(n_in - cached, cached, n_in + 1, np.maximum(n_out - 1, 0))
+        _, decode_s = cost_d.isolated_times_s(n_in - cached, cached, n_in + 1, np.maximum(n_out - 1, 0))
+        transfer_s = np.where(n_out > 1, latency + n_in * transfer_per_token, 0.0)
+        out[in_session] = prefill_s + decode_s + transfer_s
+        return out
+    for i in in_session.tolist():
         n_in, n_out, c = int(trace.input_tokens[i]), int(trace.output_tokens[i]), int(rec.cached_tokens[i])
         t = cost_p.prefill_time_s(np.array([n_in - c]), np.array([c]))
         if n_out > 1:

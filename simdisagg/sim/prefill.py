@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-import numpy as np
 import simpy
 
 from simdisagg.costmodel.base import CostModel
@@ -151,7 +150,7 @@ class PrefillInstance:
             self.rec.cached_tokens[i] = c
             self.rec.prefill_instance[i] = self.index
         # Blocks found below HBM are read in before the iteration computes on them.
-        duration = self.cost.prefill_time_s(np.asarray(new), np.asarray(cached)) + load_s
+        duration = self.cost.prefill_time_s(new, cached) + load_s
         self.stats.busy_s += duration
         self.stats.iterations += 1
         self.stats.events += 1

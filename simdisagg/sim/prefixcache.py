@@ -125,6 +125,14 @@ class PrefixCache(PrefixLookup):
         tiers = self._tiers[instance]
         blocks = self._blocks
         hit = 0
+        if len(tiers) == 1:  # HBM only: the common case, kept lean
+            get = tiers[0].get
+            for n, s in enumerate(path):
+                held = get(s, 0)
+                hit += held
+                if held < blocks[s]:
+                    return n + (1 if held else 0), hit
+            return len(path), hit
         for n, s in enumerate(path):
             held = 0
             for tier in tiers:
@@ -189,13 +197,17 @@ class PrefixCache(PrefixLookup):
         start, blocks = self._start, self._blocks
         load_s = 0.0
         # Hits, per tier, over the path positions each tier holds.
-        for s in path[:n_seg]:
-            pos = start[s]
-            for k, tier in enumerate(tiers):
-                c = tier.get(s, 0)
-                if c:
-                    self._count_hit(k, pos, c, usable)
-                    pos += c
+        if len(tiers) == 1:
+            if local:
+                self._count_hit(0, 0, local, usable)
+        else:
+            for s in path[:n_seg]:
+                pos = start[s]
+                for k, tier in enumerate(tiers):
+                    c = tier.get(s, 0)
+                    if c:
+                        self._count_hit(k, pos, c, usable)
+                        pos += c
         if shared_found:
             self._count_hit(len(self.tier_names) - 1, local, shared_found, usable)
         for k in range(1, len(self.tier_names)):
@@ -212,9 +224,19 @@ class PrefixCache(PrefixLookup):
         end_seg = n_seg
         while end_seg < len(path) and start[path[end_seg]] < found:
             end_seg += 1
-        for s in reversed(path[:end_seg]):
-            want = min(blocks[s], found - start[s])
-            self._to_hbm(tiers, used, s, want)
+        if len(tiers) == 1:
+            hbm = tiers[0]
+            get, newest = hbm.get, hbm.move_to_end
+            added = 0
+            for s in reversed(path[:end_seg]):
+                want = min(blocks[s], found - start[s])
+                added += want - get(s, 0)
+                hbm[s] = want
+                newest(s)
+            used[0] += added
+        else:
+            for s in reversed(path[:end_seg]):
+                self._to_hbm(tiers, used, s, min(blocks[s], found - start[s]))
         self._evict(instance, 0)
         self._origin.clear()
         return load_s
@@ -264,12 +286,24 @@ class PrefixCache(PrefixLookup):
         tiers = self._tiers[instance]
         used = self._used[instance]
         blocks = self._blocks
-        for s in reversed(path):
-            held = 0
-            for tier in tiers:
-                held += tier.get(s, 0)
-            self.inserted_blocks += blocks[s] - held
-            self._to_hbm(tiers, used, s, blocks[s])
+        if len(tiers) == 1:  # HBM only: no lower tier to take blocks from
+            hbm = tiers[0]
+            get, newest = hbm.get, hbm.move_to_end
+            added = 0
+            for s in reversed(path):
+                n = blocks[s]
+                added += n - get(s, 0)
+                hbm[s] = n
+                newest(s)
+            used[0] += added
+            self.inserted_blocks += added
+        else:
+            for s in reversed(path):
+                held = 0
+                for tier in tiers:
+                    held += tier.get(s, 0)
+                self.inserted_blocks += blocks[s] - held
+                self._to_hbm(tiers, used, s, blocks[s])
         self._evict(instance, 0)
         self._origin.clear()
 
@@ -278,6 +312,24 @@ class PrefixCache(PrefixLookup):
         their capacities."""
         tiers = self._tiers[instance]
         used = self._used[instance]
+        if self._n_local == 1 and self._shared is None:
+            # HBM only, nothing below: the oldest runs are simply dropped.
+            excess = used[0] - self._capacity[0]
+            if excess <= 0:
+                return
+            hbm = tiers[0]
+            dropped = excess
+            while excess > 0:
+                s, c = hbm.popitem(last=False)
+                if c > excess:
+                    hbm[s] = c - excess
+                    hbm.move_to_end(s, last=False)
+                    break
+                excess -= c
+            used[0] -= dropped
+            self.stats[0].evicted_blocks += dropped
+            self.dropped_blocks += dropped
+            return
         while k < self._n_local:
             excess = used[k] - self._capacity[k]
             if excess <= 0:

@@ -107,9 +107,11 @@ class Router:
 
     @staticmethod
     def _least_loaded(instances: Sequence[Any]) -> int:
-        best, best_key = 0, (instances[0].load(), instances[0].batch_size)
+        best = instances[0]
+        best_k, best_load, best_batch = 0, best.load(), best.batch_size
         for k in range(1, len(instances)):
-            key = (instances[k].load(), instances[k].batch_size)
-            if key < best_key:
-                best, best_key = k, key
-        return best
+            inst = instances[k]
+            load = inst.load()
+            if load < best_load or (load == best_load and inst.batch_size < best_batch):
+                best_k, best_load, best_batch = k, load, inst.batch_size
+        return best_k

@@ -1,0 +1,44 @@
+"""The roofline's vectorised isolated-request times, and the session slowdown built on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simdisagg import RunConfig, simulate
+from simdisagg.costmodel.roofline import RooflineCostModel
+from simdisagg.hardware import ProfileStore
+from simdisagg.metrics import session_metrics
+from simdisagg.trace import TraceBuilder
+
+
+@pytest.mark.parametrize(("gpu", "model", "tp"), [("h100-sxm", "llama-3.1-8b", 1), ("l40s", "llama-3.1-70b", 4)])
+def test_isolated_times_equal_the_step_loop(gpu: str, model: str, tp: int) -> None:
+    store = ProfileStore()
+    cost = RooflineCostModel(store.model(model), store.gpu(gpu), tp)
+    rng = np.random.default_rng(3)
+    # Contexts from tiny to a million tokens, so that both sides of the roofline occur.
+    n_in = rng.integers(1, 1_000_000, 60)
+    cached = (n_in * rng.random(60)).astype(np.int64)
+    steps = rng.integers(0, 3000, 60)
+    prefill, decode = cost.isolated_times_s(n_in - cached, cached, n_in + 1, steps)
+    for k in range(60):
+        assert prefill[k] == pytest.approx(cost.prefill_time_s([int(n_in[k] - cached[k])], [int(cached[k])]), rel=1e-12)
+        loop = float(cost.decode_run_times_s(1, int(n_in[k]) + 1, int(steps[k])).sum())
+        assert decode[k] == pytest.approx(loop, rel=1e-9, abs=1e-12)
+
+
+def test_lone_session_slowdown_is_one() -> None:
+    """Alone on the cluster, an agent's critical path is exactly its isolated service plus its
+    tool waits."""
+    b = TraceBuilder("lone")
+    b.add(line=1, timestamp_s=0.0, input_tokens=3000, output_tokens=40, request_id="a", session_id="s")
+    b.add(line=2, timestamp_s=9.0, input_tokens=3500, output_tokens=20, request_id="b", session_id="s",
+          wait_for=["a"], tool_wait_s=1.5)  # fmt: skip
+    b.add(line=3, timestamp_s=9.0, input_tokens=4200, output_tokens=1, request_id="c", session_id="s",
+          wait_for=["b"], tool_wait_s=0.25)  # fmt: skip
+    for mode in ("disaggregated", "aggregated"):
+        result = simulate(RunConfig(mode=mode), b.build())
+        table = session_metrics(result)
+        assert float(table["slowdown"].iloc[0]) == pytest.approx(1.0, rel=1e-9)
+        assert float(table["queueing_s"].iloc[0]) == pytest.approx(0.0, abs=1e-12)
