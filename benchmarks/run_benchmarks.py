@@ -86,7 +86,8 @@ def _make_trace(kind: str, count: int):  # type: ignore[no-untyped-def]
     return _tile(load_jsonl(path), count)
 
 
-def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu: float, q: mp.Queue) -> None:
+def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu: float, model: str,
+          q: mp.Queue) -> None:  # fmt: skip
     from simdisagg import RunConfig, simulate
 
     trace = _make_trace(kind, count)
@@ -98,6 +99,7 @@ def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu
     cfg = RunConfig.model_validate(
         {
             "mode": mode,
+            "model": model,
             "prefill": {"count": gpus // 2},
             "decode": {"count": gpus - gpus // 2},
             "rate_scale": target / base_rate,
@@ -120,11 +122,11 @@ def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu
     )
 
 
-def run_case(kind: str, count: int, gpus: int, mode: str, exact: bool, load: float) -> dict:
+def run_case(kind: str, count: int, gpus: int, mode: str, exact: bool, load: float, model: str) -> dict:
     """Run one case in a fresh process (so peak memory is its own)."""
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
-    p = ctx.Process(target=_case, args=(kind, count, gpus, mode, exact, load, q))
+    p = ctx.Process(target=_case, args=(kind, count, gpus, mode, exact, load, model, q))
     p.start()
     res = q.get()
     p.join()
@@ -136,11 +138,18 @@ def main() -> None:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     ap.add_argument("--load-per-gpu", type=float, default=1.0, help="open-loop requests/s per GPU")
     ap.add_argument("--json", type=Path, default=None, help="write figures here")
+    ap.add_argument("--model", default="qwen2.5-7b-instruct-1m",
+                    help="model profile (default: a 1M-token-context model, so that the agentic "
+                         "generator's long resumed sessions fit and no request is rejected)")
+    ap.add_argument("--only", default=None, help="run only cases whose name contains this text")
     args = ap.parse_args()
     rows = []
     print(f"{'case':44s} {'req/s':>10s} {'events/s':>11s} {'peak MB':>8s} {'wall s':>7s} {'exact/ff':>8s}")
     for kind, count, gpus, mode, with_exact in PRESETS[args.preset]:
-        ff = run_case(kind, count, gpus, mode, False, args.load_per_gpu)
+        name = f"{kind} {count:>9,d} req, {gpus:>3d} GPUs, {mode}"
+        if args.only and args.only not in name:
+            continue
+        ff = run_case(kind, count, gpus, mode, False, args.load_per_gpu, args.model)
         row = {
             "trace": kind, "requests": count, "gpus": gpus, "mode": mode,
             "wall_s": ff["wall_s"], "requests_per_s": count / ff["wall_s"],
@@ -148,13 +157,12 @@ def main() -> None:
             "peak_rss_mb": ff["peak_rss_mb"], "completed": ff["completed"], "rejected": ff["rejected"],
         }
         if with_exact:
-            ex = run_case(kind, count, gpus, mode, True, args.load_per_gpu)
+            ex = run_case(kind, count, gpus, mode, True, args.load_per_gpu, args.model)
             row["exact_wall_s"] = ex["wall_s"]
             row["exact_over_ff"] = ex["wall_s"] / ff["wall_s"]
             a, b = ff["completed_at"], ex["completed_at"]
             row["max_abs_diff_completed_at_s"] = float(np.nanmax(np.abs(a - b))) if len(a) else 0.0
         rows.append(row)
-        name = f"{kind} {count:>9,d} req, {gpus:>3d} GPUs, {mode}"
         ratio = f"{row.get('exact_over_ff', float('nan')):8.1f}"
         print(f"{name:44s} {row['requests_per_s']:10,.0f} {row['events_per_s']:11,.0f} "
               f"{row['peak_rss_mb']:8.0f} {row['wall_s']:7.2f} {ratio}", flush=True)
@@ -165,6 +173,7 @@ def main() -> None:
             "machine": {"python": platform.python_version(), "platform": platform.platform(),
                         "cpus": mp.cpu_count(), "processor": platform.processor()},
             "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "load_per_gpu": args.load_per_gpu,
+            "model": args.model,
             "rows": rows,
         })
 

@@ -68,6 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from simdisagg.config import RunConfig, SLOConfig
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
+from simdisagg.prefixtree import infinite_cache_hit_blocks
 from simdisagg.trace import Trace, load_trace
 
 #: Version of the results-file records; bump when a record's meaning changes.
@@ -323,9 +324,14 @@ def enumerate_candidates(spec: PlanSpec, store: ProfileStore) -> list[Candidate]
 def trace_fingerprint(trace: Trace) -> str:
     """A hash of everything in a trace that changes a simulation (not its file name)."""
     h = hashlib.sha256()
+    if trace.prefix_tree_only:  # never make the hash lists just to fingerprint them
+        tree = trace.prefix_tree()
+        hashes = (tree.parent, tree.blocks, tree.request_segment)
+    else:
+        hashes = (trace.hash_offsets, trace.hash_values)
     for arr in (
         trace.timestamp_s, trace.input_tokens, trace.output_tokens, trace.session_index, trace.tool_wait_s,
-        trace.wait_offsets, trace.wait_indices, trace.hash_offsets, trace.hash_values,
+        trace.wait_offsets, trace.wait_indices, *hashes,
     ):
         a = np.ascontiguousarray(arr)
         h.update(str(a.dtype).encode())
@@ -361,15 +367,8 @@ def trace_load(trace: Trace, prefix_caching: bool) -> TraceLoad:
     inp = trace.input_tokens.astype(np.int64)
     new = inp.copy()
     if prefix_caching and trace.has_hashes:
-        seen: set[int] = set()
-        block = trace.hash_block_tokens
-        for i in np.argsort(trace.timestamp_s, kind="stable").tolist():
-            hashes = trace.hashes_of(i).tolist()
-            k = 0
-            while k < len(hashes) and hashes[k] in seen:
-                k += 1
-            new[i] = inp[i] - min(k * block, int(inp[i]) - 1)
-            seen.update(hashes)
+        hits = infinite_cache_hit_blocks(trace.prefix_tree(), np.argsort(trace.timestamp_s, kind="stable"))
+        new = inp - np.minimum(hits * trace.hash_block_tokens, inp - 1)
     return TraceLoad(
         requests=len(trace),
         span_s=span,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from simdisagg.prefixtree import infinite_cache_hit_blocks
 from simdisagg.trace import Trace
 
 PERCENTILES = (50, 90, 99)
@@ -44,6 +45,8 @@ def prefix_hits(trace: Trace) -> np.ndarray:
     ``np.unique``, and each request's first miss with a search over the sorted miss positions.
     """
     n = len(trace)
+    if trace.prefix_tree_only:  # generated traces: walk the tree, never the hash lists
+        return infinite_cache_hit_blocks(trace.prefix_tree(), np.arange(n))
     values = trace.hash_values
     offsets = trace.hash_offsets
     if len(values) == 0:
@@ -115,7 +118,11 @@ def trace_stats(trace: Trace) -> dict[str, Any]:
         hits = prefix_hits(trace)
         hit_tokens = np.minimum(hits * trace.hash_block_tokens, trace.input_tokens)
         stats["token_hit_fraction"] = float(hit_tokens.sum() / trace.input_tokens.sum())
-        stats["block_hit_fraction"] = float(hits.sum() / len(trace.hash_values))
+        tree = trace.prefix_tree() if trace.prefix_tree_only else None
+        total_blocks = (
+            sum(tree.path_blocks(i) for i in range(len(trace))) if tree is not None else len(trace.hash_values)
+        )
+        stats["block_hit_fraction"] = float(hits.sum() / total_blocks)
     open_ts = np.sort(ts[~closed])
     stats["open_loop_requests"] = int(len(open_ts))
     stats["interarrival_cv"] = _cv(np.diff(open_ts))

@@ -111,6 +111,9 @@ class PrefixCache(PrefixLookup):
         self._paths: dict[int, list[int]] = {}
         self._hit_scratch = [0] * len(self.tier_names)  # hits per tier within one use()
         self._origin: dict[int, tuple[list[int], int]] = {}  # see _to_hbm
+        # (instance, request, segments, local hits, shared hits) of the latest lookup, valid
+        # until the cache next changes (use and insert clear it).
+        self._last_lookup: tuple[int, int, int, int, int] | None = None
 
     # -- lookup -------------------------------------------------------------------------------
     def _path(self, i: int) -> list[int]:
@@ -170,7 +173,10 @@ class PrefixCache(PrefixLookup):
         if not path:
             return 0
         n_seg, local = self._local_hits(instance, path)
-        hits = local + self._shared_hits(path, n_seg, local)
+        shared = self._shared_hits(path, n_seg, local)
+        # Prefill asks for the hits, then uses them at once: keep the lookup for use().
+        self._last_lookup = (instance, i, n_seg, local, shared)
+        hits = local + shared
         return min(hits * self._block_tokens, int(self._inp[i]) - 1) if hits else 0
 
     # -- the interface prefill uses -------------------------------------------------------------
@@ -185,8 +191,13 @@ class PrefixCache(PrefixLookup):
         self.lookup_tokens += int(self._inp[i])
         if not path:
             return 0.0
-        n_seg, local = self._local_hits(instance, path)
-        shared_found = self._shared_hits(path, n_seg, local)
+        last = self._last_lookup
+        self._last_lookup = None  # the cache changes below
+        if last is not None and last[0] == instance and last[1] == i:
+            _, _, n_seg, local, shared_found = last
+        else:
+            n_seg, local = self._local_hits(instance, path)
+            shared_found = self._shared_hits(path, n_seg, local)
         found = local + shared_found
         if not found:
             return 0.0
@@ -281,6 +292,7 @@ class PrefixCache(PrefixLookup):
     def insert(self, instance: int, i: int, now: float) -> None:
         """Request ``i``'s prompt KV now exists on ``instance``: cache all its blocks in HBM."""
         path = self._paths.pop(i, None) or self._tree.path(i)
+        self._last_lookup = None  # the cache changes below
         if not path:
             return
         tiers = self._tiers[instance]
