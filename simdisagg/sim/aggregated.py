@@ -31,6 +31,10 @@ from simdisagg.sim.recorder import InstanceStats, Recorder
 class AggregatedInstance(ContinuousBatch):
     """An instance that prefills and decodes on the same GPUs."""
 
+    #: Whether this instance's index names it in the ``prefill_instance`` column (an
+    #: aggregated instance is its own prefill pool; a decode instance is not in that pool).
+    prefill_pool_index = True
+
     def __init__(
         self,
         env: simpy.Environment,
@@ -61,6 +65,7 @@ class AggregatedInstance(ContinuousBatch):
         self.prefix = prefix
         self._on_complete = on_complete
         self.waiting: deque[int] = deque()
+        self.waiting_blocks = 0  # KV blocks the waiting prompts will need
         self._prefilling: list[list[int]] = []  # [request, tokens done, cached at admission]
         self.kv_used_blocks = 0
         self.slots_used = 0
@@ -81,6 +86,7 @@ class AggregatedInstance(ContinuousBatch):
     def enqueue(self, i: int) -> None:
         """A new prompt arrives: it waits, and cuts the current decode run short."""
         self.waiting.append(i)
+        self.waiting_blocks += self.blocks_for(i)
         self.outstanding_tokens += self._inp[i] + self._out[i]
         self._request_boundary()
 
@@ -93,11 +99,13 @@ class AggregatedInstance(ContinuousBatch):
         if self.kv_used_blocks + blocks > self.kv_capacity_blocks or self.slots_used >= self.max_batch_size:
             return None
         self.waiting.popleft()
+        self.waiting_blocks -= blocks
         self.kv_used_blocks += blocks
         self.slots_used += 1
         self._blocks_of[i] = blocks
         self.stats.kv.change(self.env.now, blocks)
-        self.rec.prefill_instance[i] = self.index
+        if self.prefill_pool_index:
+            self.rec.prefill_instance[i] = self.index
         self.rec.decode_instance[i] = self.index
         self._t_pstart[i] = self.env.now
         cached = self.prefix.cached_tokens(self.index, i)
@@ -243,9 +251,12 @@ class DecodeInstance(AggregatedInstance):
         self._t_admit = self.rec.times["decode_admit_at"]
         self.reserved_tokens = 0  # KV tokens reserved or asked for (router load)
 
+    prefill_pool_index = False  # a prompt prefilled here (conditional) has no prefill-pool instance
+
     def load(self) -> float:
-        """Fraction of KV memory reserved or asked for: the router's measure of load."""
-        return (self.kv_used_blocks + self.queued_blocks) / self.kv_capacity_blocks
+        """Fraction of KV memory reserved or asked for (over the link, or by prompts queued
+        for prefill here): the router's measure of load."""
+        return (self.kv_used_blocks + self.queued_blocks + self.waiting_blocks) / self.kv_capacity_blocks
 
     def held_tokens(self, i: int) -> int:
         """Leading prompt tokens of request ``i`` whose KV this instance still holds."""
