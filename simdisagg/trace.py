@@ -35,10 +35,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from simdisagg.errors import TraceError
-from simdisagg.prefixtree import PrefixTree, PrefixTreeBuilder, build_prefix_tree, hash_lists, path_hashes
+from simdisagg.prefixtree import (
+    PrefixTree,
+    PrefixTreeBuilder,
+    build_prefix_tree,
+    hash_lists,
+    path_hashes,
+)
 
 DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size
 

@@ -174,8 +174,9 @@ def _state(cache: PrefixCache | StackReference) -> tuple:
     trace=chained_traces(),
     layout=layouts(),
     n_instances=st.integers(1, 2),
-    ops=st.lists(st.tuples(st.sampled_from(["use", "insert", "both"]), st.integers(0, 1), st.integers(0, 9)),
-                 max_size=30),  # fmt: skip
+    ops=st.lists(
+        st.tuples(st.sampled_from(["use", "insert", "both"]), st.integers(0, 1), st.integers(0, 9)), max_size=30
+    ),
 )
 def test_segment_cache_equals_block_reference(
     trace: Trace, layout: tuple[int, list[TierSpec]], n_instances: int, ops: list[tuple[str, int, int]]
