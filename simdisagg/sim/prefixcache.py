@@ -109,7 +109,6 @@ class PrefixCache(PrefixLookup):
         self.lookup_blocks = 0
         self.lookup_tokens = 0
         self._paths: dict[int, list[int]] = {}
-        self._hit_scratch = [0] * len(self.tier_names)  # hits per tier within one use()
         self._origin: dict[int, tuple[list[int], int]] = {}  # see _to_hbm
         # (instance, request, segments, local hits, shared hits) of the latest lookup, valid
         # until the cache next changes (use and insert clear it).
@@ -201,83 +200,89 @@ class PrefixCache(PrefixLookup):
         found = local + shared_found
         if not found:
             return 0.0
-        bt = self._block_tokens
-        usable = min(found * bt, int(self._inp[i]) - 1)
+        usable = min(found * self._block_tokens, int(self._inp[i]) - 1)
         tiers = self._tiers[instance]
-        used = self._used[instance]
-        start, blocks = self._start, self._blocks
-        load_s = 0.0
+        start = self._start
         # Hits, per tier, over the path positions each tier holds.
+        hits = [0] * len(self.tier_names)
         if len(tiers) == 1:
             if local:
-                self._count_hit(0, 0, local, usable)
+                self._count_hit(hits, 0, 0, local, usable)
         else:
             for s in path[:n_seg]:
                 pos = start[s]
                 for k, tier in enumerate(tiers):
                     c = tier.get(s, 0)
                     if c:
-                        self._count_hit(k, pos, c, usable)
+                        self._count_hit(hits, k, pos, c, usable)
                         pos += c
         if shared_found:
-            self._count_hit(len(self.tier_names) - 1, local, shared_found, usable)
+            self._count_hit(hits, len(self.tier_names) - 1, local, shared_found, usable)
+        load_s = 0.0
         for k in range(1, len(self.tier_names)):
-            hit = self._hit_scratch[k]
-            if hit:
-                spec = self.specs[k - 1]
-                load_s += hit * self.block_bytes / spec.read_bytes_per_s
-                self.stats[k].bytes_read += hit * self.block_bytes
-                self._hit_scratch[k] = 0
-        self._hit_scratch[0] = 0
-        # Touch: deepest segment first, so the first blocks end up the most recent.
-        # New copies in HBM of the blocks found in the shared store, which keeps its own.
-        self.inserted_blocks += shared_found
+            if hits[k]:
+                load_s += hits[k] * self.block_bytes / self.specs[k - 1].read_bytes_per_s
+                self.stats[k].bytes_read += hits[k] * self.block_bytes
+        # The blocks new to this instance are the copies of those found in the shared store,
+        # which keeps its own.
         end_seg = n_seg
         while end_seg < len(path) and start[path[end_seg]] < found:
             end_seg += 1
-        if len(tiers) == 1:
-            hbm = tiers[0]
-            get, newest = hbm.get, hbm.move_to_end
-            added = 0
-            for s in reversed(path[:end_seg]):
-                want = min(blocks[s], found - start[s])
-                added += want - get(s, 0)
-                hbm[s] = want
-                newest(s)
-            used[0] += added
-        else:
-            for s in reversed(path[:end_seg]):
-                self._to_hbm(tiers, used, s, min(blocks[s], found - start[s]))
-        self._evict(instance, 0)
-        self._origin.clear()
+        self.inserted_blocks += self._touch(instance, path[:end_seg], found)
         return load_s
 
-    def _count_hit(self, k: int, first_block: int, count: int, usable_tokens: int) -> None:
+    def _count_hit(self, hits: list[int], k: int, first_block: int, count: int, usable_tokens: int) -> None:
         """``count`` blocks from path position ``first_block`` were found in tier ``k``."""
         st = self.stats[k]
         st.hit_blocks += count
         bt = self._block_tokens
         st.saved_tokens += max(0, min(count * bt, usable_tokens - first_block * bt))
-        self._hit_scratch[k] += count
+        hits[k] += count
 
-    def _to_hbm(self, tiers: list[OrderedDict[int, int]], used: list[int], s: int, want: int) -> None:
+    def _touch(self, instance: int, segments: list[int], n_blocks: int) -> int:
+        """Make the first ``n_blocks`` blocks along ``segments`` (a path from the root) the
+        most recent in HBM, deepest segment first so that the first blocks end up newest, and
+        let what they displace cascade down. Returns how many of them were not held locally."""
+        tiers = self._tiers[instance]
+        used = self._used[instance]
+        start, blocks = self._start, self._blocks
+        added = 0
+        if len(tiers) == 1:  # HBM only: the common case, kept lean
+            hbm = tiers[0]
+            get, newest = hbm.get, hbm.move_to_end
+            for s in reversed(segments):
+                want = min(blocks[s], n_blocks - start[s])
+                added += want - get(s, 0)
+                hbm[s] = want
+                newest(s)
+            used[0] += added
+        else:
+            for s in reversed(segments):
+                added += self._to_hbm(tiers, used, s, min(blocks[s], n_blocks - start[s]))
+        self._evict(instance, 0)
+        self._origin.clear()
+        return added
+
+    def _to_hbm(self, tiers: list[OrderedDict[int, int]], used: list[int], s: int, want: int) -> int:
         """Move segment ``s``'s first ``want`` blocks to the newest end of HBM (taking them
-        out of the lower tiers that hold them), remembering where they were."""
+        out of the lower tiers that hold them), remembering where they were. Returns how many
+        were held in no local tier."""
         # Where the blocks were, as cumulative counts per tier: a block that is touched and
         # then settles back into the tier it came from was not written again.
-        cum: list[int] = []
-        held = 0
-        for k in range(len(tiers)):
-            c = tiers[k].pop(s, 0) if k else tiers[k].get(s, 0)
-            if c and k:
-                used[k] -= c
+        hbm = tiers[0]
+        in_hbm = hbm.get(s, 0)
+        held = in_hbm
+        cum = [held]
+        for k in range(1, len(tiers)):
+            c = tiers[k].pop(s, 0)
+            used[k] -= c
             held += c
             cum.append(held)
         self._origin[s] = (cum, held)
-        hbm = tiers[0]
         hbm[s] = want
         hbm.move_to_end(s)
-        used[0] += want - cum[0]
+        used[0] += want - in_hbm
+        return want - held
 
     def _moved_down(self, s: int, k: int, first: int, count: int) -> int:
         """Blocks of the run ``first .. first+count-1`` of segment ``s``, leaving tier ``k``,
@@ -293,31 +298,8 @@ class PrefixCache(PrefixLookup):
         """Request ``i``'s prompt KV now exists on ``instance``: cache all its blocks in HBM."""
         path = self._paths.pop(i, None) or self._tree.path(i)
         self._last_lookup = None  # the cache changes below
-        if not path:
-            return
-        tiers = self._tiers[instance]
-        used = self._used[instance]
-        blocks = self._blocks
-        if len(tiers) == 1:  # HBM only: no lower tier to take blocks from
-            hbm = tiers[0]
-            get, newest = hbm.get, hbm.move_to_end
-            added = 0
-            for s in reversed(path):
-                n = blocks[s]
-                added += n - get(s, 0)
-                hbm[s] = n
-                newest(s)
-            used[0] += added
-            self.inserted_blocks += added
-        else:
-            for s in reversed(path):
-                held = 0
-                for tier in tiers:
-                    held += tier.get(s, 0)
-                self.inserted_blocks += blocks[s] - held
-                self._to_hbm(tiers, used, s, blocks[s])
-        self._evict(instance, 0)
-        self._origin.clear()
+        if path:
+            self.inserted_blocks += self._touch(instance, path, self._tree.path_blocks(i))
 
     def _evict(self, instance: int, k: int) -> None:
         """Trim the oldest runs of tier ``k`` (and, in cascade, of the tiers below) down to
