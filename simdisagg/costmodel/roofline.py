@@ -128,15 +128,9 @@ class RooflineCostModel:
         memory = (b0 + b1 * ctx) * self._inv_bw
         return np.maximum(compute, memory) + fixed
 
-    def isolated_times_s(
-        self, new_tokens: np.ndarray, cached_tokens: np.ndarray, decode_context_tokens: np.ndarray, decode_steps: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per request, alone on an idle instance: its prefill time, and the total of
-        ``decode_steps`` decode steps at batch size one from ``decode_context_tokens``.
-
-        Vectorised over requests: a step's compute and memory times are both linear in the
-        step index, so their maximum switches side at most once and each side is an
-        arithmetic series."""
+    def isolated_prefill_times_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
+        """Per request, its prefill alone on an idle instance (a batch of one), vectorised:
+        :meth:`prefill_time_s` of each request on its own."""
         n = np.asarray(new_tokens, dtype=np.float64)
         c = np.asarray(cached_tokens, dtype=np.float64)
         flops = (
@@ -145,15 +139,22 @@ class RooflineCostModel:
             + self._lm_head_flops_per_row
         )
         nbytes = self._weight_bytes + self._kv_bytes_per_token * (n + c)
-        prefill = (
+        return (
             np.maximum(flops * self._inv_prefill_flops, nbytes * self._inv_bw)
             + self._overhead_s
             + self._ar_fixed_s
             + self._ar_s_per_token * n
         )
+
+    def isolated_decode_times_s(self, context_tokens: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
+        """Per request, the total of ``n_steps`` decode steps at batch size one from
+        ``context_tokens``: :meth:`decode_run_times_s` summed, vectorised over requests.
+
+        A step's compute and memory times are both linear in the step index, so their maximum
+        switches side at most once and each side is an arithmetic series."""
         f0, f1, b0, b1, fixed = self._decode_terms(1)
-        ctx0 = np.asarray(decode_context_tokens, dtype=np.float64)
-        m = np.asarray(decode_steps, dtype=np.float64)
+        ctx0 = np.asarray(context_tokens, dtype=np.float64)
+        m = np.asarray(n_steps, dtype=np.float64)
         a_c, s_c = (f0 + f1 * ctx0) * self._inv_decode_flops, f1 * self._inv_decode_flops
         a_m, s_m = (b0 + b1 * ctx0) * self._inv_bw, b1 * self._inv_bw
         # First step index at which compute is at least memory (0..m).
@@ -170,7 +171,7 @@ class RooflineCostModel:
             decode = series(a_m, s_m, 0.0 * k, k) + series(a_c, s_c, k, m)
         else:
             decode = series(a_c, s_c, 0.0 * k, k) + series(a_m, s_m, k, m)
-        return prefill, decode + fixed * m
+        return decode + fixed * m
 
     # -- mixed (chunked prefill) ---------------------------------------------------------
     def mixed_step_time_s(

@@ -412,8 +412,8 @@ def _unloaded_service_s(
         n_in = trace.input_tokens[in_session]
         n_out = trace.output_tokens[in_session]
         cached = rec.cached_tokens[in_session]
-        prefill_s, _ = cost_p.isolated_times_s(n_in - cached, cached, n_in + 1, np.maximum(n_out - 1, 0))
-        _, decode_s = cost_d.isolated_times_s(n_in - cached, cached, n_in + 1, np.maximum(n_out - 1, 0))
+        prefill_s = cost_p.isolated_prefill_times_s(n_in - cached, cached)
+        decode_s = cost_d.isolated_decode_times_s(n_in + 1, np.maximum(n_out - 1, 0))
         transfer_s = np.where(n_out > 1, latency + n_in * transfer_per_token, 0.0)
         out[in_session] = prefill_s + decode_s + transfer_s
         return out

@@ -21,7 +21,8 @@ def test_isolated_times_equal_the_step_loop(gpu: str, model: str, tp: int) -> No
     n_in = rng.integers(1, 1_000_000, 60)
     cached = (n_in * rng.random(60)).astype(np.int64)
     steps = rng.integers(0, 3000, 60)
-    prefill, decode = cost.isolated_times_s(n_in - cached, cached, n_in + 1, steps)
+    prefill = cost.isolated_prefill_times_s(n_in - cached, cached)
+    decode = cost.isolated_decode_times_s(n_in + 1, steps)
     for k in range(60):
         assert prefill[k] == pytest.approx(cost.prefill_time_s([int(n_in[k] - cached[k])], [int(cached[k])]), rel=1e-12)
         loop = float(cost.decode_run_times_s(1, int(n_in[k]) + 1, int(steps[k])).sum())
