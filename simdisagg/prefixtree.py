@@ -60,6 +60,14 @@ class PrefixTree:
         out.reverse()
         return out
 
+    def path_lengths(self) -> np.ndarray:
+        """Blocks on every request's path (the lengths of the hash lists), as an array."""
+        lengths = np.zeros(len(self.request_segment), dtype=np.int64)
+        has = self.request_segment >= 0
+        last = self.request_segment[has]
+        lengths[has] = self.start_block[last] + self.blocks[last]
+        return lengths
+
     def path_blocks(self, i: int) -> int:
         """Blocks on request ``i``'s path (the length of its hash list)."""
         s = int(self.request_segment[i])
@@ -236,15 +244,11 @@ class PrefixTreeBuilder:
 def hash_lists(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray]:
     """CSR hash lists ``(offsets, values)`` of a tree's requests: block ``b`` of segment ``s``
     has hash ``key_base[s] + b``."""
-    n = len(tree.request_segment)
-    lengths = np.zeros(n, dtype=np.int64)
-    has = tree.request_segment >= 0
-    last = tree.request_segment[has]
-    lengths[has] = tree.start_block[last] + tree.blocks[last]
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    lengths = tree.path_lengths()
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     values = np.empty(int(offsets[-1]), dtype=np.int64)
-    for i in np.flatnonzero(has).tolist():
+    for i in np.flatnonzero(lengths).tolist():
         values[offsets[i] : offsets[i + 1]] = path_hashes(tree, i)
     return offsets, values
 

@@ -118,9 +118,8 @@ def trace_stats(trace: Trace) -> dict[str, Any]:
         hits = prefix_hits(trace)
         hit_tokens = np.minimum(hits * trace.hash_block_tokens, trace.input_tokens)
         stats["token_hit_fraction"] = float(hit_tokens.sum() / trace.input_tokens.sum())
-        tree = trace.prefix_tree() if trace.prefix_tree_only else None
         total_blocks = (
-            sum(tree.path_blocks(i) for i in range(len(trace))) if tree is not None else len(trace.hash_values)
+            int(trace.prefix_tree().path_lengths().sum()) if trace.prefix_tree_only else len(trace.hash_values)
         )
         stats["block_hit_fraction"] = float(hits.sum() / total_blocks)
     open_ts = np.sort(ts[~closed])
