@@ -89,15 +89,15 @@ def itl_percentiles(result: RunResult) -> tuple[float, list[float]]:
     """Mean and percentiles (ms) of inter-token latency, from the decode step log.
 
     Each logged step counts once per request in its batch; each request's first decode step
-    is replaced by its real first gap (first decode token − first token)."""
+    is replaced by its real first gap (first decode token − first token). Exact while the log
+    is (a few million steps); past that, within a bucket's width (see :class:`StepLog`)."""
     rec = result.recorder
-    steps, weights = rec.step_s.view(), rec.step_weight.view()
     t = rec.times
     has_first = ~np.isnan(rec.first_step_s)
     first_gap = (t["decode_first_token_at"] - t["first_token_at"])[has_first]
-    values = np.concatenate([steps, rec.first_step_s[has_first], first_gap])
-    w = np.concatenate(
-        [weights.astype(np.int64), -np.ones(int(has_first.sum()), np.int64), np.ones(len(first_gap), np.int64)]
+    values, w = rec.steps.distribution(
+        np.concatenate([rec.first_step_s[has_first], first_gap]),
+        np.concatenate([-np.ones(int(has_first.sum()), np.int64), np.ones(len(first_gap), np.int64)]),
     )
     total_w = w.sum()
     if total_w <= 0:

@@ -163,8 +163,7 @@ class ContinuousBatch:
             old = b - len(new)
             if old:
                 first = float(times[0])
-                self.rec.step_s.extend(np.array([first, first + self._stall_s]))
-                self.rec.step_weight.extend(np.array([-old, old]))
+                self.rec.steps.add_weighted(np.array([first, first + self._stall_s]), np.array([-old, old]))
             self._stall_s = 0.0
         cum = np.cumsum(times)
         now = self.env.now

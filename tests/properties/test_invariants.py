@@ -239,7 +239,8 @@ def test_same_seed_same_columns(cfg: RunConfig, trace: Trace) -> None:
     assert np.array_equal(a.recorder.status, b.recorder.status)
     assert np.array_equal(a.recorder.prefill_instance, b.recorder.prefill_instance)
     assert np.array_equal(a.recorder.decode_instance, b.recorder.decode_instance)
-    assert np.array_equal(a.recorder.step_s.view(), b.recorder.step_s.view())
+    for x, y in zip(a.recorder.steps.distribution(), b.recorder.steps.distribution(), strict=True):
+        assert np.array_equal(x, y)
     assert a.events == b.events
 
 
@@ -275,8 +276,8 @@ def assert_same_run(cfg: RunConfig, trace: Trace) -> None:
         np.testing.assert_allclose(f, e, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=f"{col}\n{why}")
     # The step log holds the same steps (fast-forward logs runs, exact logs one by one).
     np.testing.assert_allclose(
-        np.sort(fast.recorder.step_s.view()),
-        np.sort(exact.recorder.step_s.view()),
+        np.sort(fast.recorder.steps.distribution()[0]),
+        np.sort(exact.recorder.steps.distribution()[0]),
         rtol=1e-9,
         atol=1e-12,
     )
