@@ -54,6 +54,34 @@ class CostModel(Protocol):
         ...
 
 
+def decode_run_times_list(cost: CostModel, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:
+    """:meth:`CostModel.decode_run_times_s` as a list of floats, for short runs.
+
+    A numpy call costs microseconds however short the run, and most decode runs between two
+    batch changes are a few steps long; models that can, compute short runs in plain floats
+    (``decode_run_times_list``) with the same operations in the same order, so each element
+    is bit for bit what the vectorised method returns."""
+    fast = getattr(cost, "decode_run_times_list", None)
+    if fast is not None:
+        return fast(batch_size, context_tokens, n_steps)  # type: ignore[no-any-return]
+    return cost.decode_run_times_s(batch_size, context_tokens, n_steps).tolist()  # type: ignore[no-any-return]
+
+
+def decode_times_bulk_s(cost: CostModel, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+    """Decode step times for many steps at once: element ``k`` is
+    ``decode_run_times_s(batch_sizes[k], context_tokens[k], 1)[0]``, bit for bit.
+
+    Used to recompute logged runs; models that can do it vectorised define
+    ``decode_times_bulk_s`` (float arrays of equal length), others are asked step by step."""
+    fast = getattr(cost, "decode_times_bulk_s", None)
+    if fast is not None:
+        return fast(np.asarray(batch_sizes, dtype=np.float64), np.asarray(context_tokens, dtype=np.float64))  # type: ignore[no-any-return]
+    return np.array(
+        [cost.decode_run_times_s(int(b), int(c), 1)[0] for b, c in zip(batch_sizes, context_tokens, strict=True)],
+        dtype=np.float64,
+    )
+
+
 class StepwiseDecodeRuns:
     """Mixin: derive :meth:`decode_run_times_s` from :meth:`decode_step_time_s` by a loop.
 

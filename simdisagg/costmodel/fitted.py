@@ -467,6 +467,14 @@ class FittedCostModel:
         out = self._decode_vec(batch_size, ctx)
         return out + (self._ar_fixed_s + self._ar_per_token_s * float(batch_size))
 
+    def decode_times_bulk_s(self, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+        """One step per element (batch size, total context), the same per-row arithmetic as
+        :meth:`decode_run_times_s`."""
+        b = np.asarray(batch_sizes, dtype=np.float64)
+        ctx = np.asarray(context_tokens, dtype=np.float64)
+        out = self._decode.predict(decode_features(self.shard, b, ctx), decode_coords(b, ctx))
+        return out + (self._ar_fixed_s + self._ar_per_token_s * b)
+
     # -- mixed -----------------------------------------------------------------------------
     def mixed_step_time_s(
         self,

@@ -36,6 +36,15 @@ class ConstantCostModel:
         ctx = context_tokens + batch_size * np.arange(n_steps, dtype=np.float64)
         return self.decode_step_s + self.decode_step_s_per_context_token * ctx
 
+    def decode_run_times_list(self, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:
+        """:meth:`decode_run_times_s` in plain floats (the same arithmetic), for short runs."""
+        c0, b, fixed, per = float(context_tokens), float(batch_size), self.decode_step_s, self.decode_step_s_per_context_token
+        return [fixed + per * (c0 + b * j) for j in range(n_steps)]
+
+    def decode_times_bulk_s(self, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+        """One step per element (batch size, total context), the same arithmetic."""
+        return self.decode_step_s + self.decode_step_s_per_context_token * context_tokens
+
     def mixed_step_time_s(
         self, new_tokens: np.ndarray, cached_tokens: np.ndarray, decode_batch_size: int, decode_context_tokens: int
     ) -> float:

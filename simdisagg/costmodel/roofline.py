@@ -128,6 +128,31 @@ class RooflineCostModel:
         memory = (b0 + b1 * ctx) * self._inv_bw
         return np.maximum(compute, memory) + fixed
 
+    def decode_run_times_list(self, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:
+        """:meth:`decode_run_times_s` in plain floats (the same operations in the same order,
+        so bit for bit the same values), for short runs where a numpy call costs more."""
+        f0, f1, b0, b1, fixed = self._decode_terms(batch_size)
+        inv_flops, inv_bw = self._inv_decode_flops, self._inv_bw
+        c0, b = float(context_tokens), float(batch_size)
+        out = []
+        for j in range(n_steps):
+            ctx = c0 + b * j
+            compute = (f0 + f1 * ctx) * inv_flops
+            memory = (b0 + b1 * ctx) * inv_bw
+            out.append((compute if compute >= memory else memory) + fixed)
+        return out
+
+    def decode_times_bulk_s(self, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+        """One step per element (batch size, total context): :meth:`decode_run_times_s`'s
+        arithmetic element by element (the same terms as :meth:`_decode_terms`)."""
+        b = batch_sizes
+        f0 = (self._linear_flops_per_token + self._lm_head_flops_per_row) * b
+        b0 = self._weight_bytes + self._kv_bytes_per_token * b
+        fixed = self._overhead_s + self._ar_fixed_s + self._ar_s_per_token * b
+        compute = (f0 + self._attn_flops_per_pair * context_tokens) * self._inv_decode_flops
+        memory = (b0 + self._kv_bytes_per_token * context_tokens) * self._inv_bw
+        return np.maximum(compute, memory) + fixed
+
     def isolated_prefill_times_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
         """Per request, its prefill alone on an idle instance (a batch of one), vectorised:
         :meth:`prefill_time_s` of each request on its own."""

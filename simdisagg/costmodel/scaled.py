@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simdisagg.costmodel.base import CostModel
+from simdisagg.costmodel.base import CostModel, decode_run_times_list, decode_times_bulk_s
 
 
 class ScaledCostModel:
@@ -27,6 +27,15 @@ class ScaledCostModel:
     def decode_run_times_s(self, batch_size: int, context_tokens: int, n_steps: int) -> np.ndarray:
         """The inner decode run, scaled."""
         return self.scale * self.inner.decode_run_times_s(batch_size, context_tokens, n_steps)
+
+    def decode_run_times_list(self, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:
+        """The inner decode run in plain floats, scaled (for short runs)."""
+        scale = self.scale
+        return [scale * x for x in decode_run_times_list(self.inner, batch_size, context_tokens, n_steps)]
+
+    def decode_times_bulk_s(self, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+        """The inner model's steps in bulk, scaled."""
+        return self.scale * decode_times_bulk_s(self.inner, batch_sizes, context_tokens)
 
     def mixed_step_time_s(
         self, new_tokens: np.ndarray, cached_tokens: np.ndarray, decode_batch_size: int, decode_context_tokens: int

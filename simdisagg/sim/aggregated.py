@@ -172,8 +172,6 @@ class AggregatedInstance(ContinuousBatch):
         self.stats.busy_s += duration
         self.stats.iterations += 1
         self.stats.events += 1
-        self._run_times = None
-        self._run_cum = None
         self._run_ends = None
         self._run_steps = 1
         self._gen += 1
@@ -187,7 +185,7 @@ class AggregatedInstance(ContinuousBatch):
         self._run_steps = 0
         if decode_batch:
             # A mixed iteration: the decode batch produced one token each.
-            self.rec.log_steps(np.array([duration]), decode_batch)
+            self.rec.log_steps([duration], decode_batch)
             self.steps_done += 1
             self._mixed_first(duration)
         still: list[list[int]] = []

@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left
 
 import numpy as np
 import simpy
 
-from simdisagg.costmodel.base import CostModel
+from simdisagg.costmodel.base import CostModel, decode_run_times_list
 from simdisagg.sim.clock import EARLY, LATE, call_at
 from simdisagg.sim.recorder import InstanceStats, Recorder
+
+#: Runs up to this many steps are computed in plain floats: a numpy call costs a few
+#: microseconds whatever its length, and most runs between two batch changes are short.
+SHORT_RUN_STEPS = 24
 
 
 class ContinuousBatch:
@@ -57,9 +62,11 @@ class ContinuousBatch:
         self._joiners: list[int] = []
         self._gen = 0
         self._run_start_at = 0.0
-        self._run_times: np.ndarray | None = None
-        self._run_cum: np.ndarray | None = None
-        self._run_ends: np.ndarray | None = None  # absolute end time of each step of the run
+        self._run_context = 0  # total context of the current run's first step
+        self._cost_key = rec.steps.cost_key(cost)
+        # The absolute end time of each step of the current run (a list for a short run, an
+        # array for a long one).
+        self._run_ends: list[float] | np.ndarray | None = None
         self._run_steps = 0  # steps of the current run that will have run at its end event
         self._stall_s = 0.0  # time the batch spent stalled (aggregated prefill) before its next step
         self._new_members: list[int] = []  # joined, no decode token yet
@@ -83,7 +90,8 @@ class ContinuousBatch:
             return  # a single step (or a prefill iteration) ends at the next boundary anyway
         # The first boundary at or after now: one at exactly now still takes the joiner (the
         # clock's tie rule), as the step-by-step mode does.
-        j = int(np.searchsorted(ends, self.env.now, side="left"))
+        now = self.env.now
+        j = bisect_left(ends, now) if type(ends) is list else int(np.searchsorted(ends, now, side="left"))
         if j + 1 < self._run_steps:
             self._run_steps = j + 1
             self._gen += 1
@@ -100,14 +108,14 @@ class ContinuousBatch:
         if gen != self._gen:
             return  # superseded by a truncation
         steps = self._run_steps
-        times = self._run_times
-        assert times is not None and self._run_cum is not None
-        self.rec.log_steps(times[:steps], self.batch_size)
-        self.stats.busy_s += float(self._run_cum[steps - 1])
+        ends = self._run_ends
+        assert ends is not None
+        self.rec.steps.add_run(self._cost_key, self.batch_size, self._run_context, steps)
+        self.stats.busy_s += float(ends[steps - 1]) - self._run_start_at
         self.stats.iterations += steps
         self.stats.events += 1
         self.steps_done += steps
-        self._run_times = self._run_cum = self._run_ends = None
+        self._run_ends = None
         self._run_steps = 0
         self._boundary()
 
@@ -155,31 +163,41 @@ class ContinuousBatch:
         s = self.steps_done
         n = 1 if self.exact_steps else self._finish_heap[0][0] - s
         ctx0 = self._ctx_offset + b * s
-        times = self.cost.decode_run_times_s(b, ctx0, n)
+        now = self.env.now
+        # Boundaries as absolute times summed one step at a time from now, exactly as the
+        # step-by-step mode's clock advances (np.cumsum adds in order, as the loop does).
+        times: list[float] | np.ndarray
+        ends: list[float] | np.ndarray
+        if n <= SHORT_RUN_STEPS:
+            times = decode_run_times_list(self.cost, b, ctx0, n)
+            ends = []
+            at = now
+            for step_s in times:
+                at += step_s
+                ends.append(at)
+            first, last_end = times[0], ends[-1]
+        else:
+            times = self.cost.decode_run_times_s(b, ctx0, n)
+            ends = np.cumsum(np.concatenate(([now], times)))[1:]
+            first, last_end = float(times[0]), float(ends[-1])
         new = self._new_members
         if self._stall_s > 0.0:
             # Members that already decoded sat through the stall: their next gap includes it.
             # (New members' first gap is measured directly from their first token.)
             old = b - len(new)
             if old:
-                first = float(times[0])
                 self.rec.steps.add_weighted(np.array([first, first + self._stall_s]), np.array([-old, old]))
             self._stall_s = 0.0
-        cum = np.cumsum(times)
-        now = self.env.now
-        # Boundaries as absolute times summed one step at a time from now, exactly as the
-        # step-by-step mode's clock advances (np.cumsum adds in order).
-        ends = np.cumsum(np.concatenate(([now], times)))[1:]
         if new:
-            t_first = float(ends[0])
+            t_first = now + first
             for i in new:
                 self._t_first[i] = t_first
-                self._first_step[i] = times[0]
+                self._first_step[i] = first
             self._new_members = []
-        self._run_start_at = now
-        self._run_times, self._run_cum, self._run_ends, self._run_steps = times, cum, ends, n
+        self._run_start_at, self._run_context = now, ctx0
+        self._run_ends, self._run_steps = ends, n
         self._gen += 1
-        call_at(self.env, float(ends[-1]), self._on_run_end, self._gen, EARLY)
+        call_at(self.env, last_end, self._on_run_end, self._gen, EARLY)
         return True
 
     # -- hooks -------------------------------------------------------------------------

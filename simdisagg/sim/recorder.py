@@ -11,7 +11,10 @@ long the simulated span); levels such as KV blocks in use are kept as running ti
 from __future__ import annotations
 
 import math
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -61,46 +64,116 @@ class GrowableArray:
         return self._n
 
 
-class StepLog:
-    """Decode step durations, each weighted by the tokens it produced (its batch size).
-
-    The inter-token latency distribution is built from it. Up to ``exact_limit`` entries are
-    kept as they are, so a run of that size has exact percentiles. Past that, the entries are
-    folded into a histogram whose buckets are ``2**-mantissa_bits`` wide relative to their
-    value (the top bits of the float, as in HdrHistogram) and that keeps each bucket's
-    weighted sum of values. A bucket reports its weighted mean value, so a percentile is off
-    by less than a bucket's width (6e-5 relative by default) and the mean stays exact up to
-    rounding. Memory is then bounded by the range of durations seen, not by the simulated
-    span: a week of traffic logs billions of steps.
-
-    Weights may be negative for a value that was also logged with a positive weight (to
-    replace a step's duration by a longer gap); the totals per value never go below zero.
-    """
+class _Histogram:
+    """Weights and weighted value sums in buckets ``2**-mantissa_bits`` wide relative to their
+    value (the top bits of the float, as in HdrHistogram), over a dense range of bucket keys
+    that grows to the durations seen."""
 
     #: Durations are binned within this range (a bucket outside it would only waste memory;
     #: the sums stay exact, so the mean is unaffected).
     FLOOR_S = 1e-9
     CEILING_S = 1e6
 
+    def __init__(self, mantissa_bits: int) -> None:
+        self.shift = 52 - mantissa_bits
+        self.key0 = 0
+        self.w = np.zeros(0)
+        self.vw = np.zeros(0)
+
+    def copy(self) -> _Histogram:
+        """An independent copy."""
+        out = _Histogram(52 - self.shift)
+        out.key0, out.w, out.vw = self.key0, self.w.copy(), self.vw.copy()
+        return out
+
+    def add(self, values: np.ndarray, weights: np.ndarray) -> None:
+        """Add entries (weights may be negative where the same value was added before)."""
+        if len(values) == 0:
+            return
+        values = np.asarray(values, dtype=np.float64)
+        keys = np.clip(values, self.FLOOR_S, self.CEILING_S).view(np.int64) >> self.shift
+        lo, hi = int(keys.min()), int(keys.max())
+        if len(self.w) == 0:
+            self.key0, self.w, self.vw = lo, np.zeros(hi - lo + 1), np.zeros(hi - lo + 1)
+        old_lo, old_hi = self.key0, self.key0 + len(self.w) - 1
+        if lo < old_lo or hi > old_hi:
+            new_lo, new_hi = min(lo, old_lo), max(hi, old_hi)
+            grown_w, grown_vw = np.zeros(new_hi - new_lo + 1), np.zeros(new_hi - new_lo + 1)
+            at = old_lo - new_lo
+            grown_w[at : at + len(self.w)] = self.w
+            grown_vw[at : at + len(self.w)] = self.vw
+            self.key0, self.w, self.vw = new_lo, grown_w, grown_vw
+        w = np.asarray(weights, dtype=np.float64)
+        rel = keys - self.key0
+        self.w += np.bincount(rel, weights=w, minlength=len(self.w))
+        self.vw += np.bincount(rel, weights=w * values, minlength=len(self.w))
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """One entry per non-empty bucket: its weighted mean value and its total weight."""
+        nonempty = np.flatnonzero(self.w > 0.5)
+        mean = self.vw[nonempty] / self.w[nonempty]
+        # A bucket's mean lies in the bucket; clamp against rounding so the order holds.
+        lower = ((nonempty + self.key0) << self.shift).view(np.float64)
+        upper = ((nonempty + self.key0 + 1) << self.shift).view(np.float64)
+        return np.clip(mean, lower, upper), np.rint(self.w[nonempty]).astype(np.int64)
+
+
+class StepLog:
+    """Decode step durations, each weighted by the tokens it produced (its batch size).
+
+    The inter-token latency distribution is built from it. A fast-forwarded run of decode
+    steps is logged as one record (cost model, batch size, starting context, steps): its step
+    durations follow from the cost model, which is pure, so they are recomputed when the
+    distribution is asked for (in bulk, by ``decode_times_bulk_s`` where the model has it) and
+    logging costs the same for a run of one step or of a thousand. Durations that no record
+    reproduces (mixed prefill-and-decode iterations, gaps stretched by a stall) are logged as
+    they are.
+
+    Up to ``exact_limit`` entries, the distribution is exact. Past that, it is folded into a
+    histogram whose buckets are ``2**-mantissa_bits`` wide relative to their value and that
+    keeps each bucket's weighted sum of values: a bucket reports its weighted mean, so a
+    percentile is off by less than a bucket's width (6e-5 relative by default) and the mean
+    stays exact up to rounding, while memory stays bounded by the range of durations seen (a
+    week of traffic is billions of steps).
+
+    Weights may be negative for a value that was also logged with a positive weight (to
+    replace a step's duration by a longer gap); the totals per value never go below zero.
+    """
+
     def __init__(self, exact_limit: int = 1 << 21, mantissa_bits: int = 14) -> None:
         if exact_limit < 1 or not 1 <= mantissa_bits <= 52:
             raise ValueError("exact_limit must be >= 1 and mantissa_bits in 1..52")
         self.exact_limit = exact_limit
-        self._shift = 52 - mantissa_bits
+        self.mantissa_bits = mantissa_bits
         self._values = GrowableArray(np.float64)
         self._weights = GrowableArray(np.int64)
-        self.entries = 0  # every entry ever logged, folded or not
-        # The histogram, once folded: dense arrays over bucket keys [_key0, _key0 + len).
-        self._key0 = 0
-        self._bucket_w: np.ndarray | None = None
-        self._bucket_vw: np.ndarray | None = None
+        self._folded: _Histogram | None = None  # explicit entries past the limit
+        self._costs: list[Any] = []
+        self._cost_keys: dict[int, int] = {}
+        # Run records, flat: cost key, batch size, starting total context, steps.
+        self._runs = array("q")
+        self.entries = 0  # steps and entries ever logged
 
     @property
     def exact(self) -> bool:
-        """True while every entry is kept as it is (percentiles are exact)."""
-        return self._bucket_w is None
+        """True while the distribution holds every entry as it is (exact percentiles)."""
+        return self._folded is None and self.entries <= self.exact_limit
 
-    def add(self, durations_s: np.ndarray, weight: int) -> None:
+    def cost_key(self, cost: Any) -> int:
+        """The key under which runs of ``cost`` (a cost model) are logged."""
+        key = self._cost_keys.get(id(cost))
+        if key is None:
+            key = self._cost_keys[id(cost)] = len(self._costs)
+            self._costs.append(cost)
+        return key
+
+    def add_run(self, cost_key: int, batch_size: int, context_tokens: int, steps: int) -> None:
+        """Log ``steps`` decode steps of an unchanged batch: step ``j`` has total context
+        ``context_tokens + j * batch_size`` and produced ``batch_size`` tokens."""
+        self._runs.extend((cost_key, batch_size, context_tokens, steps))
+        self.entries += steps
+
+    def add(self, durations_s: np.ndarray | list[float], weight: int) -> None:
         """Log steps that each produced ``weight`` tokens."""
         self._values.extend(durations_s)
         self._weights.extend(weight, count=len(durations_s))
@@ -115,69 +188,72 @@ class StepLog:
     def _after_add(self, count: int) -> None:
         self.entries += count
         if len(self._values) >= self.exact_limit:
-            self._fold(self._values.view(), self._weights.view())
+            if self._folded is None:
+                self._folded = _Histogram(self.mantissa_bits)
+            self._folded.add(self._values.view(), self._weights.view())
             self._values = GrowableArray(np.float64)
             self._weights = GrowableArray(np.int64)
 
-    def _keys(self, values: np.ndarray) -> np.ndarray:
-        clipped = np.clip(np.asarray(values, dtype=np.float64), self.FLOOR_S, self.CEILING_S)
-        return clipped.view(np.int64) >> self._shift
-
-    def _fold(self, values: np.ndarray, weights: np.ndarray) -> None:
-        if len(values) == 0:
-            return
-        keys = self._keys(values)
-        lo, hi = int(keys.min()), int(keys.max())
-        if self._bucket_w is None:
-            self._key0 = lo
-            self._bucket_w = np.zeros(hi - lo + 1)
-            self._bucket_vw = np.zeros(hi - lo + 1)
-        assert self._bucket_vw is not None
-        old_lo, old_hi = self._key0, self._key0 + len(self._bucket_w) - 1
-        if lo < old_lo or hi > old_hi:
-            new_lo, new_hi = min(lo, old_lo), max(hi, old_hi)
-            grown_w, grown_vw = np.zeros(new_hi - new_lo + 1), np.zeros(new_hi - new_lo + 1)
-            at = old_lo - new_lo
-            grown_w[at : at + len(self._bucket_w)] = self._bucket_w
-            grown_vw[at : at + len(self._bucket_w)] = self._bucket_vw
-            self._key0, self._bucket_w, self._bucket_vw = new_lo, grown_w, grown_vw
-        w = weights.astype(np.float64)
-        rel = keys - self._key0
-        size = len(self._bucket_w)
-        self._bucket_w += np.bincount(rel, weights=w, minlength=size)
-        self._bucket_vw += np.bincount(rel, weights=w * values, minlength=size)
+    def _run_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The logged runs' step durations and weights, in chunks of about ``exact_limit``."""
+        runs = np.frombuffer(self._runs, dtype=np.int64).reshape(-1, 4)
+        for key, cost in enumerate(self._costs):
+            mine = runs[runs[:, 0] == key]
+            if len(mine) == 0:
+                continue
+            ends = np.cumsum(mine[:, 3])
+            start = 0
+            while start < len(mine):
+                stop = int(np.searchsorted(ends, ends[start] - mine[start, 3] + self.exact_limit, side="right"))
+                stop = max(stop, start + 1)
+                yield _run_step_times(cost, mine[start:stop])
+                start = stop
 
     def distribution(
         self, extra_values: np.ndarray | None = None, extra_weights: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The logged multiset, plus optional extra entries, as ``(values, weights)``.
 
-        While exact, the entries themselves; once folded, one entry per non-empty bucket at
-        its weighted mean value (with the extra entries binned alike). Does not change the log.
-        """
+        While exact, the entries themselves (runs first, by cost model, then the others); past
+        the limit, one entry per non-empty bucket at its weighted mean value. Does not change
+        the log."""
         values, weights = self._values.view(), self._weights.view()
         if extra_values is not None and extra_weights is not None:
             values = np.concatenate([values, extra_values])
-            weights = np.concatenate([weights, extra_weights.astype(np.int64)])
-        if self.exact:
-            return values, weights
-        assert self._bucket_w is not None and self._bucket_vw is not None
-        keep_w, keep_vw, keep_key0 = self._bucket_w.copy(), self._bucket_vw.copy(), self._key0
-        try:
-            self._fold(values, weights)
-            w, vw, key0 = self._bucket_w, self._bucket_vw, self._key0
-        finally:
-            self._bucket_w, self._bucket_vw, self._key0 = keep_w, keep_vw, keep_key0
-        assert w is not None and vw is not None
-        nonempty = np.flatnonzero(w > 0.5)
-        mean = vw[nonempty] / w[nonempty]
-        # A bucket's mean lies in the bucket; clamp against rounding so the order holds.
-        lower = ((nonempty + key0) << self._shift).view(np.float64)
-        upper = ((nonempty + key0 + 1) << self._shift).view(np.float64)
-        return np.clip(mean, lower, upper), np.rint(w[nonempty]).astype(np.int64)
+            weights = np.concatenate([weights, np.asarray(extra_weights, dtype=np.int64)])
+        n_extra = 0 if extra_values is None else len(extra_values)
+        if self._folded is None and self.entries + n_extra <= self.exact_limit:
+            parts = list(self._run_chunks())
+            return (
+                np.concatenate([p[0] for p in parts] + [values]),
+                np.concatenate([p[1] for p in parts] + [weights]),
+            )
+        hist = self._folded.copy() if self._folded is not None else _Histogram(self.mantissa_bits)
+        for chunk_values, chunk_weights in self._run_chunks():
+            hist.add(chunk_values, chunk_weights)
+        hist.add(values, weights)
+        return hist.entries()
 
     def __len__(self) -> int:
         return self.entries
+
+
+def _run_step_times(cost: Any, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step durations and weights of run records ``[key, batch, context, steps]`` of one cost
+    model: element by element what ``cost.decode_run_times_s`` gave during the run."""
+    batch, context, steps = runs[:, 1], runs[:, 2], runs[:, 3]
+    weights = np.repeat(batch, steps)
+    bulk = getattr(cost, "decode_times_bulk_s", None)
+    if bulk is None:
+        values = np.concatenate(
+            [cost.decode_run_times_s(int(b), int(c), int(n)) for b, c, n in zip(batch, context, steps, strict=True)]
+        )
+        return values, weights
+    first = np.cumsum(steps) - steps
+    j = (np.arange(int(steps.sum())) - np.repeat(first, steps)).astype(np.float64)
+    b = weights.astype(np.float64)
+    ctx = np.repeat(context.astype(np.float64), steps) + b * j
+    return bulk(b, ctx), weights
 
 
 @dataclass(slots=True, eq=False)
@@ -249,7 +325,7 @@ class Recorder:
         self.status[i] = STATUS_REJECTED
         self.reject_reason[i] = reason
 
-    def log_steps(self, durations_s: np.ndarray, batch_size: int) -> None:
+    def log_steps(self, durations_s: np.ndarray | list[float], batch_size: int) -> None:
         """Log decode iterations that each produced one token for ``batch_size`` requests."""
         self.steps.add(durations_s, batch_size)
 

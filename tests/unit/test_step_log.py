@@ -85,7 +85,7 @@ def test_histogram_memory_is_bounded_by_the_range_not_the_count() -> None:
     # Two octaves of durations: at most 2 * 2**14 buckets (plus one) whatever the count.
     values, _ = log.distribution()
     assert len(values) <= 2 * 2**14 + 1
-    assert log._bucket_w is not None and len(log._bucket_w) <= 2 * 2**14 + 1
+    assert log._folded is not None and len(log._folded.w) <= 2 * 2**14 + 1
 
 
 @settings(max_examples=60, deadline=None)
@@ -106,3 +106,64 @@ def test_folded_distribution_is_sorted_and_within_buckets(values: list[float], w
             weighted_percentiles(ev, np.full(len(ev), weight), QS), weighted_percentiles(fv, fw, QS), strict=True
         ):
             assert abs(got - want) <= 2.0**-10 * want
+
+
+def _cost_models() -> list[object]:
+    from simdisagg.costmodel.reference import ConstantCostModel
+    from simdisagg.costmodel.roofline import RooflineCostModel
+    from simdisagg.costmodel.scaled import ScaledCostModel
+    from simdisagg.hardware import ProfileStore
+
+    store = ProfileStore()
+    roofline = RooflineCostModel(store.model("llama-3.1-8b"), store.gpu("h100-sxm"), 2)
+    constant = ConstantCostModel(0.1, 0.013, decode_step_s_per_context_token=3.1e-8)
+    return [roofline, constant, ScaledCostModel(roofline, 1.1), ScaledCostModel(constant, 0.9)]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_short_runs_and_bulk_steps_match_the_vectorised_run_bit_for_bit(index: int) -> None:
+    """A short run computed in plain floats, and steps recomputed in bulk from run records,
+    equal ``decode_run_times_s`` element by element (fast-forward's identical-timestamps
+    guarantee and the step log both rest on it)."""
+    from simdisagg.costmodel.base import decode_run_times_list, decode_times_bulk_s
+
+    cost = _cost_models()[index]
+    rng = np.random.default_rng(index)
+    for _ in range(50):
+        batch, steps = int(rng.integers(1, 300)), int(rng.integers(1, 40))
+        context = int(rng.integers(batch, batch * 200_000))
+        run = cost.decode_run_times_s(batch, context, steps)  # type: ignore[attr-defined]
+        assert decode_run_times_list(cost, batch, context, steps) == run.tolist()  # type: ignore[arg-type]
+        bulk = decode_times_bulk_s(cost, np.full(steps, batch), context + batch * np.arange(steps))  # type: ignore[arg-type]
+        assert np.array_equal(bulk, run)
+
+
+@pytest.mark.parametrize("limit", [1 << 30, 700])
+def test_run_records_give_the_steps_the_runs_had(limit: int) -> None:
+    """Logging runs as records and as their step durations gives the same distribution,
+    exact below the limit and within a bucket above it; runs of two cost models are kept
+    apart."""
+    roofline, constant = _cost_models()[:2]
+    by_record, by_value = StepLog(exact_limit=limit), StepLog(exact_limit=1 << 30)
+    keys = [by_record.cost_key(roofline), by_record.cost_key(constant)]
+    assert by_record.cost_key(roofline) == keys[0] and keys[0] != keys[1]
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        which = int(rng.integers(0, 2))
+        cost = (roofline, constant)[which]
+        batch, steps = int(rng.integers(1, 64)), int(rng.integers(1, 30))
+        context = int(rng.integers(batch, batch * 50_000))
+        by_record.add_run(keys[which], batch, context, steps)
+        by_value.add(cost.decode_run_times_s(batch, context, steps), batch)  # type: ignore[attr-defined]
+    by_record.add_weighted(np.array([0.5]), np.array([3]))
+    by_value.add_weighted(np.array([0.5]), np.array([3]))
+    assert len(by_record) == len(by_value)
+    rv, rw = by_record.distribution()
+    vv, vw = by_value.distribution()
+    assert rw.sum() == vw.sum()
+    if by_record.exact:
+        order_r, order_v = np.lexsort((rw, rv)), np.lexsort((vw, vv))
+        assert np.array_equal(rv[order_r], vv[order_v]) and np.array_equal(rw[order_r], vw[order_v])
+    else:
+        for want, got in zip(weighted_percentiles(vv, vw, QS), weighted_percentiles(rv, rw, QS), strict=True):
+            assert abs(got - want) <= 2.0**-14 * want
