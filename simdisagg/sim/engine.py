@@ -117,10 +117,18 @@ def simulate(
     *,
     store: ProfileStore | None = None,
     cost_scale: float = 1.0,
+    stop_after_misses: int | None = None,
 ) -> RunResult:
     """Simulate ``trace`` on the cluster ``cfg`` describes. Same inputs and seed → same result.
 
-    ``cost_scale`` multiplies every step time (sensitivity to the cost model's error)."""
+    ``cost_scale`` multiplies every step time (sensitivity to the cost model's error).
+
+    ``stop_after_misses`` ends the run as soon as more than that many requests have certainly
+    missed ``cfg.slo`` (rejected, first token later than the TTFT target or still waiting past
+    it, or completed slower than the TPOT target). A search that only asks whether the SLO
+    attainment target holds stops a run that cannot reach it there; the requests still in
+    flight stay ``unfinished`` and ``meta["stopped_early_at_s"]`` says when it stopped. The
+    checks only read state, so a run they do not stop is the run without them."""
     wall0 = time.perf_counter()
     store = store or ProfileStore()
     streams = Streams(cfg.seed)
@@ -164,11 +172,15 @@ def simulate(
             if children:
                 stack.extend((c, f"waits for rejected request {trace.request_ids[j]}") for c in children[j])
 
+    watch = None if stop_after_misses is None else _MissWatch(env, cfg, trace, rec, stop_after_misses)
+
     def complete(i: int) -> None:
         t_done[i] = env.now
         status[i] = STATUS_COMPLETED
         if children:
             release_children(i)
+        if watch is not None:
+            watch.tick()
 
     # Requests that can never be served, whatever the load.
     never: dict[int, str] = {}
@@ -336,6 +348,8 @@ def simulate(
     def arrive(i: int) -> None:
         now = env.now
         t_arrival[i] = now
+        if watch is not None:
+            watch.tick()
         if status[i] == STATUS_REJECTED:
             return
         reason = never.get(i)
@@ -370,6 +384,8 @@ def simulate(
         rec.unloaded_s = _unloaded_service_s(cfg, trace, rec, store, streams, cost_scale)
     events = next(env._eid)  # SimPy's event counter: events scheduled in this run
     meta: dict[str, Any] = {"kv_capacity_blocks": {s.pool: s.kv.capacity for s in instances_stats}}
+    if watch is not None and watch.stopped_at is not None:
+        meta["stopped_early_at_s"] = watch.stopped_at
     for name, cache in caches.items():
         meta[f"prefix_cache:{name}"] = cache.summary()
     return RunResult(
@@ -388,6 +404,48 @@ def simulate(
         wait_indices=trace.wait_indices,
         tool_wait_s=trace.tool_wait_s,
     )
+
+
+#: How often ``stop_after_misses`` checks, in arrivals and completions: each check costs a
+#: few vectorised passes over the request columns, so a run checks about this many times.
+MISS_CHECKS_PER_RUN = 64
+
+
+class _MissWatch:
+    """Counts the requests that have certainly missed the SLO, every so many arrivals and
+    completions (no events of its own, so a run it does not stop is unchanged); once more
+    than ``allowed`` have, it empties the event queue and the run ends there."""
+
+    def __init__(self, env: simpy.Environment, cfg: RunConfig, trace: Trace, rec: Recorder, allowed: int) -> None:
+        self.env, self.rec, self.allowed = env, rec, allowed
+        self.ttft_s, self.tpot_s = cfg.slo.ttft_s, cfg.slo.tpot_s
+        # TPOT as metrics.request_latencies computes it, so that a request exactly at the
+        # target is judged the same here and there.
+        out = trace.output_tokens
+        self.gaps = np.where(out > 1, out.astype(np.float64) - 1.0, np.nan)
+        self.every = max(1, 2 * len(trace) // MISS_CHECKS_PER_RUN)
+        self.countdown = self.every
+        self.stopped_at: float | None = None
+
+    def tick(self) -> None:
+        """Called on each arrival and completion."""
+        self.countdown -= 1
+        if self.countdown == 0:
+            self.countdown = self.every
+            self.check()
+
+    def check(self) -> None:
+        """Stop the run if the SLO attainment target is out of reach."""
+        now = self.env.now
+        t = self.rec.times
+        arrival, first = t["arrival_at"], t["first_token_at"]
+        with np.errstate(invalid="ignore"):
+            late = (first - arrival > self.ttft_s) | (np.isnan(first) & (now - arrival > self.ttft_s))
+            slow = (t["completed_at"] - first) / self.gaps > self.tpot_s
+        missed = int(np.count_nonzero(late | slow | (self.rec.status == STATUS_REJECTED)))
+        if missed > self.allowed:
+            self.stopped_at = now
+            self.env._queue.clear()
 
 
 def _unloaded_service_s(

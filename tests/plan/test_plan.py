@@ -27,10 +27,12 @@ from simdisagg.plan import (
     ResultsFile,
     Screener,
     SearchSettings,
+    allowed_misses,
     enumerate_candidates,
     evaluate_candidate,
     find_goodput,
     pareto_frontier,
+    passes_target,
     plan,
     run_probe,
     trace_load,
@@ -145,6 +147,37 @@ def test_bisection_agrees_with_a_direct_sweep_of_rates() -> None:
     assert first_fail > 0
     swept = grid[first_fail - 1]
     assert abs(math.log(swept / lo)) <= math.log(q) + math.log(1 + tol), (swept, lo, hi)
+
+
+def test_stopping_failed_runs_early_changes_no_verdict() -> None:
+    """A probe that stops as soon as the attainment target is out of reach gives the same
+    pass/fail answer as the full run at every rate; it stops only runs that fail, and only
+    those; a run it does not stop is the full run, figure for figure."""
+    trace = synthetic(["balanced"])
+    cand = Candidate("disaggregated", 3, 1, "h100-sxm", 3, 1, "h100-sxm", 8, "ib-ndr-400")
+    cfg = cand.run_config(BASE)
+    store = ProfileStore()
+    stopped = 0
+    for s in 2.0 ** np.arange(-1, 7, 0.5):
+        full = run_probe(cfg, trace, BASE.slo, float(s), store)
+        early = run_probe(cfg, trace, BASE.slo, float(s), store, stop_when_failed=True)
+        target = BASE.slo.attainment
+        assert (early["attainment"] >= target - 1e-12) == (full["attainment"] >= target - 1e-12), s
+        assert not full["stopped_early"]
+        if early["stopped_early"]:
+            stopped += 1
+            assert full["attainment"] < target and early["attainment"] <= full["attainment"]
+        else:
+            assert early == {**full, "stopped_early": 0.0}
+    assert stopped >= 3, "no probe was far enough past the goodput rate to stop early"
+
+
+def test_allowed_misses_is_the_largest_count_that_can_still_pass() -> None:
+    for n in (1, 7, 240, 10_000, 123_457):
+        for target in (0.5, 0.9, 0.95, 0.99, 1.0):
+            m = allowed_misses(n, target)
+            assert passes_target((n - m) / n, target)
+            assert m == n or not passes_target((n - m - 1) / n, target)
 
 
 # -- determinism across workers and backends -------------------------------------------------
