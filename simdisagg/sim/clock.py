@@ -14,27 +14,33 @@ depends on which event happened to be created first:
 
 The tie rule that follows: a request that arrives at the instant of a step boundary joins the
 batch at that boundary, in step-by-step and fast-forward mode alike.
+
+The environment is SimPy's (its clock, its event queue and its ordering key: time, priority,
+insertion count), but a scheduled call is a plain queue entry ``(time, priority, id, callback,
+value)`` rather than an :class:`~simpy.events.Event` with a callback list, and :func:`run`
+pops and calls them: an event then costs one tuple, one push and one call. SimPy events
+scheduled on the same environment still run, through :meth:`simpy.Environment.step`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from heapq import heappush
+from heapq import heappop, heappush
 from typing import Any
 
 import simpy
-from simpy.events import NORMAL, URGENT, Event, Timeout
+from simpy.events import NORMAL, URGENT
 
 EARLY = URGENT
 LATE = NORMAL + 1
 
-__all__ = ["EARLY", "LATE", "NORMAL", "call_at", "call_later"]
+__all__ = ["EARLY", "LATE", "NORMAL", "call_at", "call_later", "run"]
 
 
 def call_later(env: simpy.Environment, delay_s: float, callback: Callable[[Any], None], value: Any = None) -> None:
     """Call ``callback(value)`` after ``delay_s`` seconds of simulated time (``NORMAL``)."""
-    event = Timeout(env, delay_s if delay_s > 0.0 else 0.0, value)
-    event.callbacks.append(lambda ev: callback(ev._value))
+    now = env._now
+    heappush(env._queue, (now + delay_s if delay_s > 0.0 else now, NORMAL, next(env._eid), callback, value))
 
 
 def call_at(
@@ -45,11 +51,26 @@ def call_at(
 
     An absolute time, not a delay: ``now + (at − now)`` can differ from ``at`` in the last
     bit, and step boundaries must fall on exactly the same instants whether a run of decode
-    steps is simulated step by step or in one jump. SimPy's public ``schedule`` takes a delay,
-    so the event goes on the environment's queue directly, with the key ``schedule`` uses.
-    """
-    event = Event(env)
-    event._ok = True
-    event._value = value
-    event.callbacks.append(lambda ev: callback(ev._value))
-    heappush(env._queue, (at_s if at_s > env.now else env.now, priority, next(env._eid), event))
+    steps is simulated step by step or in one jump."""
+    now = env._now
+    heappush(env._queue, (at_s if at_s > now else now, priority, next(env._eid), callback, value))
+
+
+def nothing_else_now(env: simpy.Environment) -> bool:
+    """Whether no other event is due at the current instant (a callback that would defer work
+    to a later phase of this instant may then do it at once: nothing could come between)."""
+    queue = env._queue
+    return not queue or queue[0][0] > env._now
+
+
+def run(env: simpy.Environment) -> None:
+    """Run until no event is left (or until the queue is emptied to stop the run)."""
+    queue = env._queue
+    while queue:
+        entry = heappop(queue)
+        if len(entry) == 5:
+            env._now = entry[0]
+            entry[3](entry[4])
+        else:  # a SimPy event: let SimPy process it
+            heappush(queue, entry)
+            env.step()

@@ -28,7 +28,7 @@ import numpy as np
 import simpy
 
 from simdisagg.costmodel.base import CostModel, decode_run_times_list
-from simdisagg.sim.clock import EARLY, LATE, call_at
+from simdisagg.sim.clock import EARLY, LATE, call_at, nothing_else_now
 from simdisagg.sim.recorder import InstanceStats, Recorder
 
 #: Runs up to this many steps are computed in plain floats: a numpy call costs a few
@@ -124,7 +124,12 @@ class ContinuousBatch:
         """Apply finishes now; admit joiners and start the next iteration in the ``LATE``
         phase of this instant, once every arrival of the instant has been seen."""
         self._finish_done()
-        call_at(self.env, self.env.now, self._start_phase, None, LATE)
+        if nothing_else_now(self.env):
+            # Called last by an event's callback: with nothing else due now, the LATE phase
+            # of this instant is now (one event fewer per boundary).
+            self._start_phase(None)
+        else:
+            call_at(self.env, self.env.now, self._start_phase, None, LATE)
 
     def _start_phase(self, _value: object) -> None:
         self._add_joiners()

@@ -33,7 +33,7 @@ from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
 from simdisagg.rng import Streams
 from simdisagg.sim.aggregated import AggregatedInstance, DecodeInstance
-from simdisagg.sim.clock import call_later
+from simdisagg.sim.clock import call_later, run
 from simdisagg.sim.decode import kv_capacity_blocks
 from simdisagg.sim.link import KVLink
 from simdisagg.sim.prefill import PrefillInstance, PrefillQueue, PrefixLookup
@@ -373,7 +373,7 @@ def simulate(
 
     if order_list:
         call_later(env, arrival_s[0], release_open, 0)
-    env.run()
+    run(env)
     rec.end_at = env.now
     for stats in instances_stats:
         stats.kv.close(env.now)
