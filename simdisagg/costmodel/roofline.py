@@ -124,8 +124,18 @@ class RooflineCostModel:
         """``n_steps`` decode steps of an unchanged batch, vectorised."""
         f0, f1, b0, b1, fixed = self._decode_terms(batch_size)
         ctx = context_tokens + batch_size * np.arange(n_steps, dtype=np.float64)
-        compute = (f0 + f1 * ctx) * self._inv_decode_flops
-        memory = (b0 + b1 * ctx) * self._inv_bw
+        # Both terms are linear in the step, so when memory exceeds compute at both ends of
+        # the run (by far more than rounding) it does at every step and the maximum is the
+        # memory term, element for element: half the array operations for the usual case.
+        last = float(context_tokens) + float(batch_size) * (n_steps - 1)
+        inv_flops, inv_bw = self._inv_decode_flops, self._inv_bw
+        margin = 1.0 + 1e-9
+        if (b0 + b1 * float(context_tokens)) * inv_bw > (f0 + f1 * float(context_tokens)) * inv_flops * margin and (
+            b0 + b1 * last
+        ) * inv_bw > (f0 + f1 * last) * inv_flops * margin:
+            return (b0 + b1 * ctx) * inv_bw + fixed
+        compute = (f0 + f1 * ctx) * inv_flops
+        memory = (b0 + b1 * ctx) * inv_bw
         return np.maximum(compute, memory) + fixed
 
     def decode_run_times_list(self, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:

@@ -33,7 +33,7 @@ from simdisagg.sim.recorder import InstanceStats, Recorder
 
 #: Runs up to this many steps are computed in plain floats: a numpy call costs a few
 #: microseconds whatever its length, and most runs between two batch changes are short.
-SHORT_RUN_STEPS = 24
+SHORT_RUN_STEPS = 40
 
 
 class ContinuousBatch:

@@ -129,9 +129,10 @@ def test_short_runs_and_bulk_steps_match_the_vectorised_run_bit_for_bit(index: i
 
     cost = _cost_models()[index]
     rng = np.random.default_rng(index)
-    for _ in range(50):
-        batch, steps = int(rng.integers(1, 300)), int(rng.integers(1, 40))
-        context = int(rng.integers(batch, batch * 200_000))
+    draws = [(int(b), int(rng.integers(b, b * 200_000)), int(rng.integers(1, 400))) for b in rng.integers(1, 2000, 50)]
+    # Roofline runs that are compute-bound throughout, and that cross from compute to memory.
+    fixed = [(4000, 4000, 50), (1000, 100_000, 400), (300, 30_000, 100)]
+    for batch, context, steps in fixed + draws:
         run = cost.decode_run_times_s(batch, context, steps)  # type: ignore[attr-defined]
         assert decode_run_times_list(cost, batch, context, steps) == run.tolist()  # type: ignore[arg-type]
         bulk = decode_times_bulk_s(cost, np.full(steps, batch), context + batch * np.arange(steps))  # type: ignore[arg-type]
