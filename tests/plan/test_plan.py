@@ -115,7 +115,7 @@ def test_aggregated_verdict_is_stated(plans: dict) -> None:
 # -- goodput bisection ----------------------------------------------------------------------
 def test_find_goodput_brackets_and_bisects_a_known_threshold() -> None:
     """On a step-shaped attainment the search returns lo <= threshold < hi, hi/lo - 1 <= tol;
-    a threshold below the floor gives 0 in two probes; above the ceiling it stops there."""
+    a threshold below the floor gives 0 in three probes; above the ceiling it stops there."""
     settings = SearchSettings(rel_tol=0.01, max_bisect_steps=20, min_rate_scale=0.01, max_rate_scale=100.0)
     for threshold, start in ((3.7, 1.0), (3.7, 50.0), (0.02, 5.0)):
         found = find_goodput(lambda s, th=threshold: {"rate_scale": s, "attainment": float(s <= th)}, 0.9,
@@ -123,9 +123,31 @@ def test_find_goodput_brackets_and_bisects_a_known_threshold() -> None:
         assert found.lo <= threshold < found.hi
         assert found.hi / found.lo - 1 <= 0.01
     floor = find_goodput(lambda s: {"rate_scale": s, "attainment": 0.0}, 0.9, 5.0, settings)
-    assert floor.lo == 0.0 and floor.at_floor and len(floor.probes) == 2
+    assert floor.lo == 0.0 and floor.at_floor and len(floor.probes) == 3
     ceiling = find_goodput(lambda s: {"rate_scale": s, "attainment": 1.0}, 0.9, 5.0, settings)
     assert ceiling.at_ceiling and ceiling.lo == 100.0
+
+
+def test_interpolation_narrows_a_smooth_curve_in_fewer_steps_than_bisection() -> None:
+    """Attainment falling smoothly with the rate (as near a real goodput): the search still
+    brackets the true crossing to the tolerance, in fewer probes than halving the bracket
+    would take; on a cliff (a step) it falls back to bisection and still converges."""
+    settings = SearchSettings(rel_tol=0.02, max_bisect_steps=30)
+    root = 5.0 * (1.0 / 9.0) ** (1.0 / 8.0)  # where 1 / (1 + (s/5)^8) = 0.9
+
+    def smooth(s: float) -> dict[str, float]:
+        return {"rate_scale": s, "attainment": 1.0 / (1.0 + (s / 5.0) ** 8)}
+
+    bracket_only = settings.model_copy(update={"max_bisect_steps": 0})
+    for start in (1.0, 3.0, 20.0, 200.0):
+        found = find_goodput(smooth, 0.9, start, settings)
+        assert found.lo <= root * (1 + 1e-9) and root < found.hi and found.hi / found.lo - 1 <= 0.02
+        bracket = find_goodput(smooth, 0.9, start, bracket_only)
+        halvings = math.ceil(math.log2(math.log(bracket.hi / bracket.lo) / math.log(1.02)))
+        narrowing = len(found.probes) - len(bracket.probes)
+        assert narrowing < halvings, (start, [round(p["rate_scale"], 3) for p in found.probes])
+    cliff = find_goodput(lambda s: {"rate_scale": s, "attainment": 0.95 if s <= 3.7 else 0.1}, 0.9, 1.0, settings)
+    assert cliff.lo <= 3.7 < cliff.hi and cliff.hi / cliff.lo - 1 <= 0.02
 
 
 def test_bisection_agrees_with_a_direct_sweep_of_rates() -> None:
