@@ -7,8 +7,9 @@ run. Writes a JSON of every figure (``--json``) so that changes can be compared.
 
 Cases: the agentic generator and the real Mooncake conversation trace (tiled end to end with
 fresh ids and hashes to reach the request count), 10k / 100k / 1M requests, on clusters of 8,
-64 and 512 H100 GPUs running Llama-3.1-8B, disaggregated (half prefill, half decode) and
-aggregated. The open-loop rate is scaled with the cluster so that every case runs at a
+64 and 512 H100 GPUs, disaggregated (half prefill, half decode) and aggregated; and a capacity
+plan (``simdisagg plan``'s search: 120 candidates on 16 GPUs, each bisected for its goodput)
+on the first 10k Mooncake requests, on as many workers as the machine has cores. The open-loop rate is scaled with the cluster so that every case runs at a
 comparable, realistic load (``--load-per-gpu`` requests/s per GPU).
 
     python benchmarks/run_benchmarks.py --preset quick --json benchmarks/results/latest.json
@@ -31,6 +32,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "traces"
 
+#: The planner case: every split of 16 GPUs at TP 1 and 2 with three decode batch limits
+#: (120 candidates, none pruned), each searched for its goodput on 10k Mooncake requests
+#: (Llama-3.1-8B and the default SLO: the planner's defaults).
+PLAN_CASE = ("mooncake", 10_000, 16, "planner", False)
+PLAN_GRID = {"tps": (1, 2), "max_batch_sizes": (64, 128, 256), "links": ("ib-ndr-400",)}
+
 PRESETS = {
     "quick": [
         ("agentic", 10_000, 64, "disaggregated", True),
@@ -48,7 +55,10 @@ PRESETS = {
         ("mooncake", 100_000, 64, "disaggregated", False),
         ("agentic", 1_000_000, 64, "disaggregated", False),
         ("mooncake", 1_000_000, 64, "disaggregated", False),
+        PLAN_CASE,
     ],
+    # The planner target alone: a capacity search on 10k requests.
+    "plan": [PLAN_CASE],
     "full": [
         (kind, n, gpus, mode, n == 10_000)
         for kind in ("agentic", "mooncake")
@@ -60,28 +70,41 @@ PRESETS = {
 
 
 def _tile(trace, count: int):  # type: ignore[no-untyped-def]
-    """Repeat a trace end to end (fresh request ids and hash ids each copy) up to ``count``."""
-    from simdisagg.trace import TraceBuilder
+    """Repeat an open-loop trace end to end (fresh request ids and hash ids each copy) up to
+    ``count`` requests, as whole columns (a million requests built through Python lists
+    would weigh more than the simulation)."""
+    from simdisagg.trace import Trace
 
+    if trace.closed_loop.any():
+        raise ValueError("tiling is for open-loop traces")
+    n = len(trace)
+    copies = -(-count // n)
+    idx = np.tile(np.arange(n), copies)[:count]
+    copy = np.repeat(np.arange(copies), n)[:count]
     span = float(trace.timestamp_s.max()) + 1.0
-    offset = int(trace.hash_values.max()) + 1 if trace.has_hashes else 0
-    b = TraceBuilder(f"{trace.source} (tiled)", trace.hash_block_tokens)
-    k = 0
-    copy = 0
-    while k < count:
-        for i in range(len(trace)):
-            if k >= count:
-                break
-            b.add(
-                line=k + 1,
-                timestamp_s=float(trace.timestamp_s[i]) + copy * span,
-                input_tokens=int(trace.input_tokens[i]),
-                output_tokens=int(trace.output_tokens[i]),
-                hash_ids=(trace.hashes_of(i) + copy * offset).tolist(),
-            )
-            k += 1
-        copy += 1
-    return b.build()
+    lengths = np.diff(trace.hash_offsets)[idx]
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    # Each request's hash list: its source's list shifted by the copy's offset.
+    hash_shift = int(trace.hash_values.max()) + 1 if trace.has_hashes else 0
+    starts = np.repeat(trace.hash_offsets[:-1][idx], lengths)
+    within = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lengths)
+    values = trace.hash_values[starts + within] + np.repeat(copy, lengths) * hash_shift
+    return Trace(
+        source=f"{trace.source} (tiled)",
+        request_ids=[f"r{k}" for k in range(count)],
+        timestamp_s=trace.timestamp_s[idx] + copy * span,
+        input_tokens=trace.input_tokens[idx].copy(),
+        output_tokens=trace.output_tokens[idx].copy(),
+        session_index=np.full(count, -1, dtype=np.int64),
+        session_names=[],
+        tool_wait_s=np.zeros(count),
+        wait_offsets=np.zeros(count + 1, dtype=np.int64),
+        wait_indices=np.zeros(0, dtype=np.int64),
+        _hash_offsets=offsets,
+        _hash_values=values.astype(np.int64),
+        hash_block_tokens=trace.hash_block_tokens,
+        line_numbers=np.arange(1, count + 1, dtype=np.int64),
+    )
 
 
 def _make_trace(kind: str, count: int):  # type: ignore[no-untyped-def]
@@ -132,10 +155,31 @@ def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu
     )
 
 
+def _plan_case(kind: str, count: int, gpus: int, workers: int, q: mp.Queue) -> None:
+    from simdisagg.plan import PlanSpec, plan
+
+    trace = _make_trace(kind, count)
+    spec = PlanSpec(gpus=gpus, prune=False, **PLAN_GRID)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    result = plan(trace, spec, workers=workers)
+    wall = time.perf_counter() - t0
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    q.put({
+        "wall_s": wall, "candidates": len(result.rows), "simulations": result.simulations,
+        "peak_rss_mb": peak / 1024.0, "best": result.best["label"] if result.best else None,
+    })
+
+
 def run_case(kind: str, count: int, gpus: int, mode: str, exact: bool, load: float, model: str, tp: int) -> dict:
     """Run one case in a fresh process (so peak memory is its own)."""
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
+    if mode == "planner":
+        p = ctx.Process(target=_plan_case, args=(kind, count, gpus, mp.cpu_count(), q))
+        p.start()
+        res = q.get()
+        p.join()
+        return res
     p = ctx.Process(target=_case, args=(kind, count, gpus, mode, exact, load, model, tp, q))
     p.start()
     res = q.get()
@@ -164,6 +208,16 @@ def main() -> None:
         if args.only and args.only not in name:
             continue
         ff = run_case(kind, count, gpus, mode, False, args.load_per_gpu, args.model, args.tp)
+        if mode == "planner":
+            row = {"trace": kind, "requests": count, "gpus": gpus, "mode": mode, **ff,
+                   "simulations_per_candidate": ff["simulations"] / ff["candidates"],
+                   "wall_s_per_100_candidates": ff["wall_s"] * 100.0 / ff["candidates"], "grid": PLAN_GRID}
+            rows.append(row)
+            print(f"{name:44s} plan of {ff['candidates']} candidates, {ff['simulations']} simulations "
+                  f"({row['simulations_per_candidate']:.1f} each) on {mp.cpu_count()} workers: {ff['wall_s']:.1f} s "
+                  f"({row['wall_s_per_100_candidates']:.1f} s per 100 candidates), peak {ff['peak_rss_mb']:.0f} MB",
+                  flush=True)
+            continue
         row = {
             "trace": kind, "requests": count, "gpus": gpus, "mode": mode,
             "wall_s": ff["wall_s"], "requests_per_s": count / ff["wall_s"],
