@@ -301,7 +301,7 @@ def _print(console: Any, result: Any, top: int) -> None:
     if zero:
         console.print(
             f"[yellow]goodput 0:[/yellow] {len(zero)} candidate(s) miss the SLO target even at the lowest rate "
-            f"(3 simulations each): {escape(', '.join(zero[:8]))}{' ...' if len(zero) > 8 else ''}"
+            f"(3-4 simulations each): {escape(', '.join(zero[:8]))}{' ...' if len(zero) > 8 else ''}"
         )
     if result.sensitivity:
         _print_sensitivity(console, result)

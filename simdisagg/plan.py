@@ -702,17 +702,19 @@ def find_goodput(
     ``start`` (clamped to the search range), then narrow the bracket in log space to
     ``rel_tol``.
 
-    Narrowing interpolates: attainment falls smoothly with the rate near the goodput (the
-    miss fraction grows about as a power of the load), so the next rate is where the line
-    through the bracket's two attainments, as log-odds against log rate, crosses the target
-    (kept at least a tenth of the bracket from either end); that usually takes about half
-    the steps of bisection. When the same end has moved twice running (the line keeps landing on
-    one side, as on a cliff), the step bisects instead.
+    Narrowing halves the bracket in log rate until it spans at most 25 % and its failing end
+    is near the target (attainment within three times the allowed miss rate: a far end says
+    little, as on a cliff). Then attainment falls smoothly with the rate (the miss fraction
+    grows about as a power of the load), so the crossing is predicted from the line through
+    the two ends' attainments as log-odds against log rate, and the next two probes go just
+    below and just above it: when the prediction holds, they close the bracket to
+    ``rel_tol`` at once. Each probe counts as a step of ``max_bisect_steps``.
 
-    When the first probe fails, the search steps down once; if that fails too, the lowest
-    rate is probed next: a candidate that misses the SLO even there has goodput 0 after three
-    simulations instead of a long geometric descent."""
+    When the first probe fails, the search steps down; after a second failure far from the
+    target (or a third), the lowest rate is probed: a candidate that misses the SLO even there
+    has goodput 0 after three or four simulations instead of a long geometric descent."""
     lo_lim, hi_lim, f = settings.min_rate_scale, settings.max_rate_scale, settings.bracket_factor
+    tol = settings.rel_tol
     probes: list[dict[str, Any]] = []
     attainment: dict[float, float] = {}
 
@@ -736,13 +738,14 @@ def find_goodput(
             return GoodputSearch(lo, hi, probes)
     else:
         hi = s
-        failures = 1
+        failures, floor_probed = 1, False
+        clearly_failing = target - 2.0 * (1.0 - target)
         while lo == 0.0 and hi > lo_lim:
-            if failures == 2:
-                failures += 1  # the floor is probed once
+            if not floor_probed and (failures >= 3 or (failures == 2 and attainment[hi] < clearly_failing)):
+                floor_probed = True
                 if not passes(lo_lim):
                     return GoodputSearch(0.0, lo_lim, probes)
-                if hi / lo_lim - 1.0 <= settings.rel_tol:
+                if hi / lo_lim - 1.0 <= tol:
                     lo = lo_lim
                     break
             s = max(hi / f, lo_lim)
@@ -753,23 +756,30 @@ def find_goodput(
                 failures += 1
         if lo == 0.0:
             return GoodputSearch(0.0, hi, probes)
-    moved, same_end = "", 0
-    for _ in range(settings.max_bisect_steps):
-        if hi / lo - 1.0 <= settings.rel_tol:
-            break
-        share = 0.5
-        if same_end < 2:
-            odds_lo, odds_hi, odds_target = _log_odds(attainment[lo]), _log_odds(attainment[hi]), _log_odds(target)
-            if odds_lo > odds_hi:
-                share = min(max((odds_lo - odds_target) / (odds_lo - odds_hi), 0.1), 0.9)
-        mid = math.exp(math.log(lo) + share * (math.log(hi) - math.log(lo)))
-        end = "lo" if passes(mid) else "hi"
-        if end == "lo":
+    # Narrow: halve the bracket (in log rate) until it is short and its failing end is near
+    # the target, then predict the crossing and probe just either side of it.
+    near = target - 3.0 * (1.0 - target)
+    half = math.sqrt(1.0 + 0.9 * tol)
+    pending: list[float] = []
+    steps = 0
+    while steps < settings.max_bisect_steps and hi / lo - 1.0 > tol:
+        pending = [x for x in pending if lo < x < hi]
+        if not pending:
+            if hi / lo <= 1.25 and attainment[hi] >= near:
+                odds_lo, odds_hi = _log_odds(attainment[lo]), _log_odds(attainment[hi])
+                share = 0.5
+                if odds_lo > odds_hi:
+                    share = min(max((odds_lo - _log_odds(target)) / (odds_lo - odds_hi), 0.05), 0.95)
+                crossing = math.exp(math.log(lo) + share * (math.log(hi) - math.log(lo)))
+                pending = [x for x in (crossing / half, crossing * half) if lo < x < hi]
+            if not pending:
+                pending = [math.sqrt(lo * hi)]
+        mid = pending.pop(0)
+        steps += 1
+        if passes(mid):
             lo = mid
         else:
             hi = mid
-        same_end = same_end + 1 if end == moved else 1
-        moved = end
     return GoodputSearch(lo, hi, probes)
 
 
