@@ -247,14 +247,29 @@ class PrefixCache(PrefixLookup):
         used = self._used[instance]
         start, blocks = self._start, self._blocks
         added = 0
+        if not segments:
+            return 0
         if len(tiers) == 1:  # HBM only: the common case, kept lean
             hbm = tiers[0]
             get, newest = hbm.get, hbm.move_to_end
-            for s in reversed(segments):
-                want = min(blocks[s], n_blocks - start[s])
-                added += want - get(s, 0)
-                hbm[s] = want
-                newest(s)
+            # Segments are contiguous along a path and end before n_blocks, so only the last
+            # may be cut short.
+            last = segments[-1]
+            want = n_blocks - start[last]
+            if want > blocks[last]:
+                want = blocks[last]
+            added = want - get(last, 0)
+            hbm[last] = want
+            newest(last)
+            for k in range(len(segments) - 2, -1, -1):
+                s = segments[k]
+                whole = blocks[s]
+                held = get(s, 0)
+                if held != whole:
+                    added += whole - held
+                    hbm[s] = whole  # a new key lands at the newest end
+                if held:
+                    newest(s)
             used[0] += added
         else:
             for s in reversed(segments):
