@@ -103,7 +103,7 @@ def plan_command(
         int, typer.Option("--windows", help="evaluate the best ratio against K consecutive trace windows")
     ] = 0,
     ratio: Annotated[str | None, typer.Option("--ratio", help="the fixed P:D ratio for --windows")] = None,
-    rel_tol: Annotated[float, typer.Option("--rel-tol", help="goodput bisection tolerance (relative)")] = 0.02,
+    rel_tol: Annotated[float, typer.Option("--rel-tol", help="goodput search tolerance (relative)")] = 0.02,
     max_rate_scale: Annotated[
         float, typer.Option("--max-rate-scale", help="highest rate scale searched")
     ] = 1e4,

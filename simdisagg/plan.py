@@ -15,8 +15,10 @@ Terms (times in seconds, rates in requests per second):
   within the SLO (:func:`simdisagg.metrics.slo_met`).
 * **Goodput** of a candidate: ``G = s* · λ₀`` with ``s*`` the highest rate scale at which
   ``A(s) ≥ target`` still holds. Found by bracketing (grow or shrink ``s`` geometrically) and
-  then bisecting in log space until ``hi/lo − 1 ≤ rel_tol`` (at most ``max_bisect_steps``);
-  ``s*`` is the highest rate that *passed*. Goodput per GPU, per dollar-hour (GPU
+  then narrowing in log space until ``hi/lo − 1 ≤ rel_tol`` (at most ``max_bisect_steps``
+  probes: halving, then probes either side of an interpolated crossing; see
+  :func:`find_goodput`); ``s*`` is the highest rate that *passed*. A probe that certainly fails
+  by a clear margin stops early (:func:`run_probe`). Goodput per GPU, per dollar-hour (GPU
   ``price_per_hour_usd``) and per kilowatt (GPU ``power_w``) follow.
 * **Bottleneck** of a candidate: at the first failing rate above its goodput, the SLO part
   that breaks more (TTFT → the prefill pool, TPOT → the decode pool), told with each pool's
@@ -206,8 +208,8 @@ class Candidate:
 class SearchSettings(_Frozen):
     """How the goodput of one candidate is searched (rate scales are relative to the trace)."""
 
-    rel_tol: float = Field(default=0.02, gt=0, lt=1, description="stop bisecting when hi/lo - 1 <= this")
-    max_bisect_steps: int = Field(default=8, ge=0, le=60)
+    rel_tol: float = Field(default=0.02, gt=0, lt=1, description="stop narrowing when hi/lo - 1 <= this")
+    max_bisect_steps: int = Field(default=8, ge=0, le=60, description="most probes spent narrowing")
     bracket_factor: float = Field(default=2.0, gt=1, description="grow/shrink factor while bracketing")
     min_rate_scale: float = Field(default=1e-3, gt=0, description="goodput below this counts as 0")
     max_rate_scale: float = Field(default=1e4, gt=0, description="stop growing here (goodput >= it)")

@@ -124,19 +124,24 @@ class RooflineCostModel:
         """``n_steps`` decode steps of an unchanged batch, vectorised."""
         f0, f1, b0, b1, fixed = self._decode_terms(batch_size)
         ctx = context_tokens + batch_size * np.arange(n_steps, dtype=np.float64)
-        # Both terms are linear in the step, so when memory exceeds compute at both ends of
-        # the run (by far more than rounding) it does at every step and the maximum is the
-        # memory term, element for element: half the array operations for the usual case.
-        last = float(context_tokens) + float(batch_size) * (n_steps - 1)
-        inv_flops, inv_bw = self._inv_decode_flops, self._inv_bw
-        margin = 1.0 + 1e-9
-        if (b0 + b1 * float(context_tokens)) * inv_bw > (f0 + f1 * float(context_tokens)) * inv_flops * margin and (
-            b0 + b1 * last
-        ) * inv_bw > (f0 + f1 * last) * inv_flops * margin:
-            return (b0 + b1 * ctx) * inv_bw + fixed
-        compute = (f0 + f1 * ctx) * inv_flops
-        memory = (b0 + b1 * ctx) * inv_bw
+        if self._memory_bound_run(batch_size, context_tokens, n_steps):
+            return (b0 + b1 * ctx) * self._inv_bw + fixed
+        compute = (f0 + f1 * ctx) * self._inv_decode_flops
+        memory = (b0 + b1 * ctx) * self._inv_bw
         return np.maximum(compute, memory) + fixed
+
+    def _memory_bound_run(self, batch_size: int, context_tokens: int, n_steps: int) -> bool:
+        """Whether the memory term is the larger at every step of the run. Both terms are
+        linear in the step, so it is when memory exceeds compute at both ends (by far more
+        than rounding): the maximum is then the memory term, element for element, and a run
+        needs half the arithmetic (the usual case for decode)."""
+        f0, f1, b0, b1, _ = self._decode_terms(batch_size)
+        inv_flops, inv_bw, margin = self._inv_decode_flops, self._inv_bw, 1.0 + 1e-9
+        first = float(context_tokens)
+        last = first + float(batch_size) * (n_steps - 1)
+        return (b0 + b1 * first) * inv_bw > (f0 + f1 * first) * inv_flops * margin and (
+            b0 + b1 * last
+        ) * inv_bw > (f0 + f1 * last) * inv_flops * margin
 
     def decode_run_times_list(self, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:
         """:meth:`decode_run_times_s` in plain floats (the same operations in the same order,
@@ -144,6 +149,8 @@ class RooflineCostModel:
         f0, f1, b0, b1, fixed = self._decode_terms(batch_size)
         inv_flops, inv_bw = self._inv_decode_flops, self._inv_bw
         c0, b = float(context_tokens), float(batch_size)
+        if self._memory_bound_run(batch_size, context_tokens, n_steps):
+            return [(b0 + b1 * (c0 + b * j)) * inv_bw + fixed for j in range(n_steps)]
         out = []
         for j in range(n_steps):
             ctx = c0 + b * j

@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left
+from itertools import accumulate
 
 import numpy as np
 import simpy
@@ -175,11 +176,8 @@ class ContinuousBatch:
         ends: list[float] | np.ndarray
         if n <= SHORT_RUN_STEPS:
             times = decode_run_times_list(self.cost, b, ctx0, n)
-            ends = []
-            at = now
-            for step_s in times:
-                at += step_s
-                ends.append(at)
+            ends = list(accumulate(times, initial=now))  # in order, as the clock adds
+            del ends[0]
             first, last_end = times[0], ends[-1]
         else:
             times = self.cost.decode_run_times_s(b, ctx0, n)
