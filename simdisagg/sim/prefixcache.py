@@ -113,6 +113,8 @@ class PrefixCache(PrefixLookup):
         # (instance, request, segments, local hits, shared hits) of the latest lookup, valid
         # until the cache next changes (use and insert clear it).
         self._last_lookup: tuple[int, int, int, int, int] | None = None
+        # Touches of use(..., defer=True) not yet applied, per instance (see settle()).
+        self._deferred: dict[int, list[tuple[list[int], int]]] = {}
 
     # -- lookup -------------------------------------------------------------------------------
     def _path(self, i: int) -> list[int]:
@@ -179,10 +181,18 @@ class PrefixCache(PrefixLookup):
         return min(hits * self._block_tokens, int(self._inp[i]) - 1) if hits else 0
 
     # -- the interface prefill uses -------------------------------------------------------------
-    def use(self, instance: int, i: int) -> float:
+    @property
+    def hbm_only(self) -> bool:
+        """Whether HBM is the only tier (no host memory, disk or shared store below it)."""
+        return self._n_local == 1 and self._shared is None
+
+    def use(self, instance: int, i: int, defer: bool = False) -> float:
         """Request ``i`` starts prefill on ``instance``: count the hits where they were found,
         then make the found blocks the most recent in HBM (loading those held lower down);
-        returns the seconds to load them."""
+        returns the seconds to load them.
+
+        ``defer`` (HBM only): the hits are all in HBM already, so the touch only reorders;
+        it is kept until :meth:`settle`, which applies it or drops it."""
         path = self._path(i)
         n_blocks = self._tree.path_blocks(i)
         self.lookups += 1
@@ -228,8 +238,25 @@ class PrefixCache(PrefixLookup):
         end_seg = n_seg
         while end_seg < len(path) and start[path[end_seg]] < found:
             end_seg += 1
-        self.inserted_blocks += self._touch(instance, path[:end_seg], found)
+        if defer and self.hbm_only:
+            self._deferred.setdefault(instance, []).append((path[:end_seg], found))
+        else:
+            self.inserted_blocks += self._touch(instance, path[:end_seg], found)
         return load_s
+
+    def settle(self, instance: int, superseded: bool) -> None:
+        """Apply the touches deferred on ``instance``, in order, or drop them when
+        ``superseded``: a prefill batch of one request, whose insert() at the batch's end
+        touches a superset of its path before anything else touches this instance (the
+        instance is busy meanwhile), leaving the same order and evicting the same blocks.
+
+        A touch found entirely in HBM adds nothing and evicts nothing, so deferring it to the
+        end of batch formation changes no lookup made in between."""
+        pending = self._deferred.pop(instance, None)
+        if pending is None or superseded:
+            return
+        for segments, found in pending:
+            self.inserted_blocks += self._touch(instance, segments, found)
 
     def _count_hit(self, hits: list[int], k: int, first_block: int, count: int, usable_tokens: int) -> None:
         """``count`` blocks from path position ``first_block`` were found in tier ``k``."""
