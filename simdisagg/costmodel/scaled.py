@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from simdisagg.costmodel.base import CostModel, decode_run_times_list, decode_times_bulk_s
+from simdisagg.costmodel.base import (
+    CostModel,
+    decode_run_times_list,
+    decode_times_bulk_s,
+)
 
 
 class ScaledCostModel:
