@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from calibration_fixtures import LLAMA_8B
 from typer.testing import CliRunner
 
 from calibrate.harness import (
@@ -43,20 +44,6 @@ TINY = ModelShape(
     head_dim=16,
     intermediate_size=128,
     vocab_size=256,
-    dtype_bytes=2,
-)
-LLAMA_8B = ModelShape(
-    name="llama-3.1-8b",
-    display_name="Llama-3.1-8B",
-    provenance="datasheet",
-    source="meta-llama/Llama-3.1-8B config.json",
-    num_layers=32,
-    hidden_size=4096,
-    num_heads=32,
-    num_kv_heads=8,
-    head_dim=128,
-    intermediate_size=14336,
-    vocab_size=128256,
     dtype_bytes=2,
 )
 

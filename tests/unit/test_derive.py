@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from calibration_fixtures import LLAMA_8B, TRUE, gpu_dict
 from typer.testing import CliRunner
 
 from simdisagg.cli_calibrate import _standalone
@@ -15,51 +16,7 @@ from simdisagg.costmodel.fitted import FittedCostModel, ShardShape
 from simdisagg.derive import derive_fit, render_derivation
 from simdisagg.errors import CalibrationError
 from simdisagg.fit import fit_measured, synthetic_measurement, write_fit
-from simdisagg.hardware import GPUProfile, ModelShape
-
-MODEL = ModelShape(
-    name="llama-3.1-8b",
-    display_name="Llama-3.1-8B",
-    provenance="datasheet",
-    source="meta-llama/Llama-3.1-8B config.json",
-    num_layers=32,
-    hidden_size=4096,
-    num_heads=32,
-    num_kv_heads=8,
-    head_dim=128,
-    intermediate_size=14336,
-    vocab_size=128256,
-    dtype_bytes=2,
-)
-COEF = {
-    "prefill": {
-        "const": 4e-3,
-        "gemm_flops": 1 / 600e12,
-        "attn_flops": 1 / 400e12,
-        "kv_bytes": 1 / 2e12,
-        "prompts": 50e-6,
-    },
-    "decode": {"const": 6e-3, "gemm_flops": 1 / 300e12, "kv_bytes": 1 / 2.4e12},
-    "transfer_d2d": {"const": 10e-6, "bytes": 2 / 2.8e12},
-    "transfer_h2d": {"const": 10e-6, "bytes": 1 / 50e9},
-}
-
-
-def gpu_dict(name: str, flops: float, bw: float, nvlink: float) -> dict:
-    """A GPU profile as YAML data (test figures)."""
-    s = {"source": "test figure"}
-    return {
-        "name": name,
-        "display_name": name.upper(),
-        "provenance": "datasheet",
-        "dense_bf16_flops_per_s": {"value": flops, **s},
-        "hbm_bandwidth_bytes_per_s": {"value": bw, **s},
-        "hbm_capacity_bytes": {"value": 80e9, **s},
-        "power_w": {"value": 700, **s},
-        "price_per_hour_usd": {"value": 3.0, **s},
-        "intra_node_bandwidth_bytes_per_s": {"value": nvlink, **s},
-    }
-
+from simdisagg.hardware import GPUProfile
 
 SOURCE = GPUProfile.model_validate(gpu_dict("h100-sxm", 989e12, 3.35e12, 450e9))
 TARGET = GPUProfile.model_validate(gpu_dict("b200", 2250e12, 8.0e12, 900e9))
@@ -68,7 +25,7 @@ TARGET = GPUProfile.model_validate(gpu_dict("b200", 2250e12, 8.0e12, 900e9))
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("m") / "measured" / "h100-sxm" / "llama-3.1-8b-tp1"
-    synthetic_measurement(folder, ShardShape.of(MODEL, 1), COEF, noise=0.01, seed=4, device="cuda")
+    synthetic_measurement(folder, ShardShape.of(LLAMA_8B, 1), TRUE, noise=0.01, seed=4, device="cuda")
     result = fit_measured(folder)
     write_fit(folder, result, plot=False)
     return result.fit
@@ -143,7 +100,7 @@ def test_derive_refuses_cpu_derived_or_mismatched_sources(measured: dict) -> Non
 
 def test_tp_shard_uses_target_intra_node_bandwidth(tmp_path: Path) -> None:
     """A tp>1 derived fit carries a modelled all-reduce over the target's NVLink bandwidth."""
-    synthetic_measurement(tmp_path, ShardShape.of(MODEL, 2), COEF, noise=0.0, device="cuda")
+    synthetic_measurement(tmp_path, ShardShape.of(LLAMA_8B, 2), TRUE, noise=0.0, device="cuda")
     fit = fit_measured(tmp_path).fit
     d = derive_fit(fit, SOURCE, TARGET)
     assert d["allreduce"]["provenance"] == "modelled"
@@ -158,7 +115,7 @@ def test_fit_cli_derive_to_writes_derived_profile(tmp_path: Path) -> None:
     for g in (gpu_dict("h100-sxm", 989e12, 3.35e12, 450e9), gpu_dict("b200", 2250e12, 8.0e12, 900e9)):
         (profiles / "gpus" / f"{g['name']}.yaml").write_text(yaml.safe_dump(g))
     folder = profiles / "measured" / "h100-sxm" / "llama-3.1-8b-tp1"
-    synthetic_measurement(folder, ShardShape.of(MODEL, 1), COEF, noise=0.01, device="cuda")
+    synthetic_measurement(folder, ShardShape.of(LLAMA_8B, 1), TRUE, noise=0.01, device="cuda")
     result = CliRunner().invoke(
         _standalone(), ["fit", str(folder), "--no-plot", "--derive-to", "b200", "--profiles-dir", str(profiles)]
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from calibration_fixtures import LLAMA_8B, TRUE, gpu_dict
 
 from simdisagg.costmodel.base import CostModel
 from simdisagg.costmodel.fitted import FittedCostModel, ShardShape, find_fitted
@@ -26,54 +27,7 @@ from simdisagg.fit import (
     synthetic_measurement,
     write_fit,
 )
-from simdisagg.hardware import GPUProfile, ModelShape
-
-LLAMA_8B = ModelShape(
-    name="llama-3.1-8b",
-    display_name="Llama-3.1-8B",
-    provenance="datasheet",
-    source="meta-llama/Llama-3.1-8B config.json",
-    num_layers=32,
-    hidden_size=4096,
-    num_heads=32,
-    num_kv_heads=8,
-    head_dim=128,
-    intermediate_size=14336,
-    vocab_size=128256,
-    dtype_bytes=2,
-)
-
-#: Hopper-like efficiencies: s/FLOP, s/byte, s.
-TRUE = {
-    "prefill": {
-        "const": 4e-3,
-        "gemm_flops": 1 / 600e12,
-        "attn_flops": 1 / 400e12,
-        "kv_bytes": 1 / 2e12,
-        "prompts": 50e-6,
-    },
-    "decode": {"const": 6e-3, "gemm_flops": 1 / 300e12, "kv_bytes": 1 / 2.4e12},
-    "transfer_d2d": {"const": 10e-6, "bytes": 2 / 2.8e12},
-    "transfer_h2d": {"const": 10e-6, "bytes": 1 / 50e9},
-}
-
-
-def gpu_profile(
-    name: str = "h100-sxm", flops: float = 989e12, bw: float = 3.35e12, nvlink: float = 450e9
-) -> GPUProfile:
-    """A GPU profile with the given datasheet figures (test values)."""
-    s = {"source": "test figure"}
-    return GPUProfile(
-        name=name,
-        display_name=name,
-        provenance="datasheet",
-        dense_bf16_flops_per_s={"value": flops, **s},
-        hbm_bandwidth_bytes_per_s={"value": bw, **s},
-        hbm_capacity_bytes={"value": 80e9, **s},
-        power_w={"value": 700, **s},
-        price_per_hour_usd={"value": 3.0, **s},
-        intra_node_bandwidth_bytes_per_s={"value": nvlink, **s},
-    )
+from simdisagg.hardware import GPUProfile
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +227,7 @@ def test_tensor_parallel_adds_modelled_allreduce(tmp_path: Path) -> None:
     fit = {**fit, "allreduce": None}
     with pytest.raises(ConfigError):
         FittedCostModel(fit)
-    gpu = gpu_profile(nvlink=400e9)
+    gpu = GPUProfile.model_validate(gpu_dict(nvlink=400e9))
     model = FittedCostModel(fit, gpu=gpu)
     single = FittedCostModel({**fit, "shard": {**fit["shard"], "tp": 1}})
     b = 16
