@@ -185,7 +185,7 @@ class AggregatedInstance(ContinuousBatch):
         self._run_steps = 0
         if decode_batch:
             # A mixed iteration: the decode batch produced one token each.
-            self.rec.log_steps([duration], decode_batch)
+            self.rec.steps.add([duration], decode_batch)
             self.steps_done += 1
             self._mixed_first(duration)
         still: list[list[int]] = []

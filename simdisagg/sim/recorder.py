@@ -1,10 +1,10 @@
 """Columnar recording of what happened: one row per request, decode runs, time integrals.
 
 Nothing here holds a Python object per request or per token. Each request is an index into
-preallocated numpy columns; decode step durations go into a :class:`StepLog` (one float per
-*step*, shared by every request in the batch, with the batch size as its weight; exact up to a
-few million steps, then a fine log-bucketed histogram, so its memory stays bounded however
-long the simulated span); levels such as KV blocks in use are kept as running time integrals
+preallocated numpy columns; decode steps go into a :class:`StepLog` (a record per run of
+steps between two batch changes, weighted by the batch size, whose durations the cost model
+gives again when asked; exact up to a few million steps, then a fine log-bucketed histogram,
+so its memory stays bounded however long the simulated span); levels such as KV blocks in use are kept as running time integrals
 (salabim-style level monitors), so nothing is sampled on a timer.
 """
 
@@ -308,7 +308,7 @@ class Recorder:
         self.kv_bytes_sent = np.zeros(n_requests, dtype=np.int64)
         self.status = np.zeros(n_requests, dtype=np.int8)
         self.reject_reason: dict[int, str] = {}
-        # Decode (and aggregated) step log: one duration per iteration, weighted by batch size.
+        # Decode (and aggregated) steps, each weighted by the tokens it produced (batch size).
         self.steps = StepLog()
         # The first decode step of each request (its duration; replaced by the real first gap
         # in the inter-token latency distribution).
@@ -324,10 +324,6 @@ class Recorder:
         """Mark request ``i`` as rejected with a reason (it will never be served)."""
         self.status[i] = STATUS_REJECTED
         self.reject_reason[i] = reason
-
-    def log_steps(self, durations_s: np.ndarray | list[float], batch_size: int) -> None:
-        """Log decode iterations that each produced one token for ``batch_size`` requests."""
-        self.steps.add(durations_s, batch_size)
 
 
 @dataclass(slots=True)
