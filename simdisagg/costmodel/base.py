@@ -12,6 +12,7 @@ padding to the longest request is implied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -54,8 +55,9 @@ class CostModel(Protocol):
         ...
 
 
-def decode_run_times_list(cost: CostModel, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:
-    """:meth:`CostModel.decode_run_times_s` as a list of floats, for short runs.
+def short_run_times(cost: CostModel) -> Callable[[int, int, int], list[float]]:
+    """The function giving :meth:`CostModel.decode_run_times_s` as a list of floats, for short
+    runs: resolve it once, then call it per run.
 
     A numpy call costs microseconds however short the run, and most decode runs between two
     batch changes are a few steps long; models that can, compute short runs in plain floats
@@ -63,8 +65,8 @@ def decode_run_times_list(cost: CostModel, batch_size: int, context_tokens: int,
     is bit for bit what the vectorised method returns."""
     fast = getattr(cost, "decode_run_times_list", None)
     if fast is not None:
-        return fast(batch_size, context_tokens, n_steps)  # type: ignore[no-any-return]
-    return cost.decode_run_times_s(batch_size, context_tokens, n_steps).tolist()  # type: ignore[no-any-return]
+        return fast  # type: ignore[no-any-return]
+    return lambda batch, context, steps: cost.decode_run_times_s(batch, context, steps).tolist()
 
 
 def decode_times_bulk_s(cost: CostModel, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:

@@ -6,8 +6,8 @@ import numpy as np
 
 from simdisagg.costmodel.base import (
     CostModel,
-    decode_run_times_list,
     decode_times_bulk_s,
+    short_run_times,
 )
 
 
@@ -18,6 +18,7 @@ class ScaledCostModel:
         if scale <= 0:
             raise ValueError("scale must be > 0")
         self.inner, self.scale = inner, scale
+        self._inner_short_run = short_run_times(inner)
         self.label = f"{inner.label}×{scale:g}"
 
     def prefill_time_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> float:
@@ -35,7 +36,7 @@ class ScaledCostModel:
     def decode_run_times_list(self, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:
         """The inner decode run in plain floats, scaled (for short runs)."""
         scale = self.scale
-        return [scale * x for x in decode_run_times_list(self.inner, batch_size, context_tokens, n_steps)]
+        return [scale * x for x in self._inner_short_run(batch_size, context_tokens, n_steps)]
 
     def decode_times_bulk_s(self, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
         """The inner model's steps in bulk, scaled."""

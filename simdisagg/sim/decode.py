@@ -28,7 +28,7 @@ from itertools import accumulate
 import numpy as np
 import simpy
 
-from simdisagg.costmodel.base import CostModel, decode_run_times_list
+from simdisagg.costmodel.base import CostModel, short_run_times
 from simdisagg.sim.clock import EARLY, LATE, call_at, nothing_else_now
 from simdisagg.sim.recorder import InstanceStats, Recorder
 
@@ -65,6 +65,7 @@ class ContinuousBatch:
         self._run_start_at = 0.0
         self._run_context = 0  # total context of the current run's first step
         self._cost_key = rec.steps.cost_key(cost)
+        self._short_run = short_run_times(cost)
         # The absolute end time of each step of the current run (a list for a short run, an
         # array for a long one).
         self._run_ends: list[float] | np.ndarray | None = None
@@ -175,7 +176,7 @@ class ContinuousBatch:
         times: list[float] | np.ndarray
         ends: list[float] | np.ndarray
         if n <= SHORT_RUN_STEPS:
-            times = decode_run_times_list(self.cost, b, ctx0, n)
+            times = self._short_run(b, ctx0, n)
             ends = list(accumulate(times, initial=now))  # in order, as the clock adds
             del ends[0]
             first, last_end = times[0], ends[-1]

@@ -278,7 +278,7 @@ def test_bad_raw_files_raise_calibration_error(tmp_path: Path, shard: ShardShape
 def test_bulk_and_short_run_decode_times_match_the_run_bit_for_bit(noisy_fit: tuple[Path, dict]) -> None:
     """The step log recomputes fast-forwarded runs in bulk: each step must be exactly the
     duration the run had (the fitted model's per-row arithmetic is the same either way)."""
-    from simdisagg.costmodel.base import decode_run_times_list, decode_times_bulk_s
+    from simdisagg.costmodel.base import decode_times_bulk_s, short_run_times
 
     folder, _ = noisy_fit
     model = FittedCostModel.from_path(folder)
@@ -286,4 +286,4 @@ def test_bulk_and_short_run_decode_times_match_the_run_bit_for_bit(noisy_fit: tu
         run = model.decode_run_times_s(batch, context, steps)
         bulk = decode_times_bulk_s(model, np.full(steps, batch), context + batch * np.arange(steps))
         assert np.array_equal(run, bulk)
-        assert decode_run_times_list(model, batch, context, steps) == run.tolist()
+        assert short_run_times(model)(batch, context, steps) == run.tolist()

@@ -125,7 +125,7 @@ def test_short_runs_and_bulk_steps_match_the_vectorised_run_bit_for_bit(index: i
     """A short run computed in plain floats, and steps recomputed in bulk from run records,
     equal ``decode_run_times_s`` element by element (fast-forward's identical-timestamps
     guarantee and the step log both rest on it)."""
-    from simdisagg.costmodel.base import decode_run_times_list, decode_times_bulk_s
+    from simdisagg.costmodel.base import decode_times_bulk_s, short_run_times
 
     cost = _cost_models()[index]
     rng = np.random.default_rng(index)
@@ -134,7 +134,7 @@ def test_short_runs_and_bulk_steps_match_the_vectorised_run_bit_for_bit(index: i
     fixed = [(4000, 4000, 50), (1000, 100_000, 400), (300, 30_000, 100)]
     for batch, context, steps in fixed + draws:
         run = cost.decode_run_times_s(batch, context, steps)  # type: ignore[attr-defined]
-        assert decode_run_times_list(cost, batch, context, steps) == run.tolist()  # type: ignore[arg-type]
+        assert short_run_times(cost)(batch, context, steps) == run.tolist()  # type: ignore[arg-type]
         bulk = decode_times_bulk_s(cost, np.full(steps, batch), context + batch * np.arange(steps))  # type: ignore[arg-type]
         assert np.array_equal(bulk, run)
 
