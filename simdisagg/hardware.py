@@ -81,6 +81,9 @@ class ModelShape(BaseModel):
     vocab_size: int = Field(gt=0)
     dtype_bytes: int = Field(gt=0)
     tie_word_embeddings: bool = False
+    #: Longest sequence (prompt plus answer) the model serves: ``max_position_embeddings`` of its
+    #: config, as serving engines take it for ``max_model_len``. ``None`` only for test shapes.
+    context_window_tokens: int | None = Field(default=None, gt=0)
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -184,6 +184,12 @@ def simulate(
 
     # Requests that can never be served, whatever the load.
     never: dict[int, str] = {}
+    window = store.model(cfg.model).context_window_tokens
+    if window is not None:
+        # A serving engine refuses a request whose prompt plus answer pass max_model_len.
+        total = trace.input_tokens + trace.output_tokens
+        for i in np.flatnonzero(total > window).tolist():
+            never[i] = f"prompt and answer need {int(total[i])} tokens, more than the model's context window of {window}"
     instances_stats: list[InstanceStats] = rec.instances
 
     if cfg.mode == "aggregated":
@@ -199,9 +205,7 @@ def simulate(
             )
         need = -(-(trace.input_tokens + trace.output_tokens) // plan.kv_block_tokens)
         for i in np.flatnonzero(need > plan.kv_capacity_blocks).tolist():
-            never[i] = (
-                f"needs {int(need[i])} KV blocks, more than an instance's {plan.kv_capacity_blocks}"
-            )
+            never.setdefault(i, f"needs {int(need[i])} KV blocks, more than an instance's {plan.kv_capacity_blocks}")
         agg: list[AggregatedInstance] = []
         for k in range(pool.count):
             stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks))
@@ -248,9 +252,11 @@ def simulate(
         need_p = -(-trace.input_tokens // pplan.kv_block_tokens)
         need_d = -(-(trace.input_tokens + trace.output_tokens) // dplan.kv_block_tokens)
         for i in np.flatnonzero(need_d > dplan.kv_capacity_blocks).tolist():
-            never[i] = f"needs {int(need_d[i])} KV blocks, more than a decode instance's {dplan.kv_capacity_blocks}"
+            never.setdefault(i, f"needs {int(need_d[i])} KV blocks, more than a decode instance's {dplan.kv_capacity_blocks}")
         for i in np.flatnonzero(need_p > pplan.kv_capacity_blocks).tolist():
-            never[i] = f"prompt needs {int(need_p[i])} KV blocks, more than a prefill instance's {pplan.kv_capacity_blocks}"
+            never.setdefault(
+                i, f"prompt needs {int(need_p[i])} KV blocks, more than a prefill instance's {pplan.kv_capacity_blocks}"
+            )
         link_profile = store.link(cfg.link.preset)
         bandwidth = (
             link_profile.bandwidth_bytes_per_s.value

@@ -114,14 +114,18 @@ def test_request_larger_than_kv_memory_is_reported_rejected(tmp_path: Path) -> N
     trace = tmp_path / "big.jsonl"
     trace.write_text(
         '{"timestamp": 0, "input_length": 100, "output_length": 5}\n'
-        '{"timestamp": 1, "input_length": 900000, "output_length": 5}\n'
+        '{"timestamp": 1, "input_length": 60000, "output_length": 5}\n'
+        '{"timestamp": 2, "input_length": 900000, "output_length": 5}\n'
     )
-    res = _run("run", trace, "--no-compare", "--out", tmp_path / "o")
+    config = tmp_path / "small-kv.yaml"
+    config.write_text("decode: {count: 1, kv_capacity_tokens: 50000}\n")
+    res = _run("run", trace, "--config", config, "--no-compare", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert summary["completed"] == 1 and summary["rejected"] == 1
+    assert summary["completed"] == 1 and summary["rejected"] == 2
     frame = pd.read_csv(tmp_path / "o" / "requests.csv")
     assert "KV blocks" in frame.loc[1, "reject_reason"]
+    assert "context window" in frame.loc[2, "reject_reason"]
 
 
 def test_profiles_listing() -> None:

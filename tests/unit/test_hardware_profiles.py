@@ -188,3 +188,26 @@ def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
 def test_profiles_dir_must_be_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a folder"):
         ProfileStore(tmp_path / "missing")
+
+
+def test_every_shipped_model_has_a_context_window(store: ProfileStore) -> None:
+    for name in store.names("models"):
+        window = store.model(name).context_window_tokens
+        assert window is not None and window >= 32_768, name
+
+
+def test_request_beyond_the_context_window_is_rejected_with_a_reason() -> None:
+    from simdisagg import RunConfig, simulate
+    from simdisagg.sim.recorder import STATUS_COMPLETED, STATUS_REJECTED
+    from simdisagg.trace import TraceBuilder
+
+    b = TraceBuilder("window-test")
+    b.add(line=1, timestamp_s=0.0, input_tokens=131_000, output_tokens=72)  # exactly 131,072: served
+    b.add(line=2, timestamp_s=0.0, input_tokens=131_000, output_tokens=73)  # one token over
+    trace = b.build()
+    cfg = RunConfig(model="llama-3.1-8b", prefill={"count": 1, "tp": 2}, decode={"count": 1, "tp": 2})
+    result = simulate(cfg, trace)
+    status = result.recorder.status
+    assert status[0] == STATUS_COMPLETED
+    assert status[1] == STATUS_REJECTED
+    assert "context window of 131072" in result.recorder.reject_reason[1]
