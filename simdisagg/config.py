@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simdisagg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from simdisagg.hardware import ModelShape, ProfileStore
 
 
 class _Frozen(BaseModel):
@@ -157,6 +160,18 @@ class ExponentialCost(_Frozen):
 CostConfig = Annotated[AutoCost | RooflineCost | ConstantCost | ExponentialCost, Field(discriminator="kind")]
 
 
+class PrecisionConfig(_Frozen):
+    """Number formats the model is served in: weights (and the GEMMs that read them) and the
+    KV cache. ``fp8`` weights are 1 byte per parameter; ``fp4`` (NVFP4) 0.5 byte plus one
+    FP8 scale per 16 parameters; ``fp8`` KV is 1 byte per element."""
+
+    weights: Literal["bf16", "fp8", "fp4"] = "bf16"
+    kv_cache: Literal["bf16", "fp8"] = "bf16"
+
+
+Framework = Literal["vllm", "sglang", "trtllm"]
+
+
 class AggregatedConfig(_Frozen):
     """Options of the aggregated baseline (instances that do both phases)."""
 
@@ -178,6 +193,10 @@ class RunConfig(_Frozen):
     prefix_cache: PrefixCacheConfig = PrefixCacheConfig()
     slo: SLOConfig = SLOConfig()
     cost: CostConfig = AutoCost()
+    precision: PrecisionConfig = PrecisionConfig()
+    framework: Framework = Field(
+        default="vllm", description="serving framework whose measured kernels and overheads a measured profile uses"
+    )
     seed: int = Field(default=0, ge=0)
     rate_scale: float = Field(default=1.0, gt=0, description="replay open-loop arrivals this many times faster")
     exact_steps: bool = Field(default=False, description="one event per decode iteration (reference mode)")
@@ -204,6 +223,10 @@ class RunConfig(_Frozen):
         return self.decode.model_copy(
             update={"count": gpus // tp, "tp": tp, "gpu": self.aggregated.gpu or self.decode.gpu}
         )
+
+    def model_shape(self, store: ProfileStore) -> ModelShape:
+        """The model's shape from ``store``, served at this run's precision."""
+        return store.model(self.model).served_at(self.precision.weights, self.precision.kv_cache)
 
     def as_aggregated(self) -> RunConfig:
         """The aggregated baseline of this config on the same GPUs."""

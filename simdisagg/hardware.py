@@ -15,6 +15,7 @@ package (``simdisagg/_profiles``, force-included into the wheel), else in the ch
 from __future__ import annotations
 
 import functools
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -64,6 +65,15 @@ class LinkProfile(BaseModel):
     notes: str = ""
 
 
+#: Bytes per weight parameter of each serving precision. NVFP4 stores 4-bit values with one FP8
+#: scale per 16 (NVIDIA's NVFP4 format: 0.5 + 1/16 bytes); per-tensor scales of FP8 are
+#: negligible. Embeddings and norms are counted at the same rate (real FP8/FP4 checkpoints often
+#: keep them in BF16: a small underestimate of weight bytes).
+WEIGHT_BYTES_PER_PARAM: dict[str, float] = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
+#: Bytes per KV-cache element of each KV precision.
+KV_BYTES_PER_ELEMENT: dict[str, int] = {"bf16": 2, "fp8": 1}
+
+
 class ModelShape(BaseModel):
     """A dense decoder-only transformer's shape, from its published config."""
 
@@ -84,11 +94,33 @@ class ModelShape(BaseModel):
     #: Longest sequence (prompt plus answer) the model serves: ``max_position_embeddings`` of its
     #: config, as serving engines take it for ``max_model_len``. ``None`` only for test shapes.
     context_window_tokens: int | None = Field(default=None, gt=0)
+    #: Serving precision, set by :meth:`served_at` (``None``: the checkpoint's ``dtype_bytes``).
+    weight_bytes_per_param: float | None = Field(default=None, gt=0)
+    kv_bytes_per_element: int | None = Field(default=None, gt=0)
+    weight_format: str = "bf16"
+    kv_format: str = "bf16"
+
+    def served_at(self, weights: str = "bf16", kv_cache: str = "bf16") -> ModelShape:
+        """This shape served with ``weights`` (bf16, fp8 or fp4) and a ``kv_cache`` (bf16 or
+        fp8): bytes per weight and per KV element follow (:data:`WEIGHT_BYTES_PER_PARAM`)."""
+        if weights not in WEIGHT_BYTES_PER_PARAM:
+            raise ConfigError(f"unknown weight precision '{weights}' (known: {', '.join(WEIGHT_BYTES_PER_PARAM)})")
+        if kv_cache not in KV_BYTES_PER_ELEMENT:
+            raise ConfigError(f"unknown KV-cache precision '{kv_cache}' (known: {', '.join(KV_BYTES_PER_ELEMENT)})")
+        return self.model_copy(
+            update={
+                "weight_bytes_per_param": WEIGHT_BYTES_PER_PARAM[weights],
+                "kv_bytes_per_element": KV_BYTES_PER_ELEMENT[kv_cache],
+                "weight_format": weights,
+                "kv_format": kv_cache,
+            }
+        )
 
     @property
     def kv_bytes_per_token(self) -> int:
         """K and V for every layer and KV head of one token, whole model (all TP shards)."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+        element = self.kv_bytes_per_element or self.dtype_bytes
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element
 
     @property
     def layer_params(self) -> int:
@@ -111,9 +143,17 @@ class ModelShape(BaseModel):
         return self.num_layers * self.layer_params + self.lm_head_params + embed + self.hidden_size
 
     @property
+    def iteration_weight_bytes(self) -> float:
+        """Bytes of weights every forward pass reads: all layers and the LM head (the input
+        embedding is a gather of a few rows)."""
+        per_param = self.weight_bytes_per_param or self.dtype_bytes
+        return float((self.num_layers * self.layer_params + self.lm_head_params) * per_param)
+
+    @property
     def weight_bytes(self) -> int:
-        """Bytes of all weights at the model's dtype."""
-        return self.total_params * self.dtype_bytes
+        """Bytes of all weights at the serving precision (the checkpoint's dtype by default)."""
+        per_param = self.weight_bytes_per_param or self.dtype_bytes
+        return int(math.ceil(self.total_params * per_param))
 
 
 def _default_roots() -> list[Path]:

@@ -409,7 +409,7 @@ class Screener:
             from simdisagg.rng import Streams
 
             self._models[key] = make_cost_model(
-                self.base.cost, self.store.model(self.base.model), self.store.gpu(gpu), tp,
+                self.base.cost, self.base.model_shape(self.store), self.store.gpu(gpu), tp,
                 Streams(self.base.seed), self.store, role=role,
             )
         return self._models[key]
@@ -417,7 +417,7 @@ class Screener:
     def _kv_tokens(self, gpu: str, tp: int) -> int:
         from simdisagg.sim.decode import kv_capacity_blocks
 
-        model = self.store.model(self.base.model)
+        model = self.base.model_shape(self.store)
         pool = self.base.decode
         blocks = kv_capacity_blocks(
             self.store.gpu(gpu).hbm_capacity_bytes.value, tp, pool.gpu_memory_utilisation,
@@ -514,7 +514,7 @@ class Screener:
         slo, load = self.base.slo, self.load
         mean_out = float(load.output_tokens.mean())
         decode_slack = slo.ttft_s + slo.tpot_s * mean_out
-        model = self.store.model(self.base.model)
+        model = self.base.model_shape(self.store)
         for gpu, tp, n in ((cand.prefill_gpu, cand.prefill_tp, cand.prefill_count),
                            (cand.decode_gpu, cand.decode_tp, cand.decode_count)):
             if n and self._kv_tokens(gpu, tp) < 1:

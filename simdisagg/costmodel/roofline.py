@@ -27,6 +27,9 @@ import numpy as np
 
 from simdisagg.hardware import GPUProfile, ModelShape
 
+#: Bytes per activation element (BF16) in all-reduces, whatever the weights' precision.
+ACTIVATION_BYTES = 2
+
 
 @dataclass(frozen=True, slots=True)
 class RooflineParams:
@@ -61,12 +64,13 @@ class RooflineCostModel:
         self._linear_flops_per_token = 2.0 * m.num_layers * m.layer_params
         self._lm_head_flops_per_row = 2.0 * m.lm_head_params
         self._attn_flops_per_pair = 4.0 * m.num_layers * m.num_heads * m.head_dim
-        self._weight_bytes = float((m.num_layers * m.layer_params + m.lm_head_params) * m.dtype_bytes)
+        self._weight_bytes = m.iteration_weight_bytes
         self._kv_bytes_per_token = float(m.kv_bytes_per_token)
         self._overhead_s = p.iteration_overhead_s
         if tp > 1:
             ring = 2.0 * (tp - 1) / tp / gpu.intra_node_bandwidth_bytes_per_s.value
-            self._ar_s_per_token = 2.0 * m.num_layers * m.hidden_size * m.dtype_bytes * ring
+            # Activations stay 16-bit whatever the weights' precision.
+            self._ar_s_per_token = 2.0 * m.num_layers * m.hidden_size * ACTIVATION_BYTES * ring
             self._ar_fixed_s = 2.0 * m.num_layers * p.allreduce_latency_s
         else:
             self._ar_s_per_token = 0.0

@@ -70,7 +70,7 @@ def _plan_pool(
     cost_scale: float,
     cache_fraction: float = 0.0,
 ) -> PoolPlan:
-    model = store.model(cfg.model)
+    model = cfg.model_shape(store)
     gpu = store.gpu(pool.gpu)
     cost = make_cost_model(cfg.cost, model, gpu, pool.tp, streams, store, role=role)
     if cost_scale != 1.0:
@@ -138,7 +138,7 @@ def simulate(
     inp: list[int] = trace.input_tokens.tolist()
     out: list[int] = trace.output_tokens.tolist()
     caching = cfg.prefix_cache.enabled and trace.has_hashes
-    kv_per_token = float(store.model(cfg.model).kv_bytes_per_token)
+    kv_per_token = float(cfg.model_shape(store).kv_bytes_per_token)
     caches: dict[str, PrefixCache] = {}
     router = Router(cfg.router, streams["router"], trace.session_index)
     status = rec.status
@@ -184,7 +184,7 @@ def simulate(
 
     # Requests that can never be served, whatever the load.
     never: dict[int, str] = {}
-    window = store.model(cfg.model).context_window_tokens
+    window = cfg.model_shape(store).context_window_tokens
     if window is not None:
         # A serving engine refuses a request whose prompt plus answer pass max_model_len.
         total = trace.input_tokens + trace.output_tokens
@@ -469,7 +469,7 @@ def _unloaded_service_s(
     if cfg.mode != "aggregated":
         link = store.link(cfg.link.preset)
         bw = link.bandwidth_bytes_per_s.value * min(cfg.prefill.tp, cfg.decode.tp) * cfg.link.bandwidth_scale
-        transfer_per_token = store.model(cfg.model).kv_bytes_per_token / bw
+        transfer_per_token = cfg.model_shape(store).kv_bytes_per_token / bw
         latency = link.latency_s.value
     in_session = np.flatnonzero(trace.session_index >= 0)
     if isinstance(cost_p, RooflineCostModel) and isinstance(cost_d, RooflineCostModel):

@@ -211,3 +211,29 @@ def test_request_beyond_the_context_window_is_rejected_with_a_reason() -> None:
     assert status[0] == STATUS_COMPLETED
     assert status[1] == STATUS_REJECTED
     assert "context window of 131072" in result.recorder.reject_reason[1]
+
+
+def test_serving_precision_sets_weight_and_kv_bytes(store: ProfileStore) -> None:
+    model = store.model("llama-3.1-8b")
+    fp8 = model.served_at("fp8", "fp8")
+    assert fp8.weight_bytes == model.total_params  # one byte per parameter
+    assert fp8.kv_bytes_per_token * 2 == model.kv_bytes_per_token
+    fp4 = model.served_at("fp4", "bf16")
+    assert fp4.weight_bytes == pytest.approx(model.total_params * (0.5 + 1 / 16), abs=1)
+    assert fp4.kv_bytes_per_token == model.kv_bytes_per_token
+    with pytest.raises(ConfigError, match="unknown weight precision 'int3'"):
+        model.served_at("int3")
+
+
+def test_fp8_kv_cache_doubles_the_kv_capacity() -> None:
+    from simdisagg import RunConfig
+    from simdisagg.sim.engine import _plan_pool
+    from simdisagg.rng import Streams
+
+    store = ProfileStore()
+    bf16 = RunConfig()
+    fp8_kv = RunConfig(precision={"kv_cache": "fp8"})
+    blocks = [
+        _plan_pool(cfg, cfg.decode, "decode", store, Streams(0), 1.0).kv_capacity_blocks for cfg in (bf16, fp8_kv)
+    ]
+    assert blocks[1] == pytest.approx(2 * blocks[0], abs=1)
