@@ -42,7 +42,7 @@ GPU=$("$PY" - 2>>"$LOG" <<'EOF'
 import sys
 try:
     import torch
-    import simdisagg.cli_calibrate  # noqa: F401  (pydantic, typer, yaml, scipy ...)
+    import simdisagg.cli.calibrate  # noqa: F401  (pydantic, typer, yaml, scipy ...)
     from calibrate.harness import guess_gpu_profile
     from simdisagg.hardware import ProfileStore
 except ImportError as exc:
@@ -66,7 +66,7 @@ for spec in $MODELS; do
   model=$(basename "$model_arg" .yaml)
   dest="$WORK/measured/$GPU/$model-tp$tp"
   echo "== calibrate $model tp$tp -> $dest ($(date -u +%H:%M:%S))" | tee -a "$LOG"
-  timeout -s INT "$CMD_TIMEOUT_S" "$PY" -m simdisagg.cli_calibrate calibrate \
+  timeout -s INT "$CMD_TIMEOUT_S" "$PY" -m simdisagg calibrate \
     --model "$model_arg" --tp "$tp" --gpu "$GPU" --out "$dest" --budget-s "$BUDGET_S" --force \
     --device "$DEVICE" --grid "$GRID" 2>&1 | tee -a "$LOG"
   if [ ! -f "$dest/raw.csv" ]; then
@@ -75,7 +75,7 @@ for spec in $MODELS; do
     continue
   fi
   echo "== fit $model tp$tp ($(date -u +%H:%M:%S))" | tee -a "$LOG"
-  timeout 40 "$PY" -m simdisagg.cli_calibrate fit "$dest" 2>&1 | tee -a "$LOG" || status=1
+  timeout 40 "$PY" -m simdisagg fit "$dest" 2>&1 | tee -a "$LOG" || status=1
   mkdir -p "$OUT/$model-tp$tp"
   cp "$dest/fit_report.md" "$dest/fit_plot.png" "$OUT/$model-tp$tp/" 2>/dev/null || true
 done

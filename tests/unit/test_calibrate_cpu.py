@@ -23,7 +23,7 @@ from calibrate.harness import (
     kv_capacity_tokens,
     load_grid,
 )
-from simdisagg.cli_calibrate import _standalone
+from simdisagg.cli.calibrate import _standalone
 from simdisagg.costmodel.fitted import FittedCostModel, ShardShape, find_fitted
 from simdisagg.errors import CalibrationError
 from simdisagg.fit import fit_measured, write_fit

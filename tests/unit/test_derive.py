@@ -11,7 +11,7 @@ import yaml
 from calibration_fixtures import LLAMA_8B, TRUE, gpu_dict
 from typer.testing import CliRunner
 
-from simdisagg.cli_calibrate import _standalone
+from simdisagg.cli.calibrate import _standalone
 from simdisagg.costmodel.fitted import FittedCostModel, ShardShape
 from simdisagg.derive import derive_fit, render_derivation
 from simdisagg.errors import CalibrationError

@@ -1,11 +1,11 @@
 """The ``simdisagg calibrate`` and ``simdisagg fit`` commands.
 
 Thin typer commands: parse, resolve profiles, call :mod:`calibrate.harness` /
-:mod:`simdisagg.fit` / :mod:`simdisagg.derive`, print. ``cli.py`` registers them on the main
-app (``app.command("calibrate")(calibrate_command)``, ``app.command("fit")(fit_command)``);
+:mod:`simdisagg.fit` / :mod:`simdisagg.derive`, print. :mod:`simdisagg.cli` registers them on the
+main app (``app.command("calibrate")(calibrate_command)``, ``app.command("fit")(fit_command)``);
 errors are :class:`~simdisagg.errors.SimdisaggError` subclasses, turned into one line by the
-app's error mapping. ``python -m simdisagg.cli_calibrate calibrate|fit ...`` runs them on
-their own (used by ``calibrate/run_on_device.sh``, where the main CLI may not be installed).
+app's error mapping. ``python -m simdisagg calibrate|fit ...`` runs them from a checkout on
+``PYTHONPATH`` (used by ``calibrate/run_on_device.sh``, where the package may not be installed).
 
 torch is imported only when a calibration starts; ``fit`` never needs it.
 """
@@ -194,7 +194,7 @@ def fit_command(
 
 
 def _standalone() -> typer.Typer:
-    """An app with just these two commands, for ``python -m simdisagg.cli_calibrate``."""
+    """An app with just these two commands (``python -m simdisagg.cli.calibrate``)."""
     app = typer.Typer(add_completion=False, no_args_is_help=True, help="simdisagg calibrate / fit")
     app.command("calibrate")(calibrate_command)
     app.command("fit")(fit_command)

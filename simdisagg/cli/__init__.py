@@ -209,9 +209,9 @@ def profiles(profiles_dir: ProfilesOpt = None) -> None:
     _run_guarded(body)
 
 
-from simdisagg.cli_calibrate import calibrate_command, fit_command  # noqa: E402
-from simdisagg.cli_plan import plan_command  # noqa: E402
-from simdisagg.cli_trace import trace_app  # noqa: E402
+from simdisagg.cli.calibrate import calibrate_command, fit_command  # noqa: E402
+from simdisagg.cli.plan import plan_command  # noqa: E402
+from simdisagg.cli.trace import trace_app  # noqa: E402
 
 app.add_typer(trace_app, name="trace", help="Convert, generate and describe traces.")
 app.command("calibrate")(calibrate_command)
