@@ -5,7 +5,7 @@ Thin typer commands: parse, resolve profiles, call :mod:`calibrate.harness` /
 main app (``app.command("calibrate")(calibrate_command)``, ``app.command("fit")(fit_command)``);
 errors are :class:`~simdisagg.errors.SimdisaggError` subclasses, turned into one line by the
 app's error mapping. ``python -m simdisagg calibrate|fit ...`` runs them from a checkout on
-``PYTHONPATH`` (used by ``calibrate/run_on_device.sh``, where the package may not be installed).
+``PYTHONPATH`` (``calibrate/run_on_device.sh`` does, where the package may not be installed).
 
 torch is imported only when a calibration starts; ``fit`` never needs it.
 """
@@ -13,7 +13,6 @@ torch is imported only when a calibration starts; ``fit`` never needs it.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from simdisagg.errors import CalibrationError, ConfigError, SimdisaggError
+from simdisagg.errors import CalibrationError, ConfigError
 from simdisagg.hardware import ModelShape, ProfileStore
 
 
@@ -194,33 +193,8 @@ def fit_command(
 
 
 def _standalone() -> typer.Typer:
-    """An app with just these two commands (``python -m simdisagg.cli.calibrate``)."""
+    """An app with just these two commands (for tests that need no other command)."""
     app = typer.Typer(add_completion=False, no_args_is_help=True, help="simdisagg calibrate / fit")
     app.command("calibrate")(calibrate_command)
     app.command("fit")(fit_command)
     return app
-
-
-def main() -> None:
-    """Run the standalone app, mapping simdisagg errors to one line and exit status 1."""
-    try:
-        _standalone()(standalone_mode=False)
-    except SimdisaggError as exc:
-        if os.environ.get("SIMDISAGG_DEBUG") == "1":
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
-    except Exception as exc:  # click usage errors in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-
-
-if __name__ == "__main__":
-    main()

@@ -125,7 +125,7 @@ def plan_command(
     with and without chunked prefill; each ranked by goodput, the highest request rate at which
     the SLO attainment target still holds."""
 
-    from simdisagg.cli import _run_guarded, build_overrides
+    from simdisagg.cli.common import _run_guarded, build_overrides
 
     def body() -> None:
         from rich.console import Console

@@ -181,15 +181,3 @@ def stats(
     for r in results:
         for change in r.changes:
             _console.print(f"[yellow]{r.trace.source}: {change}[/yellow]")
-
-
-if __name__ == "__main__":  # a local runner for trying the commands; `simdisagg trace` is the real entry
-    import sys
-
-    from simdisagg.errors import SimdisaggError
-
-    try:
-        trace_app(standalone_mode=False)
-    except SimdisaggError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
