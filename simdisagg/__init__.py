@@ -11,7 +11,8 @@ Public API::
 from simdisagg.config import RunConfig, resolve_config
 from simdisagg.metrics import summarize
 from simdisagg.sim.engine import simulate
-from simdisagg.trace import Trace, load_trace
+from simdisagg.importers import load_trace
+from simdisagg.trace import Trace
 
 __all__ = ["RunConfig", "Trace", "load_trace", "resolve_config", "simulate", "summarize"]
 __version__ = "0.1.0"

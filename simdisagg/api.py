@@ -12,7 +12,8 @@ from simdisagg.hardware import ProfileStore
 from simdisagg.metrics import summarize
 from simdisagg.sim.engine import simulate
 from simdisagg.sim.recorder import RunResult
-from simdisagg.trace import Trace, load_trace
+from simdisagg.importers import load_trace
+from simdisagg.trace import Trace
 
 
 @dataclass(slots=True)

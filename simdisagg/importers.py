@@ -212,6 +212,16 @@ def import_trace(
     return import_tracelab(path, session_arrival=session_arrival or "poisson", **agentic)
 
 
+def load_trace(path: str | Path, hash_block_tokens: int | None = None) -> Trace:
+    """Load any supported trace, detecting its format from the file.
+
+    Native JSONL (:func:`simdisagg.trace.load_jsonl`), Azure and BurstGPT CSV, agentic session
+    JSON and TraceLab; requests an import option left out or changed are reported as
+    :class:`TraceImportWarning` warnings (see :func:`load_any`).
+    """
+    return load_any(path, hash_block_tokens=hash_block_tokens)
+
+
 def load_any(path: str | Path, hash_block_tokens: int | None = None, **options: Any) -> Trace:
     """Load any supported trace (format auto-detected unless ``format=`` is given).
 

@@ -441,15 +441,3 @@ def write_jsonl(trace: Trace, path: str | Path, header: dict[str, Any] | None = 
 def _ms(seconds: float) -> float | int:
     ms = round(float(seconds) * 1000.0, 6)
     return int(round(ms)) if math.isclose(ms, round(ms)) else ms
-
-
-def load_trace(path: str | Path, hash_block_tokens: int | None = None) -> Trace:
-    """Load any supported trace, detecting its format from the file.
-
-    Native JSONL is built in; other formats (Azure CSV, BurstGPT, agentic session JSON,
-    TraceLab) are handled by :mod:`simdisagg.importers`.
-    """
-    path = Path(path)
-    from simdisagg import importers  # imported here: importers build on this module
-
-    return importers.load_any(path, hash_block_tokens=hash_block_tokens)

@@ -132,7 +132,7 @@ def plan_command(
 
         from simdisagg.config import resolve_config
         from simdisagg.plan import PlanSpec, SearchSettings
-        from simdisagg.trace import load_trace
+        from simdisagg.importers import load_trace
 
         if backend not in ("process", "ray"):
             raise ConfigError(f"--backend: '{backend}' is not process or ray")
