@@ -9,9 +9,9 @@ Public API::
 """
 
 from simdisagg.config import RunConfig, resolve_config
+from simdisagg.importers import load_trace
 from simdisagg.metrics import summarize
 from simdisagg.sim.engine import simulate
-from simdisagg.importers import load_trace
 from simdisagg.trace import Trace
 
 __all__ = ["RunConfig", "Trace", "load_trace", "resolve_config", "simulate", "summarize"]

@@ -9,10 +9,10 @@ from typing import Any
 
 from simdisagg.config import RunConfig
 from simdisagg.hardware import ProfileStore
+from simdisagg.importers import load_trace
 from simdisagg.metrics import summarize
 from simdisagg.sim.engine import simulate
 from simdisagg.sim.recorder import RunResult
-from simdisagg.importers import load_trace
 from simdisagg.trace import Trace
 
 

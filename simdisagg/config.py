@@ -3,15 +3,20 @@
 A :class:`RunConfig` is the whole story of a run. It can come from a YAML or JSON file
 (``--config``) and a handful of CLI flags override it; :func:`resolve_config` is the one place
 the two meet. Defaults live here, never at the point of use. Times are in seconds.
+
+Every number is checked against a sane range and its type is strict: a count is an integer
+(``true``, ``2.0`` or ``"2"`` are refused, not read as 1 or 2), a switch is a boolean, and a
+rate, time or size is a finite number. An error names the file and line of the setting, or the
+flag that set it.
 """
 
 from __future__ import annotations
 
-import json
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simdisagg.errors import ConfigError
@@ -20,29 +25,48 @@ if TYPE_CHECKING:
     from simdisagg.hardware import ModelShape, ProfileStore
 
 
+#: Sane limits: a value past them is a typo or a unit mistake, never a real setting.
+MAX_TTFT_TARGET_S = 600.0
+MAX_TPOT_TARGET_S = 10.0
+MAX_RATE_SCALE = 1e6
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _count(*, ge: int, le: int, **kw: Any) -> Any:
+    """A strict integer field in ``[ge, le]`` (booleans, floats and strings are refused)."""
+    return Field(strict=True, ge=ge, le=le, **kw)
+
+
+def _number(**kw: Any) -> Any:
+    """A strict, finite number field (an int is accepted, a boolean or a string is not)."""
+    return Field(strict=True, allow_inf_nan=False, **kw)
+
+
+Switch = Annotated[bool, Field(strict=True)]
 
 
 class PoolConfig(_Frozen):
     """One pool of identical instances (prefill, decode, or aggregated)."""
 
-    count: int = Field(default=1, ge=0, le=100_000, description="instances in the pool")
+    count: int = _count(default=1, ge=0, le=100_000, description="instances in the pool")
     gpu: str = Field(default="h100-sxm", description="GPU profile name")
-    tp: int = Field(default=1, ge=1, le=64, description="tensor-parallel GPUs per instance")
-    max_batch_size: int = Field(default=256, ge=1, description="most requests in a decode batch")
-    max_batched_tokens: int = Field(
-        default=8192, ge=1, description="token budget of one prefill (or chunked) iteration"
+    tp: int = _count(default=1, ge=1, le=64, description="tensor-parallel GPUs per instance")
+    max_batch_size: int = _count(default=256, ge=1, le=1_000_000, description="most requests in a decode batch")
+    max_batched_tokens: int = _count(
+        default=8192, ge=1, le=100_000_000, description="token budget of one prefill (or chunked) iteration"
     )
-    max_prefill_batch_requests: int | None = Field(
-        default=None, ge=1, description="most prompts in one prefill batch (1 = no batching)"
+    max_prefill_batch_requests: int | None = _count(
+        default=None, ge=1, le=1_000_000, description="most prompts in one prefill batch (1 = no batching)"
     )
-    gpu_memory_utilisation: float = Field(
+    gpu_memory_utilisation: float = _number(
         default=0.90, gt=0, le=1, description="fraction of HBM the engine may use (vLLM's default)"
     )
-    kv_block_tokens: int = Field(default=16, ge=1, description="tokens per paged-attention KV block")
-    kv_capacity_tokens: int | None = Field(
-        default=None, ge=1, description="override the KV capacity derived from memory (tokens)"
+    kv_block_tokens: int = _count(default=16, ge=1, le=65_536, description="tokens per paged-attention KV block")
+    kv_capacity_tokens: int | None = _count(
+        default=None, ge=1, le=10**13, description="override the KV capacity derived from memory (tokens)"
     )
 
     @property
@@ -62,7 +86,7 @@ class LinkConfig(_Frozen):
 
     preset: str = "ib-ndr-400"
     sharing: Literal["fifo", "fair_share"] = "fifo"
-    bandwidth_scale: float = Field(default=1.0, gt=0, description="scale the preset's bandwidth")
+    bandwidth_scale: float = _number(default=1.0, gt=0, le=1e6, description="scale the preset's bandwidth")
 
 
 PrefillPolicy = Literal[
@@ -79,8 +103,8 @@ class RouterConfig(_Frozen):
 
     prefill_policy: PrefillPolicy = "least_outstanding_tokens"
     decode_policy: Literal["least_loaded", "kv_aware", "session_affinity"] = "least_loaded"
-    kv_overlap_weight: float = Field(default=1.0, ge=0, description="kv_aware: weight of tokens to compute vs queued")
-    conditional_prefill_tokens: int | None = Field(default=None, ge=1)
+    kv_overlap_weight: float = _number(default=1.0, ge=0, le=1e6, description="kv_aware: weight of tokens to compute vs queued")
+    conditional_prefill_tokens: int | None = _count(default=None, ge=1, le=100_000_000)
 
 
 class TierConfig(_Frozen):
@@ -88,9 +112,9 @@ class TierConfig(_Frozen):
     ``tp`` times as much), except for ``shared_store``, one store for the whole cluster."""
 
     kind: Literal["host_dram", "nvme", "shared_store"]
-    capacity_bytes: float = Field(gt=0, description="per GPU, or total for shared_store")
-    read_bytes_per_s: float = Field(gt=0)
-    write_bytes_per_s: float = Field(gt=0)
+    capacity_bytes: float = _number(gt=0, le=1e18, description="per GPU, or total for shared_store")
+    read_bytes_per_s: float = _number(gt=0, le=1e15)
+    write_bytes_per_s: float = _number(gt=0, le=1e15)
 
 
 class PrefixCacheConfig(_Frozen):
@@ -100,9 +124,9 @@ class PrefixCacheConfig(_Frozen):
     blocks (LRU); ``decode_retain_fraction`` of each decode instance's KV memory keeps the
     context of finished requests, so a returning session's KV need not cross the link again."""
 
-    enabled: bool = True
-    hbm_fraction: float = Field(default=0.5, ge=0, lt=1)
-    decode_retain_fraction: float = Field(default=0.0, ge=0, lt=1)
+    enabled: Switch = True
+    hbm_fraction: float = _number(default=0.5, ge=0, lt=1)
+    decode_retain_fraction: float = _number(default=0.0, ge=0, lt=1)
     tiers: tuple[TierConfig, ...] = ()
 
     @field_validator("tiers")
@@ -117,20 +141,31 @@ class PrefixCacheConfig(_Frozen):
 class SLOConfig(_Frozen):
     """Latency targets. A request meets the SLO when both its TTFT and TPOT are within them."""
 
-    ttft_s: float = Field(default=2.0, gt=0)
-    tpot_s: float = Field(default=0.10, gt=0)
-    attainment: float = Field(default=0.90, gt=0, le=1, description="target fraction of requests")
+    ttft_s: float = _number(default=2.0, gt=0, description="TTFT target, seconds")
+    tpot_s: float = _number(default=0.10, gt=0, description="TPOT target, seconds")
+    attainment: float = _number(default=0.90, gt=0, le=1, description="target fraction of requests")
+
+    @field_validator("ttft_s", "tpot_s")
+    @classmethod
+    def _sane_target(cls, value: float, info: Any) -> float:
+        # Seconds: a target of thousands of seconds is almost always milliseconds typed as seconds.
+        limit = MAX_TTFT_TARGET_S if info.field_name == "ttft_s" else MAX_TPOT_TARGET_S
+        if value > limit:
+            raise ValueError(
+                f"{value:g} s is over the {limit:g} s limit; the unit is seconds (did you mean {value / 1000:g} s?)"
+            )
+        return value
 
 
 class RooflineCost(_Frozen):
     """Roofline model with named efficiency factors (assumed defaults, not measurements)."""
 
     kind: Literal["roofline"] = "roofline"
-    prefill_mfu: float = Field(default=0.55, gt=0, le=1)
-    decode_mfu: float = Field(default=0.55, gt=0, le=1)
-    memory_bandwidth_utilisation: float = Field(default=0.80, gt=0, le=1)
-    iteration_overhead_s: float = Field(default=2.0e-4, ge=0)
-    allreduce_latency_s: float = Field(default=1.0e-5, ge=0)
+    prefill_mfu: float = _number(default=0.55, gt=0, le=1)
+    decode_mfu: float = _number(default=0.55, gt=0, le=1)
+    memory_bandwidth_utilisation: float = _number(default=0.80, gt=0, le=1)
+    iteration_overhead_s: float = _number(default=2.0e-4, ge=0, le=10)
+    allreduce_latency_s: float = _number(default=1.0e-5, ge=0, le=1)
 
 
 class AutoCost(RooflineCost):
@@ -143,18 +178,18 @@ class ConstantCost(_Frozen):
     """Fixed service times, for queueing validation (M/D/1, M/D/c)."""
 
     kind: Literal["constant"] = "constant"
-    prefill_s: float = Field(default=0.1, gt=0)
-    prefill_s_per_token: float = Field(default=0.0, ge=0, description="adds tokens × this (M/G/1)")
-    decode_step_s: float = Field(default=0.02, gt=0)
-    decode_step_s_per_context_token: float = Field(default=0.0, ge=0)
+    prefill_s: float = _number(default=0.1, gt=0, le=3600)
+    prefill_s_per_token: float = _number(default=0.0, ge=0, le=10, description="adds tokens × this (M/G/1)")
+    decode_step_s: float = _number(default=0.02, gt=0, le=3600)
+    decode_step_s_per_context_token: float = _number(default=0.0, ge=0, le=10)
 
 
 class ExponentialCost(_Frozen):
     """Exponentially distributed prefill service times (M/M/1, M/M/c); constant decode steps."""
 
     kind: Literal["exponential"] = "exponential"
-    mean_prefill_s: float = Field(default=0.1, gt=0)
-    decode_step_s: float = Field(default=0.02, gt=0)
+    mean_prefill_s: float = _number(default=0.1, gt=0, le=3600)
+    decode_step_s: float = _number(default=0.02, gt=0, le=3600)
 
 
 CostConfig = Annotated[AutoCost | RooflineCost | ConstantCost | ExponentialCost, Field(discriminator="kind")]
@@ -175,8 +210,8 @@ Framework = Literal["vllm", "sglang", "trtllm"]
 class AggregatedConfig(_Frozen):
     """Options of the aggregated baseline (instances that do both phases)."""
 
-    chunked_prefill: bool = Field(default=False, description="mix prefill chunks into decode iterations")
-    tp: int | None = Field(default=None, ge=1, description="TP per instance (default: the decode pool's)")
+    chunked_prefill: Switch = Field(default=False, description="mix prefill chunks into decode iterations")
+    tp: int | None = _count(default=None, ge=1, le=64, description="TP per instance (default: the decode pool's)")
     gpu: str | None = Field(default=None, description="GPU type (default: the decode pool's)")
 
 
@@ -197,16 +232,25 @@ class RunConfig(_Frozen):
     framework: Framework = Field(
         default="vllm", description="serving framework whose measured kernels and overheads a measured profile uses"
     )
-    seed: int = Field(default=0, ge=0)
-    rate_scale: float = Field(default=1.0, gt=0, description="replay open-loop arrivals this many times faster")
-    exact_steps: bool = Field(default=False, description="one event per decode iteration (reference mode)")
+    seed: int = _count(default=0, ge=0, le=2**63 - 1)
+    rate_scale: float = _number(
+        default=1.0, gt=0, le=MAX_RATE_SCALE, description="replay open-loop arrivals this many times faster"
+    )
+    exact_steps: Switch = Field(default=False, description="one event per decode iteration (reference mode)")
 
     @model_validator(mode="after")
     def _check_counts(self) -> RunConfig:
         if self.mode == "disaggregated" and (self.prefill.count < 1 or self.decode.count < 1):
-            raise ValueError("disaggregated mode needs at least one prefill and one decode instance")
+            raise ValueError(
+                "disaggregated mode needs at least one prefill and one decode instance "
+                f"(prefill.count {self.prefill.count}, decode.count {self.decode.count})"
+            )
         if self.mode == "aggregated" and self.aggregated_pool().count < 1:
-            raise ValueError("aggregated mode needs at least one instance")
+            pool = self.aggregated_pool()
+            raise ValueError(
+                f"aggregated mode needs at least one instance: {self.prefill.gpus + self.decode.gpus} GPUs "
+                f"(prefill.count x prefill.tp + decode.count x decode.tp) do not make one TP-{pool.tp} instance"
+            )
         return self
 
     @property
@@ -234,23 +278,13 @@ class RunConfig(_Frozen):
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict (validated later, with the overrides)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
-    try:
-        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = getattr(exc, "lineno", None) or (mark.line + 1 if mark else None)
-        where = f":{line}" if line else ""
-        raise ConfigError(f"{path}{where}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of settings")
-    return data
+    """Read a YAML or JSON config file into a dict (validated later, with the overrides).
+
+    The dict remembers the line of each key (:class:`~simdisagg.inputs.Settings`), so that a
+    validation error names it; duplicate keys, deep nesting and non-UTF-8 text are refused."""
+    from simdisagg.inputs import load_settings
+
+    return load_settings(path, "config")
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -265,16 +299,133 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def resolve_config(config_file: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """Merge a config file and dotted CLI overrides (``None`` = not given) into a RunConfig."""
+def _known_fields(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
+    """The setting names the model accepts at ``path`` (for did-you-mean hints)."""
+    fields: dict[str, Any] = dict(model.model_fields)
+    for part in path:
+        info = fields.get(part)
+        if info is None:
+            return []
+        annotation = info.annotation
+        sub = getattr(annotation, "model_fields", None)
+        if sub is None:
+            # A union of config models (cost): the names any member accepts.
+            names: dict[str, Any] = {}
+            for arg in getattr(annotation, "__args__", ()):
+                names.update(getattr(arg, "model_fields", {}))
+            if not names:
+                return []
+            sub = names
+        fields = dict(sub)
+    return list(fields)
+
+
+def _setting_path(loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The keys of a pydantic error location that exist in the input (drops union tags)."""
+    out: list[str] = []
+    node: Any = data
+    for part in loc:
+        key = str(part)
+        if key.startswith("function-"):
+            continue
+        if isinstance(node, Mapping) and key in node:
+            out.append(key)
+            node = node[key]
+        elif isinstance(node, list | tuple) and key.isdigit() and int(key) < len(node):
+            out.append(key)
+            node = node[int(key)]
+        elif isinstance(node, Mapping):
+            # A key pydantic names that the input lacks: a missing field, or a union member's tag.
+            if key not in ("roofline", "auto", "constant", "exponential"):
+                out.append(key)
+    return tuple(out)
+
+
+def config_error(
+    exc: ValidationError,
+    data: Mapping[str, Any],
+    config_file: Path | None,
+    flags: Mapping[str, str] | None = None,
+    model: type[BaseModel] | None = None,
+) -> ConfigError:
+    """The first validation error as one line naming the flag that set the value, or the
+    config file and line of the setting."""
+    err = exc.errors()[0]
+    path = _setting_path(tuple(err["loc"]), data)
+    dotted = ".".join(path)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        known = _known_fields(model or RunConfig, path[:-1])
+        close = difflib.get_close_matches(path[-1], known, n=1, cutoff=0.6) if path else []
+        msg = f"unknown setting{f' (did you mean {close[0]!r}?)' if close else ''}; known: {', '.join(known)}"
+    elif err["type"] == "missing":
+        msg = "is missing"
+    elif err["type"] in ("int_type", "bool_type", "float_type", "string_type") and "input" in err:
+        msg = f"{msg}, got {err['input']!r}"
+    for key, flag in (flags or {}).items():
+        if key == dotted or (not dotted and key in msg):
+            return ConfigError(f"{flag}: {msg}")
+    if not dotted:
+        given = [flag for key, flag in (flags or {}).items() if key.split(".")[-1] in msg]
+        if given:
+            return ConfigError(f"{'/'.join(dict.fromkeys(given))}: {msg}")
+    where = ""
+    if config_file is not None:
+        lines = getattr(data, "lines", None)
+        line = data.line_of(path) if lines is not None else None  # type: ignore[attr-defined]
+        where = f"{config_file}:{line}: " if line is not None else f"{config_file}: "
+    return ConfigError(f"{where}field '{dotted or 'config'}': {msg}")
+
+
+def check_hardware(cfg: RunConfig, store: ProfileStore, where: Mapping[str, str] | None = None) -> None:
+    """Check a config against the hardware profiles before any work: the model, GPU and link
+    profiles exist, and every pool's TP degree splits the model
+    (:func:`~simdisagg.hardware.check_parallelism`), the aggregated baseline's included.
+
+    ``where`` names the flag or file that set a dotted key, for the message."""
+    from simdisagg.hardware import check_parallelism
+
+    names = where or {}
+    model = cfg.model_shape(store)
+    for key in ("prefill.gpu", "decode.gpu"):
+        store.gpu(cfg.prefill.gpu if key == "prefill.gpu" else cfg.decode.gpu)
+    if cfg.aggregated.gpu is not None:
+        store.gpu(cfg.aggregated.gpu)
+    store.link(cfg.link.preset)
+    pools = [("prefill.tp", cfg.prefill.tp), ("decode.tp", cfg.decode.tp)]
+    if cfg.aggregated.tp is not None:
+        pools.append(("aggregated.tp", cfg.aggregated.tp))
+    for key, tp in pools:
+        check_parallelism(model, tp, names.get(key, key))
+
+
+def resolve_config(
+    config_file: Path | None,
+    overrides: dict[str, Any],
+    flags: Mapping[str, str] | None = None,
+    store: ProfileStore | None = None,
+) -> RunConfig:
+    """Merge a config file and dotted CLI overrides (``None`` = not given) into a RunConfig.
+
+    ``flags`` names the option that set each dotted key (``{"prefill.count": "--prefill"}``),
+    so that an error about a value from the command line names the flag. With a profile
+    ``store``, the result is also checked against the hardware (:func:`check_hardware`)."""
     data: dict[str, Any] = load_config_file(config_file) if config_file else {}
     for key, value in overrides.items():
         if value is not None:
             _set_path(data, key, value)
+    given = {k: v for k, v in (flags or {}).items() if overrides.get(k) is not None}
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        where = f"{config_file}: " if config_file else ""
-        raise ConfigError(f"{where}field '{field or 'config'}': {err['msg']}") from None
+        raise config_error(exc, data, config_file, given) from None
+    if store is not None:
+        where = {}
+        for key in ("prefill.tp", "decode.tp", "aggregated.tp"):
+            if key in given:
+                where[key] = given[key]
+            elif config_file is not None:
+                line = data.line_of(tuple(key.split("."))) if hasattr(data, "line_of") else None  # type: ignore[attr-defined]
+                where[key] = f"{config_file}:{line}: {key}" if line else f"{config_file}: {key}"
+        check_hardware(cfg, store, where)
+    return cfg

@@ -18,9 +18,8 @@ import functools
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simdisagg.errors import ConfigError
@@ -221,18 +220,46 @@ class ProfileStore:
 
 @functools.lru_cache(maxsize=256)
 def _load_cached(path: Path, schema: type[BaseModel]) -> BaseModel:
+    from simdisagg.inputs import load_settings
+
+    data = load_settings(path, "profile")  # UTF-8, no duplicate keys; remembers key lines
+    _refuse_booleans(data, schema, path, data.line_of)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f":{line + 1}" if line is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML") from exc
-    try:
-        return schema.model_validate(data)
+        profile = schema.model_validate(dict(data))
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{field}': {err['msg']}") from exc
+        line = data.line_of(err["loc"])
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: field '{field}': {err['msg']}") from None
+    name = getattr(profile, "name", path.stem)
+    if name != path.stem:
+        # Profiles are found by file name; a different name inside would label results wrongly.
+        line = data.line_of(("name",))
+        raise ConfigError(
+            f"{path}{f':{line}' if line else ''}: field 'name': is '{name}' but the file is {path.name}; "
+            "make them the same"
+        )
+    return profile
+
+
+def _refuse_booleans(data: dict, schema: type[BaseModel], path: Path, line_of: Any) -> None:  # type: ignore[type-arg]
+    """A boolean where a number belongs (``num_heads: yes``) would be read as 1: refuse it."""
+    stack: list[tuple[Any, type[BaseModel], tuple[str, ...]]] = [(data, schema, ())]
+    while stack:
+        node, model, where = stack.pop()
+        for key, value in node.items():
+            info = model.model_fields.get(key)
+            if info is None:
+                continue
+            sub = info.annotation
+            if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+                stack.append((value, sub, where + (key,)))
+            elif isinstance(value, bool) and sub is not bool:
+                line = line_of(where + (key,))
+                raise ConfigError(
+                    f"{path}{f':{line}' if line else ''}: field '{'.'.join(where + (key,))}': "
+                    f"{str(value).lower()} is not a number"
+                )
 
 
 _T = TypeVar("_T", bound=BaseModel)
@@ -242,3 +269,33 @@ def _load(path: Path, schema: type[_T]) -> _T:
     result = _load_cached(path.resolve(), schema)
     assert isinstance(result, schema)
     return result
+
+
+def check_parallelism(model: ModelShape, tp: int, where: str = "tp") -> None:
+    """Refuse a tensor-parallel degree the model's shape cannot be split by, as vLLM does.
+
+    Each of ``tp`` GPUs holds ``num_heads / tp`` query heads and ``intermediate_size / tp`` of
+    the MLP, so both must divide. KV heads are split when ``tp`` divides them and replicated
+    when ``tp`` is a multiple of their count (``tp % num_kv_heads == 0``); anything else leaves
+    GPUs with unequal shares, which vLLM refuses. ``where`` names the setting in the message.
+    (The shipped models are dense: there is no expert parallelism to check.)"""
+    problems = []
+    if tp < 1:
+        problems.append("must be >= 1")
+    else:
+        if model.num_heads % tp:
+            problems.append(f"{model.num_heads} attention heads are not divisible by {tp}")
+        if model.num_kv_heads % tp and tp % model.num_kv_heads:
+            problems.append(
+                f"{tp} neither divides the {model.num_kv_heads} KV heads nor is a multiple of them"
+            )
+        if model.intermediate_size % tp:
+            problems.append(f"the MLP's {model.intermediate_size} columns are not divisible by {tp}")
+    if problems:
+        good = [k for k in range(1, 65) if not model.num_heads % k and not model.intermediate_size % k
+                and not (model.num_kv_heads % k and k % model.num_kv_heads)]
+        raise ConfigError(
+            f"{where} {tp}: {model.name} cannot be split {tp} ways ({'; '.join(problems)}); "
+            f"possible: {', '.join(map(str, good))}"
+        )
+

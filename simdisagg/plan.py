@@ -70,8 +70,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from simdisagg.config import RunConfig, SLOConfig
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
-from simdisagg.prefixtree import infinite_cache_hit_blocks
 from simdisagg.importers import load_trace
+from simdisagg.prefixtree import infinite_cache_hit_blocks
 from simdisagg.trace import Trace
 
 #: Version of the results-file records; bump when a record's meaning changes.

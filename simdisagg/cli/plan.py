@@ -131,8 +131,8 @@ def plan_command(
         from rich.console import Console
 
         from simdisagg.config import resolve_config
-        from simdisagg.plan import PlanSpec, SearchSettings
         from simdisagg.importers import load_trace
+        from simdisagg.plan import PlanSpec, SearchSettings
 
         if backend not in ("process", "ray"):
             raise ConfigError(f"--backend: '{backend}' is not process or ray")

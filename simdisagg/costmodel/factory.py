@@ -12,7 +12,7 @@ from typing import Any
 from simdisagg.costmodel.base import CostModel
 from simdisagg.costmodel.reference import ConstantCostModel, ExponentialCostModel
 from simdisagg.costmodel.roofline import RooflineCostModel, RooflineParams
-from simdisagg.hardware import GPUProfile, ModelShape, ProfileStore
+from simdisagg.hardware import GPUProfile, ModelShape, ProfileStore, check_parallelism
 from simdisagg.rng import Streams
 
 
@@ -31,7 +31,10 @@ def make_cost_model(
     cfg: Any, model: ModelShape, gpu: GPUProfile, tp: int, streams: Streams, store: ProfileStore, role: str
 ) -> CostModel:
     """The cost model of one pool (``role`` names the pool; stochastic models get their own
-    stream ``cost:<role>``)."""
+    stream ``cost:<role>``). A TP degree the model cannot be split by is refused for every kind
+    (:func:`~simdisagg.hardware.check_parallelism`): a reference model would otherwise time a
+    cluster no engine can run."""
+    check_parallelism(model, tp, f"{role} tp")
     if cfg.kind == "constant":
         return ConstantCostModel(
             cfg.prefill_s, cfg.decode_step_s, cfg.prefill_s_per_token, cfg.decode_step_s_per_context_token

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from simdisagg.errors import CalibrationError, ConfigError
-from simdisagg.hardware import GPUProfile, ModelShape
+from simdisagg.hardware import GPUProfile, ModelShape, check_parallelism
 
 #: Version of the ``fit.json`` layout written by :mod:`simdisagg.fit` and read here.
 FIT_SCHEMA_VERSION = 1
@@ -107,13 +107,7 @@ class ShardShape:
     @classmethod
     def of(cls, model: ModelShape, tp: int) -> ShardShape:
         """The shard of ``model`` one GPU holds at tensor-parallel degree ``tp``."""
-        if tp < 1:
-            raise ConfigError(f"tp must be >= 1, got {tp}")
-        if model.num_heads % tp or model.intermediate_size % tp:
-            raise ConfigError(
-                f"model '{model.name}': heads ({model.num_heads}) and intermediate size "
-                f"({model.intermediate_size}) must be divisible by tp={tp}"
-            )
+        check_parallelism(model, tp)
         return cls(
             model=model.name,
             num_layers=model.num_layers,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simdisagg.hardware import GPUProfile, ModelShape
+from simdisagg.hardware import GPUProfile, ModelShape, check_parallelism
 
 #: Bytes per activation element (BF16) in all-reduces, whatever the weights' precision.
 ACTIVATION_BYTES = 2
@@ -48,8 +48,7 @@ class RooflineCostModel:
     """Step times of ``model`` on a ``tp``-GPU shard of ``gpu`` from FLOPs and bytes."""
 
     def __init__(self, model: ModelShape, gpu: GPUProfile, tp: int = 1, params: RooflineParams | None = None) -> None:
-        if tp < 1:
-            raise ValueError("tp must be >= 1")
+        check_parallelism(model, tp)
         p = params or RooflineParams()
         self.params = p
         self.model, self.gpu, self.tp = model, gpu, tp
