@@ -34,8 +34,9 @@ import csv
 import glob
 import json
 import math
+import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +45,24 @@ from typing import Any, Literal
 import numpy as np
 
 from simdisagg.errors import ConfigError, TraceError
-from simdisagg.trace import DEFAULT_HASH_BLOCK_TOKENS, Trace, TraceBuilder, load_jsonl
+from simdisagg.inputs import (
+    cell,
+    csv_rows,
+    header_index,
+    is_regular_file,
+    parse_float,
+    parse_int,
+    read_bytes,
+    strip_utf8_bom,
+)
+from simdisagg.trace import (
+    DEFAULT_HASH_BLOCK_TOKENS,
+    MAX_TIME_MS,
+    MAX_TOKENS,
+    Trace,
+    TraceBuilder,
+    load_jsonl,
+)
 
 FORMATS: tuple[str, ...] = ("native", "azure", "burstgpt", "kvct", "kvct-csv", "tracelab")
 ZeroOutput = Literal["error", "skip", "one"]
@@ -103,12 +121,21 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
+#: A CSV header or a JSON first line longer than this is not a header: refuse, do not guess.
+_HEADER_LIMIT_BYTES = 64 << 10
+
+
 def _first_line(path: Path, limit_bytes: int = 1 << 20) -> str:
-    """The first non-blank line of a file, cut at ``limit_bytes`` (JSON session files are one line)."""
+    """The first non-blank line of a file, cut at ``limit_bytes`` (JSON session files are one
+    line). A UTF-8 byte-order mark is dropped; a UTF-16/32 or compressed file is an error."""
     try:
         with path.open("rb") as handle:
+            first = True
             while True:
                 raw = handle.readline(limit_bytes)
+                if first:
+                    raw = strip_utf8_bom(raw, path)
+                    first = False
                 if not raw:
                     return ""
                 if raw.strip():
@@ -121,8 +148,8 @@ def detect_format(path: str | Path) -> str:
     """Name the format of a trace file, folder or glob pattern (one of :data:`FORMATS`).
 
     Decided by a peek at the content (the first line, CSV header or JSON keys), with the
-    extension only breaking ties; a folder or a glob means kv-cache-tester session files.
-    """
+    extension only breaking ties; a folder or a glob means kv-cache-tester session files. A
+    first line that is neither JSON nor a short CSV header is refused, never guessed."""
     text = str(path)
     p = Path(path)
     if not p.exists():
@@ -139,7 +166,7 @@ def detect_format(path: str | Path) -> str:
             return "kvct"
         try:
             obj = json.loads(head)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError, ValueError):
             obj = None
         if isinstance(obj, dict):
             if "round_index" in obj and "input_tokens_total" in obj:
@@ -150,7 +177,21 @@ def detect_format(path: str | Path) -> str:
         if p.suffix == ".json":
             return "kvct"
         return "native"
-    columns = [c.strip() for c in next(csv.reader([head]))]
+    if head.startswith("["):
+        raise TraceError(
+            text, 1, None,
+            "a JSON array is not a trace format simdisagg reads: write one request object per line (JSONL)",
+        )  # fmt: skip
+    if len(head) > _HEADER_LIMIT_BYTES or "," not in head:
+        raise TraceError(
+            text, 1, None,
+            "unknown trace format: the first line is neither JSON nor a CSV header "
+            f"({len(head):,} characters: {head[:60]!r}...)",
+        )  # fmt: skip
+    try:
+        columns = [c.strip() for c in next(csv.reader([head]))]
+    except csv.Error:
+        columns = []
     if tuple(columns[:3]) == AZURE_COLUMNS:
         return "azure"
     if all(c in columns for c in BURSTGPT_REQUIRED):
@@ -183,9 +224,21 @@ def import_trace(
     BurstGPT rows by their ``Model`` column; ``sessions_per_s`` and ``seed`` drive the Poisson
     session starts of the agentic formats.
     """
+    if format != "auto" and format not in FORMATS:
+        raise ConfigError(f"unknown trace format '{format}'; expected auto or one of {', '.join(FORMATS)}")
+    if zero_output is not None and zero_output not in ("error", "skip", "one"):
+        raise ConfigError(f"zero_output must be 'error', 'skip' or 'one', got '{zero_output}'")
+    if session_arrival is not None and session_arrival not in ("poisson", "recorded"):
+        raise ConfigError(f"session_arrival must be 'poisson' or 'recorded', got '{session_arrival}'")
+    if isinstance(sessions_per_s, bool) or not (0 < sessions_per_s <= MAX_SESSIONS_PER_S):
+        raise ConfigError(f"sessions_per_s must be above 0 and at most {MAX_SESSIONS_PER_S:g}, got {sessions_per_s}")
+    if isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed must be between 0 and 2**63 - 1, got {seed}")
+    p = Path(path)
+    if p.exists() and not p.is_dir() and not is_regular_file(p):
+        return _import_once(p, format=format, hash_block_tokens=hash_block_tokens, zero_output=zero_output,
+                            model=model, session_arrival=session_arrival, sessions_per_s=sessions_per_s, seed=seed)  # fmt: skip
     fmt = detect_format(path) if format == "auto" else format
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown trace format '{fmt}'; expected auto or one of {', '.join(FORMATS)}")
     if model is not None and fmt != "burstgpt":
         raise ConfigError(f"a model filter applies to BurstGPT traces only, and {path} is {fmt}")
     if fmt == "native":
@@ -210,6 +263,29 @@ def import_trace(
     if fmt == "kvct-csv":
         return import_kvct_csv(path, session_arrival=session_arrival or "poisson", **agentic)
     return import_tracelab(path, session_arrival=session_arrival or "poisson", **agentic)
+
+
+#: Highest Poisson session start rate accepted, per second.
+MAX_SESSIONS_PER_S = 1e6
+
+
+def _import_once(path: Path, **options: Any) -> ImportResult:
+    """Import a pipe, FIFO or device (``<(zcat trace.gz)``, ``/dev/stdin``): read it once into
+    a temporary file, since detecting the format and reading it each need the start; errors
+    and the trace still name ``path``."""
+    data = read_bytes(path, "trace")
+    label = str(path)
+    with tempfile.TemporaryDirectory(prefix="simdisagg-") as folder:
+        copy = Path(folder) / (path.name or "trace")
+        copy.write_bytes(data)
+        try:
+            result = import_trace(copy, **options)
+        except TraceError as exc:
+            raise TraceError(label, exc.line, exc.field, exc.message.replace(str(copy), label)) from None
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(str(copy), label)) from None
+    result.trace.source = label
+    return result
 
 
 def load_trace(path: str | Path, hash_block_tokens: int | None = None) -> Trace:
@@ -276,69 +352,23 @@ def _check_zero_policy(policy: str, closed_loop: bool) -> None:
         )
 
 
+#: Largest time a source file may give, s (about 317 years: anything past it is garbage).
+_MAX_TIME_S = MAX_TIME_MS / 1000.0
+
+
 def _parse_int(text: str, source: str, line: int, name: str, minimum: int) -> int:
-    raw = text.strip()
-    try:
-        value = int(raw)
-    except ValueError:
-        try:
-            as_float = float(raw)
-        except ValueError:
-            raise TraceError(source, line, name, f"'{raw}' is not an integer") from None
-        if not as_float.is_integer():
-            raise TraceError(source, line, name, f"'{raw}' is not a whole number of tokens") from None
-        value = int(as_float)
-    if value < minimum:
-        raise TraceError(source, line, name, f"must be >= {minimum}, got {value}")
-    return value
+    """A token count in a CSV cell: a whole number in ``[minimum, MAX_TOKENS]``."""
+    return parse_int(text, source, line, name, minimum, MAX_TOKENS)
 
 
 def _parse_float(text: str, source: str, line: int, name: str) -> float:
-    raw = text.strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        raise TraceError(source, line, name, f"'{raw}' is not a number") from None
-    if not math.isfinite(value):
-        raise TraceError(source, line, name, f"'{raw}' is not a finite number")
-    return value
+    """A time in seconds in a CSV cell: finite and within :data:`_MAX_TIME_S`."""
+    return parse_float(text, source, line, name, _MAX_TIME_S)
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line_number, fields)`` for every non-blank CSV line, the header included."""
-    source = str(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise TraceError(source, None, None, f"cannot open: {exc.strerror}") from exc
-    with handle:
-        reader = csv.reader(handle)
-        try:
-            for row in reader:
-                if row and any(cell.strip() for cell in row):
-                    yield reader.line_num, row
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise TraceError(source, reader.line_num, None, f"not valid CSV ({exc})") from None
-
-
-def _header_index(header: list[str], required: Sequence[str], source: str) -> dict[str, int]:
-    names = [h.strip() for h in header]
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise TraceError(source, 1, missing[0], f"column is missing from the header {names}")
-    return {name: i for i, name in enumerate(names)}
-
-
-def _cell(row: list[str], index: dict[str, int], name: str, source: str, line: int) -> str:
-    i = index.get(name)
-    if i is None:
-        return ""
-    if i >= len(row):
-        raise TraceError(source, line, name, f"is missing (the row has {len(row)} fields)")
-    value = row[i].strip()
-    if not value:
-        raise TraceError(source, line, name, "is empty")
-    return value
+_csv_rows = csv_rows
+_header_index = header_index
+_cell = cell
 
 
 def _session_starts(
@@ -701,8 +731,8 @@ def _num(
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TraceError(source, None, f"{where}.{key}", f"must be a number, got {value!r}")
-    if value < minimum:
-        raise TraceError(source, None, f"{where}.{key}", f"must be >= {minimum:g}, got {value}")
+    if not minimum <= value <= _MAX_TIME_S * 1000.0:
+        raise TraceError(source, None, f"{where}.{key}", f"must be between {minimum:g} and {_MAX_TIME_S * 1000:g}, got {value:g}")
     return float(value)
 
 
@@ -712,8 +742,9 @@ def _int(obj: dict[str, Any], key: str, source: str, where: str, minimum: int) -
         raise TraceError(source, None, f"{where}.{key}", "is missing")
     if isinstance(value, bool) or not isinstance(value, int):
         raise TraceError(source, None, f"{where}.{key}", f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise TraceError(source, None, f"{where}.{key}", f"must be >= {minimum}, got {value}")
+    if not minimum <= value <= MAX_TOKENS:
+        shown = value if abs(value) < 10**30 else "a number beyond 64 bits"
+        raise TraceError(source, None, f"{where}.{key}", f"must be between {minimum} and {MAX_TOKENS:,}, got {shown}")
     return value
 
 
@@ -829,12 +860,13 @@ def import_kvct_sessions(
         fsource = str(file)
         zero.source = fsource
         try:
-            with file.open("rb") as handle:
-                data = json.load(handle)
-        except OSError as exc:
-            raise TraceError(fsource, None, None, f"cannot open: {exc.strerror}") from exc
+            data = json.loads(strip_utf8_bom(read_bytes(file, "session file"), fsource))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TraceError(fsource, getattr(exc, "lineno", None), None, f"not valid JSON ({exc})") from None
+        except RecursionError:
+            raise TraceError(fsource, None, None, "nested too deeply to be a session file") from None
+        except ValueError as exc:  # an integer of thousands of digits
+            raise TraceError(fsource, None, None, f"not valid JSON ({str(exc).split(':')[0]})") from None
         if not isinstance(data, dict) or "requests" not in data:
             raise TraceError(fsource, None, "requests", "is missing: not a kv-cache-tester session file")
         file_block = data.get("block_size", 64)
@@ -1063,6 +1095,10 @@ def import_tracelab(
                 obj = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise TraceError(source, line, None, f"not valid JSON ({exc})") from None
+            except RecursionError:
+                raise TraceError(source, line, None, "nested too deeply to be a round") from None
+            except ValueError as exc:  # an integer of thousands of digits
+                raise TraceError(source, line, None, f"not valid JSON ({str(exc).split(':')[0]})") from None
             if not isinstance(obj, dict):
                 raise TraceError(source, line, None, "a round must be a JSON object")
             sid = obj.get("session_id")
