@@ -1,17 +1,40 @@
-"""Writing results: atomic file writes, summary.json, requests.parquet/csv, config.json.
+"""Writing results: atomic file writes, and an output folder written as one unit.
 
 Every file is written to a temporary name in the same folder, flushed and fsynced, then
-renamed over the target, so a crash or Ctrl-C never leaves a half-written result.
+renamed over the target, so a crash or Ctrl-C never leaves a half-written file.
+
+A run's folder (``summary.json``, ``requests.parquet``/``.csv``, ``config.json``, the
+baseline's ``baseline_*`` files) is written as one unit by :func:`write_folder`: every file
+goes to a staging folder first; then the previous run's ``manifest.json`` is removed, the
+previous run's files that this run does not write are removed, the new files are moved in,
+and ``manifest.json`` (run id, command, versions, wall times, the SHA-256 of every file) is
+written last. A folder with a manifest holds exactly the files it lists, all from one run; a
+folder without one was interrupted mid-write, and the next run into it clears it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+#: The manifest of an output folder, written last.
+MANIFEST = "manifest.json"
+#: Files a run may write (``prefix`` ``""`` or ``"baseline_"``): removed from a folder that has
+#: no manifest to list the previous run's files, so old and new files are never mixed.
+RUN_FILES = tuple(
+    f"{prefix}{name}"
+    for prefix in ("", "baseline_")
+    for name in ("summary.json", "requests.parquet", "requests.csv", "config.json")
+)
+_STAGING_PREFIX = ".simdisagg-staging-"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -89,12 +112,89 @@ def requests_frame(result: Any, slo: Any) -> Any:
 
 def write_results(out_dir: Path, summary: dict[str, Any], frame: Any, config: dict[str, Any], prefix: str = "") -> None:
     """Write ``summary.json``, ``requests.parquet``, ``requests.csv`` and ``config.json``
-    (each atomically) into ``out_dir``; ``prefix`` names a second run's files."""
+    (each atomically) into ``out_dir``; ``prefix`` names a second run's files. A command
+    writes a whole folder with :func:`write_folder` instead."""
+    for name, write in result_files(summary, frame, config, prefix).items():
+        atomic_write(Path(out_dir) / name, write)
+
+
+def result_files(
+    summary: dict[str, Any], frame: Any, config: dict[str, Any], prefix: str = ""
+) -> dict[str, Callable[[Path], None]]:
+    """The writers of one run's files, by file name, for :func:`write_folder`."""
+    return {
+        f"{prefix}summary.json": lambda p: p.write_text(json.dumps(_clean(summary), indent=2) + "\n"),
+        f"{prefix}requests.parquet": lambda p: frame.to_parquet(p, index=False),
+        f"{prefix}requests.csv": lambda p: frame.to_csv(p, index=False),
+        f"{prefix}config.json": lambda p: p.write_text(json.dumps(_clean(config), indent=2) + "\n"),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _previous_files(out_dir: Path, known: tuple[str, ...]) -> list[str]:
+    """Files an earlier run left: those its manifest lists, else every name a run may write."""
+    try:
+        listed = json.loads((out_dir / MANIFEST).read_text()).get("files", {})
+        names = [n for n in listed if isinstance(n, str) and "/" not in n.strip("/") and not n.startswith(".")]
+    except (OSError, ValueError, AttributeError):
+        names = []
+    return list(dict.fromkeys(names + list(known)))
+
+
+def write_folder(
+    out_dir: Path,
+    files: Mapping[str, Callable[[Path], None]],
+    record: Mapping[str, Any],
+    known: tuple[str, ...] = RUN_FILES,
+) -> dict[str, Any]:
+    """Write ``files`` (name → writer of that file) into ``out_dir`` as one unit, the
+    manifest last (see the module docstring); returns the manifest.
+
+    ``record`` goes into the manifest (command, versions, wall times...). ``known`` are the
+    names an earlier run of the same command may have left, removed when not written now."""
     out_dir = Path(out_dir)
-    atomic_write(out_dir / f"{prefix}requests.parquet", lambda p: frame.to_parquet(p, index=False))
-    atomic_write(out_dir / f"{prefix}requests.csv", lambda p: frame.to_csv(p, index=False))
-    atomic_write_json(out_dir / f"{prefix}config.json", config)
-    atomic_write_json(out_dir / f"{prefix}summary.json", summary)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f"{_STAGING_PREFIX}*"):  # left by a run killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out_dir))
+    try:
+        digests: dict[str, dict[str, Any]] = {}
+        for name, write in files.items():
+            target = staging / name
+            write(target)
+            with target.open("rb") as handle:
+                os.fsync(handle.fileno())
+            digests[name] = {"sha256": _sha256(target), "bytes": target.stat().st_size}
+        old = _previous_files(out_dir, known)
+        # From here until the new manifest is written the folder has none: it is incomplete.
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        for name in old:
+            if name not in files and name != MANIFEST:
+                (out_dir / name).unlink(missing_ok=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in files:
+            os.chmod(staging / name, 0o666 & ~umask)
+            os.replace(staging / name, out_dir / name)
+        manifest = {
+            "format": "simdisagg-output",
+            "version": 1,
+            "run_id": uuid.uuid4().hex,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **record,
+            "files": digests,
+        }
+        atomic_write_json(out_dir / MANIFEST, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 _ROWS: list[tuple[str, str, str]] = [
@@ -114,6 +214,8 @@ _ROWS: list[tuple[str, str, str]] = [
     ("prefill queue mean / p99 (ms)", "prefill_queue", "stage"),
     ("decode admission wait mean / p99 (ms)", "decode_admission_wait", "stage"),
     ("prefix-cached prompt tokens", "cached_prompt_tokens", "{:,d}"),
+    ("prefix hit fraction (prompt tokens)", "prompt_prefix_hit_fraction", "{:.1%}"),
+    ("session slowdown mean / p90", "session_slowdown", "session"),
 ]
 
 
@@ -128,15 +230,19 @@ def _cell(s: dict[str, Any], key: str, kind: str) -> str:
         return " / ".join(_fmt(s.get(f"{p}_{key}_ms")) for p in ("mean", "median", "p90", "p99"))
     if kind == "thr":
         return f"{_fmt(s.get('request_throughput'), '{:.2f}')} | {_fmt(s.get('output_throughput'), '{:,.0f}')}"
+    if kind == "session":
+        if s.get("mean_session_slowdown") is None:
+            return "-"
+        return f"{_fmt(s['mean_session_slowdown'], '{:.2f}')} / {_fmt(s.get('p90_session_slowdown'), '{:.2f}')}"
     if kind == "pool":
-        if f"{key}_busy_fraction" not in s:
+        if s.get(f"{key}_busy_fraction") is None:
             return "-"
         return (
             f"{_fmt(s[f'{key}_busy_fraction'], '{:.0%}')} | "
             f"{_fmt(s[f'{key}_kv_mean_fraction'], '{:.0%}')} / {_fmt(s[f'{key}_kv_peak_fraction'], '{:.0%}')}"
         )
     if kind == "link":
-        if "link_busy_fraction" not in s:
+        if s.get("link_busy_fraction") is None:
             return "-"
         return (
             f"{_fmt(s['link_busy_fraction'], '{:.1%}')} | {_fmt(s.get('mean_kv_transfer_ms'), '{:.2f}')}"
@@ -150,13 +256,15 @@ def _cell(s: dict[str, Any], key: str, kind: str) -> str:
 
 
 def summary_table(columns: dict[str, dict[str, Any]], title: str) -> Any:
-    """A rich table with one column per run (e.g. disaggregated and aggregated)."""
+    """A rich table with one column per run (e.g. disaggregated and aggregated). Text is
+    taken literally (a label with ``[brackets]`` keeps them)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     table.add_column("metric", style="bold")
     for name in columns:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
     for label, key, kind in _ROWS:
         cells = [_cell(s, key, kind) for s in columns.values()]
         if all(c == "-" for c in cells):

@@ -146,3 +146,117 @@ def window_bars(windows: Sequence[Mapping[str, Any]], path: Path, title: str = "
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(title or "a fixed ratio against consecutive windows of the trace")
     return _save(fig, path)
+
+
+def _interval_integral(starts: np.ndarray, ends: np.ndarray, weights: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """For each bin of ``edges``, the integral over it of ``sum_i weights[i] * [starts[i] <= t < ends[i]]``.
+
+    Uses ``F(t) = sum_{s_i<=t} w_i (t - s_i) - sum_{e_i<=t} w_i (t - e_i)``, the integral from
+    0 to ``t``, evaluated at every edge with sorted prefix sums."""
+    ok = np.isfinite(starts) & np.isfinite(ends) & (ends > starts)
+    s, e, w = starts[ok], ends[ok], weights[ok]
+
+    def part(points: np.ndarray) -> np.ndarray:
+        order = np.argsort(points)
+        p, wp = points[order], w[order]
+        cw = np.concatenate(([0.0], np.cumsum(wp)))
+        cwp = np.concatenate(([0.0], np.cumsum(wp * p)))
+        k = np.searchsorted(p, edges, side="right")
+        return edges * cw[k] - cwp[k]
+
+    total = part(s) - part(e)
+    return np.diff(total)
+
+
+def _busy_segments(starts: np.ndarray, ends: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The union, per owner, of the intervals ``[starts, ends)``: when each instance is busy."""
+    ok = np.isfinite(starts) & np.isfinite(ends) & (ends > starts) & (owners >= 0)
+    s, e, o = starts[ok], ends[ok], owners[ok]
+    if len(s) == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.lexsort((s, o))
+    s, e, o = s[order], e[order], o[order]
+    # Within an owner, a new segment starts where an interval begins after every earlier one
+    # ended: a running maximum of the ends, kept per owner by lifting each owner's times above
+    # the previous owner's.
+    lift = (o - o.min()) * (float(np.max(e)) + 1.0)
+    running = np.maximum.accumulate(e + lift) - lift
+    prev_end = np.r_[-np.inf, running[:-1]]
+    prev_end[np.r_[True, o[1:] != o[:-1]]] = -np.inf
+    new = s > prev_end
+    seg_id = np.cumsum(new) - 1
+    seg_start = s[new]
+    seg_end = np.full(len(seg_start), -np.inf)
+    np.maximum.at(seg_end, seg_id, e)
+    return seg_start, seg_end
+
+
+def run_timelines(runs: Sequence[tuple[str, Any, Any]], path: Path, bins: int = 200, title: str = "") -> Path:
+    """Per pool over simulated time: busy fraction of its instances, mean queue length and KV
+    memory held by requests in flight (fraction of the pool's capacity), one line per pool of
+    each run (``runs``: ``(label, RunResult, RunConfig)``). Derived from the per-request
+    timestamps: a prefill instance is busy while it computes a prompt, a decode instance while
+    it has a request in its batch; KV is each request's blocks from allocation to release."""
+    fig = _figure(9.0, 8.0)
+    ax_busy, ax_queue, ax_kv = fig.subplots(3, 1, sharex=True)
+    end = 0.0
+    for _, result, _ in runs:
+        t = result.recorder.times["completed_at"]
+        if np.isfinite(t).any():
+            end = max(end, float(np.nanmax(t)))
+    edges = np.linspace(0.0, max(end, 1e-9), bins + 1)
+    mids = 0.5 * (edges[1:] + edges[:-1])
+    width = np.diff(edges)
+    styles = ["-", "--"]
+    colours = {"prefill": "#ff7f0e", "decode": _DISAGG_COLOUR, "aggregated": _AGG_COLOUR}
+    for k, (label, result, cfg) in enumerate(runs):
+        rec = result.recorder
+        t = rec.times
+        inp = result.input_tokens.astype(np.float64)
+        out = result.output_tokens.astype(np.float64)
+        caps = result.meta.get("kv_capacity_blocks", {})
+        if cfg.mode == "aggregated":
+            pool = cfg.aggregated_pool()
+            pools = {
+                "aggregated": (
+                    pool.count, t["prefill_start_at"], t["completed_at"], rec.prefill_instance,
+                    (t["prefill_enqueued_at"], t["prefill_start_at"]), np.ceil((inp + out) / pool.kv_block_tokens),
+                    t["prefill_start_at"], t["completed_at"],
+                ),
+            }
+        else:
+            release = np.fmax(t["kv_send_end_at"], t["first_token_at"])
+            pools = {
+                "prefill": (
+                    cfg.prefill.count, t["prefill_start_at"], t["first_token_at"], rec.prefill_instance,
+                    (t["prefill_enqueued_at"], t["prefill_start_at"]), np.ceil(inp / cfg.prefill.kv_block_tokens),
+                    t["prefill_start_at"], release,
+                ),
+                "decode": (
+                    cfg.decode.count, t["decode_start_at"], t["completed_at"], rec.decode_instance,
+                    (t["first_token_at"], t["decode_admit_at"]), np.ceil((inp + out) / cfg.decode.kv_block_tokens),
+                    t["decode_admit_at"], t["completed_at"],
+                ),
+            }
+        for name, (count, s, e, owners, (qs, qe), blocks, ks, ke) in pools.items():
+            tag = f"{label}: {name}"
+            style = styles[k % len(styles)]
+            seg_s, seg_e = _busy_segments(s, e, np.asarray(owners, dtype=np.float64))
+            busy = _interval_integral(seg_s, seg_e, np.ones(len(seg_s)), edges) / (width * max(count, 1))
+            ax_busy.plot(mids, busy, style, color=colours[name], label=tag)
+            queue = _interval_integral(qs, qe, np.ones(len(qs)), edges) / width
+            ax_queue.plot(mids, queue, style, color=colours[name], label=tag)
+            capacity = float(caps.get(name, 0)) * count
+            if capacity > 0:
+                kv = _interval_integral(ks, ke, blocks, edges) / width / capacity
+                ax_kv.plot(mids, kv, style, color=colours[name], label=tag)
+    ax_busy.set_ylabel("instances busy")
+    ax_busy.set_ylim(0, 1.05)
+    ax_queue.set_ylabel("requests waiting")
+    ax_kv.set_ylabel("KV of requests in flight\n(fraction of pool)")
+    ax_kv.set_xlabel("simulated time (s)")
+    for ax in (ax_busy, ax_queue, ax_kv):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title or "pools over simulated time")
+    return _save(fig, path)

@@ -173,13 +173,14 @@ def _cell(stats: dict[str, Any], key: str, sub: str | None, spec: str) -> str:
 
 def format_stats_table(stats: dict[str, Any], other: dict[str, Any] | None = None) -> Any:
     """A rich :class:`~rich.table.Table` of one trace's statistics, or two side by side."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="trace statistics", show_lines=False)
     table.add_column("statistic")
     columns = [stats] if other is None else [stats, other]
-    for s in columns:
-        table.add_column(str(s.get("source", "")), justify="right", overflow="fold")
+    for s in columns:  # a file name is text, not markup: trace[1].jsonl keeps its brackets
+        table.add_column(escape(str(s.get("source", ""))), justify="right", overflow="fold")
     for label, key, sub, spec in _ROWS:
         table.add_row(label, *(_cell(s, key, sub, spec) for s in columns))
     return table

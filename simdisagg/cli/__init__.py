@@ -13,14 +13,17 @@ others; ``plan``, ``trace`` and ``calibrate`` (``calibrate`` and ``fit``) hold t
 
 from __future__ import annotations
 
+import shlex
 import sys
+import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from simdisagg.cli.calibrate import calibrate_command, fit_command
 from simdisagg.cli.common import (
+    FLAGS,
     ConfigOpt,
     DecodeOpt,
     GpuOpt,
@@ -29,32 +32,49 @@ from simdisagg.cli.common import (
     ModeOpt,
     PrefillOpt,
     ProfilesOpt,
+    ProgressDisplay,
     RateOpt,
+    RouterOpt,
     SeedOpt,
     SloTpotOpt,
     SloTtftOpt,
     TpOpt,
-    _run_guarded,
+    VersionOpt,
     build_overrides,
+    check_input_file,
+    guarded,
+    make_app,
     parse_duration_s,
+    setting_lines,
 )
 from simdisagg.cli.plan import plan_command
 from simdisagg.cli.trace import trace_app
+from simdisagg.errors import ConfigError
 
 __all__ = ["app", "build_overrides", "main", "parse_duration_s"]
 
-app = typer.Typer(
-    name="simdisagg",
-    help="Simulate disaggregated (prefill/decode) LLM serving on a request trace, and plan its capacity.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = make_app(
+    "simdisagg",
+    "Simulate disaggregated (prefill/decode) LLM serving on a request trace, and plan its capacity.",
 )
 
 
-@app.command()
+@app.callback()
+def _root(version: VersionOpt = False) -> None:
+    """Simulate disaggregated (prefill/decode) LLM serving on a request trace, and plan its capacity."""
+
+
+#: Files ``run --plots`` writes.
+PLOT_FILES = ("latency_cdf.png", "timeline.png")
+
+
+@app.command(
+    epilog="Example: simdisagg run traces/mooncake-conversation-5min.jsonl --prefill 2 --decode 2 "
+    "--slo-ttft 2s --slo-tpot 100ms --out results"
+)
+@guarded
 def run(
-    trace: Annotated[Path, typer.Argument(help="request trace (native JSONL, Mooncake, Azure CSV, ...)")],
+    trace: Annotated[Path, typer.Argument(help="Request trace (native JSONL, Mooncake, Azure or BurstGPT CSV, ...).")],
     config: ConfigOpt = None,
     prefill: PrefillOpt = None,
     decode: DecodeOpt = None,
@@ -63,100 +83,194 @@ def run(
     tp: TpOpt = None,
     link: LinkOpt = None,
     mode: ModeOpt = None,
+    router: RouterOpt = None,
     seed: SeedOpt = None,
     rate_scale: RateOpt = None,
     slo_ttft: SloTtftOpt = None,
     slo_tpot: SloTpotOpt = None,
     chunked_prefill: Annotated[
-        bool | None, typer.Option("--chunked-prefill/--no-chunked-prefill", help="aggregated: chunked prefill")
+        bool | None,
+        typer.Option("--chunked-prefill/--no-chunked-prefill", help="Aggregated: chunked prefill (default: off)."),
     ] = None,
     compare: Annotated[
-        bool, typer.Option("--compare/--no-compare", help="also run the other mode on the same GPUs")
+        bool, typer.Option("--compare/--no-compare", help="Also run the other serving mode on the same GPUs.")
     ] = True,
     exact_steps: Annotated[
-        bool | None, typer.Option("--exact-steps", help="one event per decode iteration (reference mode)")
+        bool | None, typer.Option("--exact-steps", help="One event per decode iteration (reference mode; default: off).")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="write summary.json, requests.* and config.json here")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write summary.json, requests.parquet/.csv, config.json and manifest.json here."),
+    ] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option("--plots", help="Write latency CDFs and per-pool utilisation, queue and KV over time here."),
+    ] = None,
     profiles_dir: ProfilesOpt = None,
 ) -> None:
     """Replay a trace on a cluster and print TTFT, TPOT, ITL, throughput, SLO attainment and
     utilisation, side by side with the other serving mode on the same GPUs."""
+    from rich.console import Console
+    from rich.markup import escape
 
-    def body() -> None:
-        from rich.console import Console
+    from simdisagg.api import plan_runs, run_config
+    from simdisagg.config import resolve_config
+    from simdisagg.hardware import ProfileStore
+    from simdisagg.importers import TraceImportWarning, load_trace
+    from simdisagg.inputs import check_output_dir
+    from simdisagg.output import summary_table
 
-        from simdisagg.api import run_and_summarize
-        from simdisagg.config import resolve_config
-        from simdisagg.output import summary_table, write_results
+    # Everything is checked before the first simulated event: options, config, profiles, the
+    # clusters of both columns, the output folders, then the trace.
+    check_input_file(config, "--config")
+    overrides = build_overrides(
+        prefill=prefill, decode=decode, gpu=gpu, model=model, tp=tp, link=link, mode=mode, seed=seed,
+        rate_scale=rate_scale, slo_ttft=slo_ttft, slo_tpot=slo_tpot, chunked_prefill=chunked_prefill,
+        exact_steps=exact_steps, router=router,
+    )  # fmt: skip
+    store = ProfileStore(profiles_dir)
+    cfg = resolve_config(config, overrides, FLAGS, store)
+    if chunked_prefill is not None and cfg.mode == "disaggregated" and not compare:
+        raise ConfigError("--chunked-prefill applies to aggregated serving, and --no-compare leaves no aggregated run")
+    if out is not None:
+        check_output_dir(out, "--out")
+    if plots is not None:
+        check_output_dir(plots, "--plots")
+    plan = plan_runs(cfg, store, compare=compare)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TraceImportWarning)
+        tr = load_trace(trace)
+    console = Console()
+    err = Console(stderr=True)
+    from simdisagg.api import column_name
 
-        overrides = build_overrides(
-            prefill=prefill, decode=decode, gpu=gpu, model=model, tp=tp, link=link, mode=mode, seed=seed,
-            rate_scale=rate_scale, slo_ttft=slo_ttft, slo_tpot=slo_tpot, chunked_prefill=chunked_prefill,
-            exact_steps=exact_steps,
-        )
-        cfg = resolve_config(config, overrides)
-        runs = run_and_summarize(trace, cfg, compare=compare, profiles_dir=profiles_dir)
-        console = Console()
-        main = runs[0]
-        title = (
-            f"{main.trace_label} · {cfg.model} · {main.summary['gpus']} GPUs · "
-            f"cost model: {main.summary['cost_model']}"
-        )
-        console.print(summary_table({r.column: r.summary for r in runs}, title))
-        for note in main.notes:
-            console.print(f"[yellow]note:[/yellow] {note}")
-        if len(runs) > 1:
-            console.print(runs[0].verdict_against(runs[1]))
-        if out is not None:
-            for k, r in enumerate(runs):
-                write_results(out, r.summary, r.frame(), r.config_record(), prefix="" if k == 0 else "baseline_")
-            console.print(f"wrote {out}/summary.json, requests.parquet, requests.csv, config.json")
+    cost = [
+        (column_name(c), ", ".join(dict.fromkeys(labels.values()))) for c, labels in zip(plan.configs, plan.cost_labels)
+    ]
+    for line in [f"trace: {tr!r}"] + setting_lines(cfg, cost):
+        console.print(line, markup=False, highlight=False)
+    for w in caught:
+        console.print(f"note: {w.message}", markup=False, highlight=False)
+    window = cfg.model_shape(store).context_window_tokens
+    if window is not None:
+        over = int(((tr.input_tokens + tr.output_tokens) > window).sum())
+        if over:
+            console.print(
+                f"note: {over:,} requests need more than {cfg.model}'s context window of {window:,} tokens "
+                "and will be rejected, as a serving engine would (a longer-context model serves them)",
+                markup=False, highlight=False,
+            )  # fmt: skip
+    progress = ProgressDisplay(err)
+    try:
+        runs = [run_config(tr, c, store, str(trace), progress) for c in plan.configs]
+    finally:
+        progress.close()
+    for r in runs:
+        r.caveats = list(plan.caveats)
+    if plan.no_baseline:
+        runs[0].notes.append(plan.no_baseline)
+    main_run = runs[0]
+    title = f"{main_run.trace_label} · {cfg.model} · {main_run.summary['gpus']} GPUs"
+    console.print(summary_table({r.column: r.summary for r in runs}, title))
+    for r in runs:
+        for note in r.notes:
+            console.print(f"[yellow]note:[/yellow] {escape(note)}")
+    if len(runs) > 1:
+        console.print(runs[0].verdict_against(runs[1]), markup=False, highlight=False)
+    _write_outputs(console, runs, out, plots, str(trace))
 
-    _run_guarded(body)
+
+def _write_outputs(console: Any, runs: list[Any], out: Path | None, plots: Path | None, trace_label: str) -> None:
+    """Write the result folder and the plots, each as one unit (a manifest written last)."""
+    from simdisagg.api import versions
+    from simdisagg.output import RUN_FILES, result_files, write_folder
+
+    record = {
+        "command": shlex.join(["simdisagg", *sys.argv[1:]]),
+        "trace": trace_label,
+        "columns": [r.column for r in runs],
+        "versions": versions(),
+        "wall_s": {r.column: r.wall_s for r in runs},
+    }
+    plot_files = _plot_writers(runs) if plots is not None else {}
+    same = out is not None and plots is not None and Path(out).resolve() == Path(plots).resolve()
+    if out is not None:
+        files: dict[str, Any] = {}
+        for k, r in enumerate(runs):
+            files.update(result_files(r.summary, r.frame(), r.config_record(), "" if k == 0 else "baseline_"))
+        if same:
+            files.update(plot_files)
+        write_folder(out, files, record, known=RUN_FILES + (PLOT_FILES if same else ()))
+        console.print(f"wrote {out}/: {', '.join(files)}, manifest.json", markup=False, highlight=False)
+    if plots is not None and not same:
+        write_folder(plots, plot_files, record, known=PLOT_FILES)
+        console.print(f"wrote {plots}/: {', '.join(plot_files)}, manifest.json", markup=False, highlight=False)
 
 
-@app.command()
+def _plot_writers(runs: list[Any]) -> dict[str, Any]:
+    from simdisagg import plots as figures
+    from simdisagg.metrics import request_latencies
+
+    slo = runs[0].cfg.slo
+    samples = {r.column: request_latencies(r.result) for r in runs}
+    series = [(r.column, r.result, r.cfg) for r in runs]
+    return {
+        "latency_cdf.png": lambda p: figures.latency_cdfs(
+            samples, p, slo.ttft_s, slo.tpot_s, title="latency of every completed request"
+        ),
+        "timeline.png": lambda p: figures.run_timelines(series, p),
+    }
+
+
+@app.command(epilog="Example: simdisagg profiles --profiles-dir my_profiles")
+@guarded
 def profiles(profiles_dir: ProfilesOpt = None) -> None:
     """List the GPU, link and model profiles that are available."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
 
-    def body() -> None:
-        from rich.console import Console
-        from rich.table import Table
+    from simdisagg.hardware import ProfileStore
 
-        from simdisagg.hardware import ProfileStore
-
-        store = ProfileStore(profiles_dir)
-        table = Table(title="hardware profiles")
-        for col in ("kind", "name", "provenance", "summary"):
-            table.add_column(col)
-        for name in store.names("gpus"):
-            g = store.gpu(name)
-            table.add_row(
-                "gpu", name, g.provenance,
-                f"{g.dense_bf16_flops_per_s.value / 1e12:.0f} TFLOP/s, {g.hbm_bandwidth_bytes_per_s.value / 1e12:.2f} TB/s, "
-                f"{g.hbm_capacity_bytes.value / 1e9:.0f} GB, ${g.price_per_hour_usd.value:.2f}/h",
-            )
-        for name in store.names("links"):
-            lk = store.link(name)
-            table.add_row(
-                "link", name, lk.provenance,
-                f"{lk.bandwidth_bytes_per_s.value / 1e9:.1f} GB/s, {lk.latency_s.value * 1e6:.1f} us",
-            )
-        for name in store.names("models"):
-            m = store.model(name)
-            table.add_row(
-                "model", name, m.provenance,
-                f"{m.total_params / 1e9:.1f} B params, {m.kv_bytes_per_token / 1024:.0f} KiB KV/token",
-            )
-        Console().print(table)
-
-    _run_guarded(body)
+    store = ProfileStore(profiles_dir)
+    table = Table(title="hardware profiles")
+    for col in ("kind", "name", "provenance", "summary"):
+        table.add_column(col)
+    for name in store.names("gpus"):
+        g = store.gpu(name)
+        table.add_row(
+            "gpu", escape(name), g.provenance,
+            f"{g.dense_bf16_flops_per_s.value / 1e12:.0f} TFLOP/s, {g.hbm_bandwidth_bytes_per_s.value / 1e12:.2f} TB/s, "
+            f"{g.hbm_capacity_bytes.value / 1e9:.0f} GB, ${g.price_per_hour_usd.value:.2f}/h",
+        )  # fmt: skip
+    for name in store.names("links"):
+        lk = store.link(name)
+        table.add_row(
+            "link", escape(name), lk.provenance,
+            f"{lk.bandwidth_bytes_per_s.value / 1e9:.1f} GB/s, {lk.latency_s.value * 1e6:.1f} us",
+        )  # fmt: skip
+    for name in store.names("models"):
+        m = store.model(name)
+        window = f", context {m.context_window_tokens:,}" if m.context_window_tokens else ""
+        table.add_row(
+            "model", escape(name), m.provenance,
+            f"{m.total_params / 1e9:.1f} B params, {m.kv_bytes_per_token / 1024:.0f} KiB KV/token{window}",
+        )  # fmt: skip
+    Console().print(table)
 
 
 app.add_typer(trace_app, name="trace", help="Convert, generate and describe traces.")
-app.command("calibrate")(calibrate_command)
-app.command("fit")(fit_command)
-app.command("plan")(plan_command)
+app.command(
+    "calibrate",
+    epilog="Example: simdisagg calibrate --model llama-3.1-8b --tp 1 --dry-run",
+)(guarded(calibrate_command))
+app.command("fit", epilog="Example: simdisagg fit hardware_profiles/measured/h100-sxm/llama-3.1-8b-tp1")(
+    guarded(fit_command)
+)
+app.command(
+    "plan",
+    epilog="Example: simdisagg plan traces/mooncake-conversation-5min.jsonl --gpus 8 --slo-ttft 2s --slo-tpot 100ms",
+)(guarded(plan_command))
 
 
 def main() -> None:  # pragma: no cover - console entry

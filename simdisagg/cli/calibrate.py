@@ -19,21 +19,49 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
+from pydantic import ValidationError
 
 from simdisagg.errors import CalibrationError, ConfigError
+from simdisagg.costmodel.fitted import ShardShape
 from simdisagg.hardware import ModelShape, ProfileStore
 
 
 def _resolve_model(model: str, store: ProfileStore) -> ModelShape:
     """A model profile by name, or a ``.yaml`` file holding one (e.g. a tiny test shape)."""
+    from simdisagg.inputs import load_settings
+
     path = Path(model)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        data = load_settings(path, "model shape")  # UTF-8, no duplicate keys, lines kept
         try:
-            return ModelShape.model_validate(yaml.safe_load(path.read_text()))
-        except Exception as exc:  # pydantic or YAML error: one line for the user
-            raise ConfigError(f"{path}: not a valid model shape ({str(exc).splitlines()[0]})") from exc
+            return ModelShape.model_validate(dict(data))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            line = data.line_of(err["loc"])
+            field = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(f"{path}{f':{line}' if line else ''}: field '{field}': {err['msg']}") from None
     return store.model(model)
+
+
+def _check_calibrate_options(
+    *, device: str, budget_s: float | None, dry_run: bool, force: bool, out: Path | None, seed: int
+) -> None:
+    """Options refused before any measuring: unknown devices, impossible budgets, an output
+    folder that cannot be written, options that do nothing with --dry-run."""
+    from simdisagg.inputs import check_output_dir
+
+    if device not in ("cuda", "cpu"):
+        raise CalibrationError(f"--device: '{device}' is not cuda or cpu")
+    if budget_s is not None and not (0 < budget_s <= 7 * 86400):
+        raise CalibrationError(f"--budget-s: must be above 0 and at most a week (604800 s), got {budget_s}")
+    if not 0 <= seed < 2**63:
+        raise CalibrationError(f"--seed: must be between 0 and 2**63 - 1, got {seed}")
+    if dry_run:
+        given = [flag for flag, on in (("--force", force), ("--budget-s", budget_s is not None)) if on]
+        if given:
+            raise CalibrationError(f"{' and '.join(given)} apply to a measurement, and --dry-run measures nothing")
+    if out is not None and not dry_run:
+        check_output_dir(out, "--out")
 
 
 def calibrate_command(
@@ -77,8 +105,10 @@ def calibrate_command(
     ] = None,
 ) -> None:
     """Time the real kernels of a model shard on this GPU and write raw.csv + meta.yaml."""
+    _check_calibrate_options(device=device, budget_s=budget_s, dry_run=dry_run, force=force, out=out, seed=seed)
     store = ProfileStore(profiles_dir)
     shape = _resolve_model(model, store)
+    ShardShape.of(shape, tp)  # a TP the model cannot be split by is refused here
     if dry_run:
         _dry_run(shape, tp, grid, gpu, layers, store)
         return
@@ -115,8 +145,6 @@ def _dry_run(shape: ModelShape, tp: int, grid: str, gpu: str | None, layers: int
         kv_capacity_tokens,
         load_grid,
     )
-    from simdisagg.costmodel.fitted import ShardShape
-
     shard = ShardShape.of(shape, tp)
     g, path = load_grid(grid)
     name = gpu or "h100-sxm"
@@ -135,6 +163,33 @@ def _dry_run(shape: ModelShape, tp: int, grid: str, gpu: str | None, layers: int
     for s in skipped:
         typer.echo(f"  skip {s}")
     typer.echo("estimated seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in est.items()))
+
+
+def _check_fit_inputs(
+    folder: Path, derive_to: list[str] | None, derived_root: Path | None, seed: int, profiles_dir: Path | None
+) -> None:
+    """What ``fit`` reads and writes, checked before any fitting: the folder and its files
+    (UTF-8, meta.yaml without duplicate keys), the GPUs to derive for, the output folders."""
+    from simdisagg.inputs import check_output_dir, load_settings, read_text
+
+    if not folder.is_dir():
+        raise CalibrationError(f"{folder}: {'is not a folder' if folder.exists() else 'no such folder'}")
+    if not 0 <= seed < 2**63:
+        raise CalibrationError(f"--seed: must be between 0 and 2**63 - 1, got {seed}")
+    if derived_root is not None and not derive_to:
+        raise CalibrationError("--derived-root says where --derive-to writes: give --derive-to too")
+    raw, meta = folder / "raw.csv", folder / "meta.yaml"
+    if raw.exists():
+        read_text(raw, "raw.csv")
+    if meta.exists():
+        load_settings(meta, "meta.yaml")
+    check_output_dir(folder, "FOLDER")
+    if derive_to:
+        store = ProfileStore(profiles_dir)
+        for name in derive_to:
+            store.gpu(name)
+        if derived_root is not None:
+            check_output_dir(derived_root, "--derived-root")
 
 
 def _derived_root(folder: Path) -> Path:
@@ -167,6 +222,8 @@ def fit_command(
     """Fit the cost model to raw.csv: write fit.json, fit_report.md and fit_plot.png beside it."""
     from simdisagg.fit import fit_measured, write_fit
 
+    _check_fit_inputs(folder, derive_to, derived_root, seed, profiles_dir)
+
     result = fit_measured(folder, profiles_dir=profiles_dir, folds=folds, seed=seed)
     written = write_fit(folder, result, plot=plot, profiles_dir=profiles_dir)
     typer.echo(f"{result.fit['label']}: wrote {', '.join(p.name for p in written)} in {folder}")
@@ -194,7 +251,9 @@ def fit_command(
 
 def _standalone() -> typer.Typer:
     """An app with just these two commands (for tests that need no other command)."""
-    app = typer.Typer(add_completion=False, no_args_is_help=True, help="simdisagg calibrate / fit")
-    app.command("calibrate")(calibrate_command)
-    app.command("fit")(fit_command)
+    from simdisagg.cli.common import guarded, make_app
+
+    app = make_app("simdisagg", "simdisagg calibrate / fit")
+    app.command("calibrate")(guarded(calibrate_command))
+    app.command("fit")(guarded(fit_command))
     return app

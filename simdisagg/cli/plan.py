@@ -61,6 +61,62 @@ def _ratio(text: str | None) -> tuple[int, int] | None:
     return p, d
 
 
+#: The flag behind each PlanSpec field, for messages about a value from the command line.
+_PLAN_FLAGS = {
+    "gpus": "--gpus", "budget_per_hour_usd": "--budget-per-hour", "rel_tol": "--rel-tol",
+    "max_rate_scale": "--max-rate-scale", "min_rate_scale": "--max-rate-scale", "cost_error": "--cost-error",
+    "sensitivity_top": "--sensitivity-top", "windows": "--windows", "window_ratio": "--ratio", "tps": "--tp",
+    "max_batch_sizes": "--max-batch", "prefill_gpus": "--prefill-gpu", "decode_gpus": "--decode-gpu",
+    "links": "--link",
+}  # fmt: skip
+
+
+def _option_error(exc: Exception) -> ConfigError:
+    """A PlanSpec validation error as one line naming the flag."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return ConfigError(f"plan options: {exc}")
+    err = errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    flag = next((_PLAN_FLAGS[p] for p in reversed(loc) if p in _PLAN_FLAGS), "plan options")
+    return ConfigError(f"{flag}: {err['msg'].removeprefix('Value error, ')}")
+
+
+def _check_options(
+    *, workers: int | None, address: str | None, backend: str, ratio: str | None, windows: int, top: int,
+    numbers: dict[str, float | None],
+) -> None:  # fmt: skip
+    """Options refused before any work: counts out of range, non-finite numbers, and options
+    that apply only with another one."""
+    if workers is not None and not 1 <= workers <= 4096:
+        raise ConfigError(f"--workers: must be between 1 and 4096, got {workers}")
+    if address is not None and backend != "ray":
+        raise ConfigError("--address names a Ray cluster: it applies only with --backend ray")
+    if ratio is not None and windows == 0:
+        raise ConfigError("--ratio fixes the split evaluated against --windows K: give --windows too")
+    if top < 1:
+        raise ConfigError(f"--top: must be >= 1, got {top}")
+    for flag, value in numbers.items():
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{flag}: must be a finite number, got {value}")
+
+
+def _cost_models(base: Any, profiles_dir: Path | None, gpus: tuple[str, ...], tps: tuple[int, ...]) -> list[tuple[str, str]]:
+    """The cost model of every (GPU, TP) the plan tries; a TP the model cannot split is refused."""
+    from simdisagg.costmodel.factory import make_cost_model
+    from simdisagg.hardware import ProfileStore, check_parallelism
+    from simdisagg.rng import Streams
+
+    store = ProfileStore(profiles_dir)
+    model = base.model_shape(store)
+    for t in tps:
+        check_parallelism(model, t, "--tp")
+    return [
+        (f"{g} tp{t}", make_cost_model(base.cost, model, store.gpu(g), t, Streams(base.seed), store, role="plan").label)
+        for g in dict.fromkeys(gpus) for t in dict.fromkeys(tps)
+    ]
+
+
 def _fmt(x: Any, spec: str) -> str:
     if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
         return "-"
@@ -125,13 +181,14 @@ def plan_command(
     with and without chunked prefill; each ranked by goodput, the highest request rate at which
     the SLO attainment target still holds."""
 
-    from simdisagg.cli.common import _run_guarded, build_overrides
+    from simdisagg.cli.common import FLAGS, _run_guarded, build_overrides, check_input_file, setting_lines
 
     def body() -> None:
         from rich.console import Console
 
         from simdisagg.config import resolve_config
         from simdisagg.importers import load_trace
+        from simdisagg.inputs import check_output_dir
         from simdisagg.plan import PlanSpec, SearchSettings
 
         if backend not in ("process", "ray"):
@@ -140,9 +197,15 @@ def plan_command(
             raise ConfigError(f"--rank-by: '{rank_by}' is not goodput, per_gpu, per_dollar or per_kw")
         if (gpus is None) == (budget_per_hour is None):
             raise ConfigError("give exactly one of --gpus N and --budget-per-hour X")
+        _check_options(
+            workers=workers, address=address, backend=backend, ratio=ratio, windows=windows, top=top,
+            numbers={"--budget-per-hour": budget_per_hour, "--attainment": attainment, "--cost-error": cost_error,
+                     "--rel-tol": rel_tol, "--max-rate-scale": max_rate_scale},
+        )  # fmt: skip
+        check_input_file(config, "--config")
         overrides = build_overrides(model=model, seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot)
         overrides["slo.attainment"] = attainment
-        base = resolve_config(config, overrides)
+        base = resolve_config(config, overrides, FLAGS)
         both = _names(gpu, "--gpu")
         try:
             spec = PlanSpec(
@@ -164,12 +227,16 @@ def plan_command(
                 window_ratio=_ratio(ratio),
             )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise ConfigError(f"plan options: {str(exc).splitlines()[-1].strip()}") from None
+            raise _option_error(exc) from None
+        cost_models = _cost_models(base, profiles_dir, spec.prefill_gpus + spec.decode_gpus, spec.tps)
         out_dir = out if out is not None else Path(f"plan-{trace.stem}")
+        check_output_dir(out_dir, "--out")
         if fresh and (out_dir / "results.jsonl").exists():
             (out_dir / "results.jsonl").unlink()
         tr = load_trace(trace)
         console = Console()
+        for line in [f"trace: {tr!r}"] + setting_lines(spec.base, cost_models):
+            console.print(line, markup=False, highlight=False)
         n_workers = workers or os.cpu_count() or 1
         result = _run_with_progress(console, tr, spec, out_dir, profiles_dir, backend, n_workers, address)
         _print(console, result, top)

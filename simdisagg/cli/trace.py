@@ -1,9 +1,10 @@
 """``simdisagg trace``: convert public traces, generate synthetic ones, and describe them.
 
-Thin typer commands (parse → call → print); the work is in :mod:`simdisagg.importers`,
-:mod:`simdisagg.generate` and :mod:`simdisagg.tracestats`. Errors are raised as
-:class:`~simdisagg.errors.SimdisaggError` subclasses; the main CLI (``simdisagg.cli``) mounts
-``trace_app`` and turns them into a one-line message and exit status 1.
+Thin typer commands (parse → check → call → print); the work is in :mod:`simdisagg.importers`,
+:mod:`simdisagg.generate` and :mod:`simdisagg.tracestats`. Every option and path is checked
+before any work, including options that apply only to some formats. Errors are raised as
+:class:`~simdisagg.errors.SimdisaggError` subclasses; each command is :func:`guarded`, so they
+end as a one-line message and exit status 1.
 """
 
 from __future__ import annotations
@@ -15,18 +16,41 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from simdisagg.cli.common import guarded, make_app
 from simdisagg.errors import ConfigError
-from simdisagg.trace import Trace, write_jsonl
+from simdisagg.trace import MAX_HASH_BLOCK_TOKENS, Trace, write_jsonl
 
-trace_app = typer.Typer(
-    name="trace",
-    help="Convert public traces to the native JSONL format, generate synthetic traces, show statistics.",
-    no_args_is_help=True,
-    add_completion=False,
+trace_app = make_app(
+    "trace", "Convert public traces to the native JSONL format, generate synthetic traces, show statistics."
 )
 
 _console = Console()
+
+#: Formats whose requests come in agent sessions (their sessions start as a Poisson process).
+AGENTIC_FORMATS = ("kvct", "kvct-csv", "tracelab")
+#: Most requests or sessions one ``trace generate`` makes.
+MAX_GENERATED = 100_000_000
+
+
+def _check_agentic_options(fmt: str, source: str, **given: Any) -> None:
+    """Options of the agentic formats are refused, not ignored, for a trace of another format."""
+    if fmt in AGENTIC_FORMATS:
+        return
+    for flag, value in given.items():
+        if value is not None:
+            raise ConfigError(f"{flag} applies to agentic session traces ({', '.join(AGENTIC_FORMATS)}), and {source} is {fmt}")
+
+
+def _check_rate(value: float | None, flag: str) -> None:
+    if value is not None and not (0 < value <= 1e6):
+        raise ConfigError(f"{flag}: must be above 0 and at most 1e6 sessions per second, got {value}")
+
+
+def _check_seed(value: int) -> None:
+    if not 0 <= value < 2**63:
+        raise ConfigError(f"--seed: must be between 0 and 2**63 - 1, got {value}")
 
 
 def _summary_line(trace: Trace) -> str:
@@ -38,7 +62,11 @@ def _summary_line(trace: Trace) -> str:
     )
 
 
-@trace_app.command("convert")
+@trace_app.command(
+    "convert",
+    epilog="Example: simdisagg trace convert AzureLLMInferenceTrace_conv.csv azure-conv.jsonl",
+)
+@guarded
 def convert(
     source: Annotated[str, typer.Argument(help="trace file, folder or glob (kv-cache-tester sessions)")],
     out: Annotated[Path, typer.Argument(help="native JSONL file to write")],
@@ -61,8 +89,26 @@ def convert(
     ] = None,
 ) -> None:
     """Convert a trace to native JSONL (written atomically) and say what was skipped or changed."""
-    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, import_trace
+    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, FORMATS, detect_format, import_trace
+    from simdisagg.inputs import check_output_file
 
+    if format != "auto" and format not in FORMATS:
+        raise ConfigError(f"--format: '{format}' is not auto or one of {', '.join(FORMATS)}")
+    if zero_output is not None and zero_output not in ("error", "skip", "one"):
+        raise ConfigError(f"--zero-output: '{zero_output}' is not error, skip or one")
+    if session_arrival is not None and session_arrival not in ("poisson", "recorded"):
+        raise ConfigError(f"--session-arrival: '{session_arrival}' is not poisson or recorded")
+    if session_arrival == "recorded" and session_rate is not None:
+        raise ConfigError("--session-rate sets the Poisson session starts, and --session-arrival recorded has none")
+    _check_rate(session_rate, "--session-rate")
+    _check_seed(seed)
+    if hash_block_tokens is not None and not 1 <= hash_block_tokens <= MAX_HASH_BLOCK_TOKENS:
+        raise ConfigError(f"--hash-block-tokens: must be between 1 and {MAX_HASH_BLOCK_TOKENS}, got {hash_block_tokens}")
+    fmt = detect_format(source) if format == "auto" else format
+    _check_agentic_options(fmt, source, **{"--session-rate": session_rate, "--session-arrival": session_arrival})
+    if model is not None and fmt != "burstgpt":
+        raise ConfigError(f"--model filters BurstGPT traces only, and {source} is {fmt}")
+    check_output_file(out, "OUT", inputs=[source] if Path(source).exists() else [])
     result = import_trace(
         source,
         format=format,
@@ -77,11 +123,11 @@ def convert(
     if result.notes or result.changes:
         header["import_notes"] = list(result.notes) + list(result.changes)
     write_jsonl(result.trace, out, header=header)
-    _console.print(f"wrote {out} ({result.format}): {_summary_line(result.trace)}")
+    _console.print(f"wrote {out} ({result.format}): {_summary_line(result.trace)}", markup=False, highlight=False)
     for note in result.notes:
-        _console.print(f"  {note}")
+        _console.print(f"  {note}", markup=False, highlight=False)
     for change in result.changes:
-        _console.print(f"  [yellow]{change}[/yellow]")
+        _console.print(f"  [yellow]{escape(change)}[/yellow]")
     if not result.changes:
         _console.print("  nothing skipped or changed")
 
@@ -103,11 +149,20 @@ def _parse_params(items: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--param expects key=value, got '{item}'")
+        if key.strip() in params:
+            raise ConfigError(f"--param {key.strip()} is given twice")
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if not math.isfinite(number):
+            raise ConfigError(f"--param {key.strip()}={value.strip()}: must be a finite number")
         params[key.strip()] = value.strip()
     return params
 
 
-@trace_app.command("generate")
+@trace_app.command("generate", epilog="Example: simdisagg trace generate --kind agentic --sessions 50 --out agentic.jsonl")
+@guarded
 def generate(
     out: Annotated[Path, typer.Option("--out", help="native JSONL file to write")],
     kind: Annotated[str, typer.Option("--kind", help="agentic, chat, rag or coding")] = "agentic",
@@ -130,10 +185,22 @@ def generate(
 ) -> None:
     """Generate a synthetic trace; the parameters used are recorded in the file's header line."""
     from simdisagg.generate import KINDS, generate_trace, make_params
+    from simdisagg.inputs import check_output_file
 
     if kind not in KINDS:
         raise ConfigError(f"unknown --kind '{kind}'; expected one of {', '.join(KINDS)}")
+    _check_seed(seed)
+    for flag, value in (("--sessions", sessions), ("--requests", requests)):
+        if value is not None and not 1 <= value <= MAX_GENERATED:
+            raise ConfigError(f"{flag}: must be between 1 and {MAX_GENERATED:,}, got {value}")
+    if kind != "agentic" and sessions is not None:
+        raise ConfigError(f"--sessions applies to --kind agentic; a {kind} trace is open loop: give --requests")
+    if kind == "agentic" and sessions is not None and requests is not None:
+        raise ConfigError("give --sessions or --requests, not both")
+    if horizon_s is not None and not (0 < horizon_s <= 1e9):
+        raise ConfigError(f"--horizon-s: must be above 0 and at most 1e9 seconds, got {horizon_s}")
     params = make_params(kind, _parse_params(param))
+    check_output_file(out, "--out")
     trace = generate_trace(
         kind,  # type: ignore[arg-type]  # checked against KINDS above
         num_sessions=sessions,
@@ -153,10 +220,11 @@ def generate(
         }
     }
     write_jsonl(trace, out, header=header)
-    _console.print(f"wrote {out}: {_summary_line(trace)}")
+    _console.print(f"wrote {out}: {_summary_line(trace)}", markup=False, highlight=False)
 
 
-@trace_app.command("stats")
+@trace_app.command("stats", epilog="Example: simdisagg trace stats traces/agentic-example.jsonl --json")
+@guarded
 def stats(
     file: Annotated[str, typer.Argument(help="trace (any supported format)")],
     other: Annotated[str | None, typer.Argument(help="a second trace to show side by side")] = None,
@@ -167,9 +235,15 @@ def stats(
     seed: Annotated[int, typer.Option("--seed", help="seed of the session arrival process")] = 0,
 ) -> None:
     """Show request counts, lengths, sessions, closed-loop share, prefix reuse and burstiness."""
-    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, import_trace
+    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, detect_format, import_trace
     from simdisagg.tracestats import format_stats_table, trace_stats
 
+    _check_rate(session_rate, "--session-rate")
+    _check_seed(seed)
+    if session_rate is not None:
+        formats = {f: detect_format(f) for f in [file] + ([other] if other else [])}
+        if not any(fmt in AGENTIC_FORMATS for fmt in formats.values()):
+            _check_agentic_options(formats[file], file, **{"--session-rate": session_rate})
     rate = DEFAULT_SESSIONS_PER_S if session_rate is None else session_rate
     results = [import_trace(f, sessions_per_s=rate, seed=seed) for f in [file] + ([other] if other else [])]
     all_stats = [trace_stats(r.trace) for r in results]
@@ -180,4 +254,4 @@ def stats(
     _console.print(format_stats_table(all_stats[0], all_stats[1] if other else None))
     for r in results:
         for change in r.changes:
-            _console.print(f"[yellow]{r.trace.source}: {change}[/yellow]")
+            _console.print(f"[yellow]{escape(f'{r.trace.source}: {change}')}[/yellow]")

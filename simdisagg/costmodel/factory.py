@@ -34,7 +34,7 @@ def make_cost_model(
     stream ``cost:<role>``). A TP degree the model cannot be split by is refused for every kind
     (:func:`~simdisagg.hardware.check_parallelism`): a reference model would otherwise time a
     cluster no engine can run."""
-    check_parallelism(model, tp, f"{role} tp")
+    check_parallelism(model, tp, f"{role} pool tp")
     if cfg.kind == "constant":
         return ConstantCostModel(
             cfg.prefill_s, cfg.decode_step_s, cfg.prefill_s_per_token, cfg.decode_step_s_per_context_token

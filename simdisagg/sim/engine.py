@@ -18,6 +18,7 @@ completed, plus its tool wait. A request that waits for a rejected request is re
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,7 @@ def simulate(
     store: ProfileStore | None = None,
     cost_scale: float = 1.0,
     stop_after_misses: int | None = None,
+    progress: Callable[[float, int, int], None] | None = None,
 ) -> RunResult:
     """Simulate ``trace`` on the cluster ``cfg`` describes. Same inputs and seed → same result.
 
@@ -128,7 +130,10 @@ def simulate(
     it, or completed slower than the TPOT target). A search that only asks whether the SLO
     attainment target holds stops a run that cannot reach it there; the requests still in
     flight stay ``unfinished`` and ``meta["stopped_early_at_s"]`` says when it stopped. The
-    checks only read state, so a run they do not stop is the run without them."""
+    checks only read state, so a run they do not stop is the run without them.
+
+    ``progress(now_s, finished, total)`` is called every so many finished requests (completed
+    or rejected), and at the end; it only reads state, so the run is the same without it."""
     wall0 = time.perf_counter()
     store = store or ProfileStore()
     streams = Streams(cfg.seed)
@@ -169,10 +174,21 @@ def simulate(
             if status[j] == STATUS_REJECTED:
                 continue
             rec.reject(j, why)
+            if progress is not None:
+                report()
             if children:
                 stack.extend((c, f"waits for rejected request {trace.request_ids[j]}") for c in children[j])
 
     watch = None if stop_after_misses is None else _MissWatch(env, cfg, trace, rec, stop_after_misses)
+    report_every = max(1, n // 200)
+    finished = [0]
+
+    def report(count: int = 1) -> None:
+        assert progress is not None
+        before = finished[0]
+        finished[0] += count
+        if finished[0] // report_every != before // report_every:
+            progress(env.now, finished[0], n)
 
     def complete(i: int) -> None:
         t_done[i] = env.now
@@ -181,6 +197,8 @@ def simulate(
             release_children(i)
         if watch is not None:
             watch.tick()
+        if progress is not None:
+            report()
 
     # Requests that can never be served, whatever the load.
     never: dict[int, str] = {}
@@ -381,6 +399,8 @@ def simulate(
         call_later(env, arrival_s[0], release_open, 0)
     run(env)
     rec.end_at = env.now
+    if progress is not None:
+        progress(env.now, finished[0], n)
     for stats in instances_stats:
         stats.kv.close(env.now)
     if cfg.mode != "aggregated":
@@ -490,3 +510,20 @@ def _unloaded_service_s(
                 t += latency + n_in * transfer_per_token
         out[i] = t
     return out
+
+
+def check_cluster(cfg: RunConfig, store: ProfileStore) -> dict[str, str]:
+    """Everything :func:`simulate` would refuse about the cluster itself, without simulating:
+    profiles, TP degrees, a model that leaves no KV memory, a router policy the mode lacks.
+    Returns the cost model label of each pool (``{"prefill": ..., "decode": ...}``)."""
+    streams = Streams(cfg.seed)
+    if cfg.mode == "aggregated":
+        if cfg.router.prefill_policy == "shared_queue":
+            raise ConfigError("router.prefill_policy 'shared_queue' applies to disaggregated prefill pools only")
+        return {"aggregated": _plan_pool(cfg, cfg.aggregated_pool(), "aggregated", store, streams, 1.0).cost.label}
+    store.link(cfg.link.preset)
+    return {
+        "prefill": _plan_pool(cfg, cfg.prefill, "prefill", store, streams, 1.0).cost.label,
+        "decode": _plan_pool(cfg, cfg.decode, "decode", store, streams, 1.0).cost.label,
+    }
+

@@ -99,7 +99,7 @@ def test_wait_for_cycle_and_later_request_rejected(tmp_path: Path) -> None:
         (("--link", "carrier-pigeon"), "unknown link"),
         (("--prefill", "0"), "prefill"),
         (("--slo-ttft", "fast"), "--slo-ttft"),
-        (("--rate-scale", "-1"), "rate_scale"),
+        (("--rate-scale", "-1"), "--rate-scale"),
     ],
 )
 def test_bad_config_values(args: tuple[str, ...], needle: str) -> None:
