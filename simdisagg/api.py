@@ -179,27 +179,25 @@ _CACHES = ("prefill", "aggregated", "decode_retained")
 
 
 def mode_independent(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary with the same keys whatever the serving mode.
+    """The summary with the same keys, in the same order, whatever the serving mode.
 
     Pool and prefix-cache keys of every pool appear in both modes (``None`` where this mode
-    has no such pool), the link keys too, and mode-free keys sum them up: ``prompt_prefix_hit_fraction``
-    (the cache in front of the prompts: the prefill pool's or the aggregated pool's)."""
-    out = dict(summary)
-    out.pop("wall_s", None)
-    for pool in _POOLS:
-        for key in _POOL_KEYS:
-            out.setdefault(f"{pool}_{key}", None)
-    cache_suffixes: dict[str, None] = {}
+    has no such pool), the link keys too, all after the mode-free keys and in a fixed order;
+    ``prompt_prefix_hit_fraction`` is the token hit fraction of the cache in front of the
+    prompts (the prefill pool's, or the aggregated pool's)."""
+    cache_suffixes: list[str] = []
     for cache in _CACHES:
         for key in summary:
             rest = key.removeprefix(f"{cache}_")
             if rest != key and (rest.startswith("prefix_") or rest == "prefill_tokens_saved"):
-                cache_suffixes.setdefault(rest, None)
-    for cache in _CACHES:
-        for rest in cache_suffixes:
-            out.setdefault(f"{cache}_{rest}", None)
-    out.setdefault("link_busy_fraction", None)
-    out.setdefault("kv_bytes_sent", None)
+                if rest not in cache_suffixes:
+                    cache_suffixes.append(rest)
+    pool_keys = [f"{pool}_{key}" for pool in _POOLS for key in _POOL_KEYS]
+    cache_keys = [f"{cache}_{rest}" for cache in _CACHES for rest in sorted(cache_suffixes)]
+    tail = pool_keys + ["link_busy_fraction", "kv_bytes_sent"] + cache_keys
+    out = {k: v for k, v in summary.items() if k not in tail and k != "wall_s"}
+    for key in tail:
+        out[key] = summary.get(key)
     cache = "aggregated" if summary.get("mode") == "aggregated" else "prefill"
     out["prompt_prefix_hit_fraction"] = summary.get(f"{cache}_prefix_token_hit_fraction")
     return out

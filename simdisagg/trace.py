@@ -306,6 +306,8 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
         close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         msg = f"is not a field of a trace line{hint}; the fields are {', '.join(FIELDS)}"
+    elif loc == ["wait_for"] and kind.endswith("_type"):
+        msg = f"must be a list of request ids, got {_brief(err.get('input'))}"
     elif loc and loc[0] in ("request_id", "session_id", "wait_for") and kind.endswith("_type"):
         msg = f"must be a string or an integer, got {_brief(err.get('input'))}"
     elif kind.endswith("_type") and "input" in err:

@@ -100,11 +100,11 @@ def run(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Write summary.json, requests.parquet/.csv, config.json and manifest.json here."),
+        typer.Option("--out", "-o", help="Write summary.json, requests.parquet/.csv, config.json and manifest.json here (default: none, print only)."),
     ] = None,
     plots: Annotated[
         Path | None,
-        typer.Option("--plots", help="Write latency CDFs and per-pool utilisation, queue and KV over time here."),
+        typer.Option("--plots", help="Write latency CDFs and per-pool utilisation, queue and KV over time here (default: none)."),
     ] = None,
     profiles_dir: ProfilesOpt = None,
 ) -> None:

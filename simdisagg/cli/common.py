@@ -173,7 +173,7 @@ def parse_duration_s(text: str | None, flag: str) -> float | None:
         raise ConfigError(f"{flag}: '{text}' is not a duration; give a number and a unit, e.g. 500ms or 0.5s")
     value, unit = float(m.group(1)), m.group(2).lower()
     if not unit:
-        raise ConfigError(f"{flag}: '{text}' has no unit; add a unit: {text.strip()}ms or {text.strip()}s")
+        raise ConfigError(f"{flag}: '{text}' has no unit; add a unit: {m.group(1)}ms or {value / 1000:g}s")
     if unit not in _UNITS_S:
         raise ConfigError(f"{flag}: unknown unit '{m.group(2)}' in '{text}'; use us, ms, s, min or h")
     seconds = value * _UNITS_S[unit]
@@ -194,7 +194,7 @@ def format_duration(seconds: float) -> str:
 # -- the common options ------------------------------------------------------------------------
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Cluster config (YAML or JSON); flags override it.")
+    Path | None, typer.Option("--config", "-c", help="Cluster config (YAML or JSON); flags override it (default: none, the built-in settings).")
 ]
 PrefillOpt = Annotated[int | None, typer.Option("--prefill", help="Prefill instances (default: 1).")]
 DecodeOpt = Annotated[int | None, typer.Option("--decode", help="Decode instances (default: 1).")]
@@ -226,7 +226,7 @@ SloTpotOpt = Annotated[
 ]
 ProfilesOpt = Annotated[
     Path | None,
-    typer.Option("--profiles-dir", help="Folder of hardware profiles, searched before the shipped ones."),
+    typer.Option("--profiles-dir", help="Folder of hardware profiles, searched before the shipped ones (default: none)."),
 ]
 
 #: The flag that sets each dotted config key, for messages about a value from the command line.

@@ -18,12 +18,12 @@ from simdisagg.errors import ConfigError
 
 # The shared options are spelled here rather than imported: simdisagg.cli imports this module
 # while it is itself being imported, and the command must not depend on that order.
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="base cluster config (YAML or JSON)")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="model shape, e.g. llama-3.1-8b")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="base cluster config, YAML or JSON (default: none, the built-in settings)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="model shape, e.g. llama-3.1-8b (default: the config's, else llama-3.1-8b)")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="random seed (default 0)")]
 SloTtftOpt = Annotated[str | None, typer.Option("--slo-ttft", help="TTFT target, e.g. 500ms (default 2s)")]
 SloTpotOpt = Annotated[str | None, typer.Option("--slo-tpot", help="TPOT target, e.g. 50ms (default 100ms)")]
-ProfilesOpt = Annotated[Path | None, typer.Option("--profiles-dir", help="folder of hardware profiles")]
+ProfilesOpt = Annotated[Path | None, typer.Option("--profiles-dir", help="folder of hardware profiles (default: the shipped ones)")]
 
 
 def _names(text: str | None, flag: str) -> tuple[str, ...] | None:
@@ -101,8 +101,11 @@ def _check_options(
             raise ConfigError(f"{flag}: must be a finite number, got {value}")
 
 
-def _cost_models(base: Any, profiles_dir: Path | None, gpus: tuple[str, ...], tps: tuple[int, ...]) -> list[tuple[str, str]]:
-    """The cost model of every (GPU, TP) the plan tries; a TP the model cannot split is refused."""
+def _cost_models(
+    base: Any, profiles_dir: Path | None, gpus: tuple[str, ...], tps: tuple[int, ...], links: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """The cost model of every (GPU, TP) the plan tries, once every GPU, TP and link it names
+    is checked (a TP the model cannot split, an unknown profile: refused before the search)."""
     from simdisagg.costmodel.factory import make_cost_model
     from simdisagg.hardware import ProfileStore, check_parallelism
     from simdisagg.rng import Streams
@@ -111,6 +114,8 @@ def _cost_models(base: Any, profiles_dir: Path | None, gpus: tuple[str, ...], tp
     model = base.model_shape(store)
     for t in tps:
         check_parallelism(model, t, "--tp")
+    for name in links:
+        store.link(name)
     return [
         (f"{g} tp{t}", make_cost_model(base.cost, model, store.gpu(g), t, Streams(base.seed), store, role="plan").label)
         for g in dict.fromkeys(gpus) for t in dict.fromkeys(tps)
@@ -125,9 +130,9 @@ def _fmt(x: Any, spec: str) -> str:
 
 def plan_command(
     trace: Annotated[Path, typer.Argument(help="request trace (native JSONL, Mooncake, Azure CSV, ...)")],
-    gpus: Annotated[int | None, typer.Option("--gpus", help="GPU budget: split this many GPUs")] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPU budget: split this many GPUs (default: none; this or --budget-per-hour)")] = None,
     budget_per_hour: Annotated[
-        float | None, typer.Option("--budget-per-hour", help="budget in USD per hour (GPU list prices)")
+        float | None, typer.Option("--budget-per-hour", help="budget in USD per hour at GPU list prices (default: none; this or --gpus)")
     ] = None,
     slo_ttft: SloTtftOpt = None,
     slo_tpot: SloTpotOpt = None,
@@ -136,14 +141,14 @@ def plan_command(
     ] = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
-    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU type(s) of both pools, comma-separated")] = None,
-    prefill_gpu: Annotated[str | None, typer.Option("--prefill-gpu", help="prefill GPU type(s), e.g. h100-sxm")] = None,
-    decode_gpu: Annotated[str | None, typer.Option("--decode-gpu", help="decode GPU type(s), e.g. h200,h20")] = None,
-    tp: Annotated[str | None, typer.Option("--tp", help="TP degrees to try per pool, e.g. 1,2")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU type(s) of both pools, comma-separated (default: the config's, else h100-sxm)")] = None,
+    prefill_gpu: Annotated[str | None, typer.Option("--prefill-gpu", help="prefill GPU type(s), e.g. h100-sxm (default: --gpu)")] = None,
+    decode_gpu: Annotated[str | None, typer.Option("--decode-gpu", help="decode GPU type(s), e.g. h200,h20 (default: --gpu)")] = None,
+    tp: Annotated[str | None, typer.Option("--tp", help="TP degrees to try per pool, e.g. 1,2 (default: the config's decode TP, else 1)")] = None,
     max_batch: Annotated[
-        str | None, typer.Option("--max-batch", help="decode max batch sizes to try, e.g. 64,256")
+        str | None, typer.Option("--max-batch", help="decode max batch sizes to try, e.g. 64,256 (default: the config's, else 256)")
     ] = None,
-    link: Annotated[str | None, typer.Option("--link", help="KV link presets to try, e.g. ib-ndr-400,roce-200")] = None,
+    link: Annotated[str | None, typer.Option("--link", help="KV link presets to try, e.g. ib-ndr-400,roce-200 (default: the config's, else ib-ndr-400)")] = None,
     aggregated: Annotated[
         bool, typer.Option("--aggregated/--no-aggregated", help="include the aggregated baselines")
     ] = True,
@@ -152,13 +157,13 @@ def plan_command(
     ] = "goodput",
     cost_error: Annotated[
         float | None,
-        typer.Option("--cost-error", help="re-run the top candidates with step times ±this (e.g. 0.1)"),
+        typer.Option("--cost-error", help="re-run the top candidates with step times ±this, e.g. 0.1 (default: none, no re-runs)"),
     ] = None,
     sensitivity_top: Annotated[int, typer.Option("--sensitivity-top", help="splits re-run for sensitivity")] = 3,
     windows: Annotated[
         int, typer.Option("--windows", help="evaluate the best ratio against K consecutive trace windows")
     ] = 0,
-    ratio: Annotated[str | None, typer.Option("--ratio", help="the fixed P:D ratio for --windows")] = None,
+    ratio: Annotated[str | None, typer.Option("--ratio", help="the fixed P:D ratio for --windows (default: the best split found)")] = None,
     rel_tol: Annotated[float, typer.Option("--rel-tol", help="goodput search tolerance (relative)")] = 0.02,
     max_rate_scale: Annotated[
         float, typer.Option("--max-rate-scale", help="highest rate scale searched")
@@ -166,7 +171,7 @@ def plan_command(
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="skip dominated candidates")] = True,
     workers: Annotated[int | None, typer.Option("--workers", help="parallel workers (default: CPU count)")] = None,
     backend: Annotated[str, typer.Option("--backend", help="process | ray")] = "process",
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (--backend ray)")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address, with --backend ray (default: a local Ray)")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="results folder (default plan-<trace name>); resumes there")
     ] = None,
@@ -228,7 +233,7 @@ def plan_command(
             )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise _option_error(exc) from None
-        cost_models = _cost_models(base, profiles_dir, spec.prefill_gpus + spec.decode_gpus, spec.tps)
+        cost_models = _cost_models(base, profiles_dir, spec.prefill_gpus + spec.decode_gpus, spec.tps, spec.links)
         out_dir = out if out is not None else Path(f"plan-{trace.stem}")
         check_output_dir(out_dir, "--out")
         if fresh and (out_dir / "results.jsonl").exists():

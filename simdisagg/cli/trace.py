@@ -74,18 +74,18 @@ def convert(
         str, typer.Option("--format", help="auto, native, azure, burstgpt, kvct, kvct-csv or tracelab")
     ] = "auto",
     session_rate: Annotated[
-        float | None, typer.Option("--session-rate", help="agentic sessions per second (Poisson starts)")
+        float | None, typer.Option("--session-rate", help="agentic sessions per second, Poisson starts (default: 0.05)")
     ] = None,
     session_arrival: Annotated[
-        str | None, typer.Option("--session-arrival", help="poisson or recorded (agentic formats)")
+        str | None, typer.Option("--session-arrival", help="poisson or recorded, agentic formats (default: poisson)")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the session arrival process")] = 0,
     zero_output: Annotated[
         str | None, typer.Option("--zero-output", help="error, skip or one (default depends on the format)")
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="keep only this BurstGPT model")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="keep only this BurstGPT model (default: none, every model)")] = None,
     hash_block_tokens: Annotated[
-        int | None, typer.Option("--hash-block-tokens", help="tokens per hash block (native/Azure/BurstGPT)")
+        int | None, typer.Option("--hash-block-tokens", help="tokens per hash block, native/Azure/BurstGPT (default: the file header's, else 512)")
     ] = None,
 ) -> None:
     """Convert a trace to native JSONL (written atomically) and say what was skipped or changed."""
@@ -176,11 +176,11 @@ def generate(
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
     horizon_s: Annotated[
         float | None,
-        typer.Option("--horizon-s", help="keep only requests arriving within this many seconds (a window)"),
+        typer.Option("--horizon-s", help="keep only requests arriving within this many seconds, a window (default: none, all)"),
     ] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", help="override a generator parameter, key=value (repeatable)"),
+        typer.Option("--param", help="override a generator parameter, key=value, repeatable (default: the fitted defaults)"),
     ] = None,
 ) -> None:
     """Generate a synthetic trace; the parameters used are recorded in the file's header line."""
@@ -230,7 +230,7 @@ def stats(
     other: Annotated[str | None, typer.Argument(help="a second trace to show side by side")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     session_rate: Annotated[
-        float | None, typer.Option("--session-rate", help="agentic sessions per second (Poisson starts)")
+        float | None, typer.Option("--session-rate", help="agentic sessions per second, Poisson starts (default: 0.05)")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the session arrival process")] = 0,
 ) -> None:
