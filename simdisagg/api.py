@@ -86,7 +86,7 @@ def versions() -> dict[str, str]:
     import numpy as np
     import simpy
 
-    from simdisagg import __version__
+    from simdisagg._version import __version__
 
     return {
         "simdisagg": __version__,

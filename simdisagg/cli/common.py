@@ -129,7 +129,7 @@ class SimdisaggGroup(TyperGroup):
 
 def _version(value: bool) -> None:
     if value:
-        from simdisagg import __version__
+        from simdisagg._version import __version__
 
         typer.echo(f"simdisagg {__version__}")
         raise typer.Exit(0)
