@@ -15,11 +15,20 @@ comparable, realistic load (``--load-per-gpu`` requests/s per GPU).
     python benchmarks/run_benchmarks.py --preset quick --json benchmarks/results/latest.json
     python benchmarks/run_benchmarks.py --preset targets --json benchmarks/results/targets.json
     python benchmarks/run_benchmarks.py --preset full
+    python benchmarks/run_benchmarks.py --preset load --json benchmarks/results/load.json
+
+The ``load`` preset times reading and validating a trace file before any simulation: a
+1M-line Mooncake-shaped file (the conversation trace tiled, as written by ``trace convert``)
+and a 20k-line agentic one (closed loop, ids, sessions, hash lists of thousands of ids: about
+20 KB a line), each loaded ``--repeats`` times with ``load_trace`` (the medians of wall and
+CPU time are reported), and once line by line (``load_jsonl(columnar=False)``, the path that
+names a bad line) for the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import platform
 import resource
@@ -59,6 +68,8 @@ PRESETS = {
     ],
     # The planner target alone: a capacity search on 10k requests.
     "plan": [PLAN_CASE],
+    # Reading and validating trace files (no simulation): lines per second.
+    "load": [("mooncake", 1_000_000, 0, "load", True), ("agentic", 20_000, 0, "load", True)],
     "full": [
         (kind, n, gpus, mode, n == 10_000)
         for kind in ("agentic", "mooncake")
@@ -170,10 +181,48 @@ def _plan_case(kind: str, count: int, gpus: int, workers: int, q: mp.Queue) -> N
     })
 
 
-def run_case(kind: str, count: int, gpus: int, mode: str, exact: bool, load: float, model: str, tp: int) -> dict:
+def _load_case(kind: str, count: int, repeats: int, with_checked: bool, q: mp.Queue) -> None:
+    import statistics
+    import tempfile
+
+    from simdisagg.importers import load_trace
+    from simdisagg.trace import load_jsonl, write_jsonl
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{kind}-{count}.jsonl"
+        write_jsonl(_make_trace(kind, count), path)
+        size = path.stat().st_size
+        walls, cpus = [], []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            trace = load_trace(path)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        assert len(trace) == count
+        checked = math.nan
+        if with_checked:
+            t0 = time.perf_counter()
+            load_jsonl(path, columnar=False)
+            checked = time.perf_counter() - t0
+    median = statistics.median(walls)
+    cpu = statistics.median(cpus)
+    q.put({"walls_s": walls, "cpus_s": cpus, "median_s": median, "median_cpu_s": cpu, "lines_per_s": count / median,
+           "lines_per_cpu_s": count / cpu, "mb_per_s": size / 1e6 / median, "file_mb": size / 1e6,
+           "checked_s": checked, "checked_over_columnar": checked / median,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0})
+
+
+def run_case(kind: str, count: int, gpus: int, mode: str, exact: bool, load: float, model: str, tp: int,
+             repeats: int = 5) -> dict:  # fmt: skip
     """Run one case in a fresh process (so peak memory is its own)."""
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
+    if mode == "load":
+        p = ctx.Process(target=_load_case, args=(kind, count, repeats, exact, q))
+        p.start()
+        res = q.get()
+        p.join()
+        return res
     if mode == "planner":
         p = ctx.Process(target=_plan_case, args=(kind, count, gpus, mp.cpu_count(), q))
         p.start()
@@ -199,6 +248,7 @@ def main() -> None:
                     help="tensor parallelism of every instance (default 2: the longest agentic "
                          "prompts need two H100s of KV memory)")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this text")
+    ap.add_argument("--repeats", type=int, default=5, help="loads per case of the load preset (median reported)")
     args = ap.parse_args()
     rows = []
     print(f"{'case':44s} {'req/s':>10s} {'events/s':>11s} {'peak MB':>8s} {'wall s':>7s} {'exact/ff':>8s} "
@@ -206,6 +256,14 @@ def main() -> None:
     for kind, count, gpus, mode, with_exact in PRESETS[args.preset]:
         name = f"{kind} {count:>9,d} req, {gpus:>3d} GPUs, {mode}"
         if args.only and args.only not in name:
+            continue
+        if mode == "load":
+            res = run_case(kind, count, gpus, mode, with_exact, args.load_per_gpu, args.model, args.tp, args.repeats)
+            rows.append({"trace": kind, "requests": count, "mode": mode, **res})
+            print(f"{name:44s} load {res['file_mb']:.0f} MB: median {res['median_s']:.2f} s wall, "
+                  f"{res['median_cpu_s']:.2f} s CPU ({res['lines_per_s']:,.0f} lines/s, {res['lines_per_cpu_s']:,.0f} "
+                  f"per CPU-s, {res['mb_per_s']:.0f} MB/s; runs {', '.join(f'{w:.2f}' for w in res['walls_s'])} s); "
+                  f"line by line {res['checked_s']:.1f} s ({res['checked_over_columnar']:.1f}x)", flush=True)
             continue
         ff = run_case(kind, count, gpus, mode, False, args.load_per_gpu, args.model, args.tp)
         if mode == "planner":

@@ -491,14 +491,13 @@ _COLUMNAR_LINE = re.compile(
     rb'"timestamp": (' + _NUM + rb'), "input_length": (' + _INT + rb'), "output_length": (' + _INT + rb")"
     rb'(, "session_id": ' + _STR + rb")?"
     rb'(, "wait_for": \[(?:' + _STR + rb"(?:, " + _STR + rb')*)?\], "tool_wait_ms": ' + _NUM + rb")?"
-    rb'(, "hash_ids": \[[0-9, ]*\])?'
+    rb'(?:, "hash_ids": \[([^\]]*)\])?'
     rb"\}\r?$",
     re.MULTILINE,
 )
 _RID = len(b'"request_id": "')
 _SESSION = len(b', "session_id": "')
 _WAIT = len(b', "wait_for": [')
-_HASH = len(b', "hash_ids": [')
 _POWERS_OF_10 = 10 ** np.arange(1, 19, dtype=np.int64)
 _CHUNK_BYTES = 32 << 20
 
@@ -520,19 +519,19 @@ def _columnar_chunk(chunk: bytes, first_line: int, block: int) -> _Columns | Non
     n = len(matches)
     if n == 0 or n != chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1):
         return None  # some line has another form (or is blank)
-    column = [list(map(itemgetter(k), matches)) for k in (1, 2, 3, 6)]
-    ts_txt, inp_txt, out_txt, hash_seg = column
+    hash_seg = list(map(itemgetter(6), matches))
     rid_seg = list(map(itemgetter(0), matches)) if any(map(itemgetter(0), matches)) else None
     sess_seg = list(map(itemgetter(4), matches)) if any(map(itemgetter(4), matches)) else None
     wait_seg = list(map(itemgetter(5), matches)) if any(map(itemgetter(5), matches)) else None
     try:
-        joined = b",".join(ts_txt)
+        joined = b",".join(map(itemgetter(1), matches))
         if b"." in joined or b"e" in joined or b"E" in joined:
-            ts_ms = np.fromiter(map(float, ts_txt), dtype=np.float64, count=n)
+            ts_ms = np.fromiter(map(float, map(itemgetter(1), matches)), dtype=np.float64, count=n)
         else:  # whole milliseconds (below 2**53, so exact as floats): one numpy call
             ts_ms = np.fromstring(joined, dtype=np.int64, sep=",").astype(np.float64)  # type: ignore[call-overload]
-        inp = np.fromiter(map(int, inp_txt), dtype=np.int64, count=n)
-        out = np.fromiter(map(int, out_txt), dtype=np.int64, count=n)
+        # Token counts are at most 18 digits (the pattern), so int64 reads them exactly.
+        inp = np.fromstring(b",".join(map(itemgetter(2), matches)), dtype=np.int64, sep=",")  # type: ignore[call-overload]
+        out = np.fromstring(b",".join(map(itemgetter(3), matches)), dtype=np.int64, sep=",")  # type: ignore[call-overload]
         ids = _strings(rid_seg, _RID, -3) if rid_seg else None
         sessions = _strings(sess_seg, _SESSION, -1) if sess_seg else None
     except (ValueError, OverflowError, UnicodeDecodeError):
@@ -555,19 +554,20 @@ def _columnar_chunk(chunk: bytes, first_line: int, block: int) -> _Columns | Non
                 return None
         if not np.all(tool_ms <= MAX_TIME_MS):
             return None
-    has_hashes = np.fromiter(map(len, hash_seg), dtype=np.int64, count=n) > _HASH + 1
+    # Group 6 is the body of the hash list: absent and empty both mean no hashes.
+    has_hashes = np.fromiter(map(len, hash_seg), dtype=np.int64, count=n) > 0
     counts = np.zeros(n, dtype=np.int64)
     values = np.zeros(0, dtype=np.int64)
     if has_hashes.any():
         if has_hashes.all():
-            segments = hash_seg
+            bodies = hash_seg
         else:
-            segments = [hash_seg[i] for i in np.flatnonzero(has_hashes).tolist()]
-        # A segment is ', "hash_ids": [a, b, ...]': its commas count its items (the first
-        # comma is the separator before the key).
-        counts[has_hashes] = np.fromiter(map(bytes.count, segments, repeat(b",")), dtype=np.int64,
-                                         count=len(segments))  # fmt: skip
-        body = b"".join(segments).replace(b'], "hash_ids": [', b", ")[_HASH:-1]
+            bodies = [hash_seg[i] for i in np.flatnonzero(has_hashes).tolist()]
+        counts[has_hashes] = np.fromiter(map(bytes.count, bodies, repeat(b",")), dtype=np.int64,
+                                         count=len(bodies)) + 1  # fmt: skip
+        body = b", ".join(bodies)
+        if body.translate(None, b"0123456789, "):
+            return None  # a sign, a decimal point, a line break: read line by line
         try:
             values = np.fromstring(body, dtype=np.int64, sep=",")  # type: ignore[call-overload]
         except ValueError:
