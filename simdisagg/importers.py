@@ -205,6 +205,34 @@ def detect_format(path: str | Path) -> str:
     )  # fmt: skip
 
 
+def check_import_options(
+    *,
+    format: str = "auto",
+    zero_output: str | None = None,
+    session_arrival: str | None = None,
+    sessions_per_s: float | None = DEFAULT_SESSIONS_PER_S,
+    seed: int = 0,
+    names: dict[str, str] | None = None,
+) -> None:
+    """Refuse import options no import can use; ``names`` says how to call each option in the
+    message (the CLI passes its flags, ``{"zero_output": "--zero-output"}``)."""
+    name = {"format": "format", "zero_output": "zero_output", "session_arrival": "session_arrival",
+            "sessions_per_s": "sessions_per_s", "seed": "seed", **(names or {})}  # fmt: skip
+    if format != "auto" and format not in FORMATS:
+        raise ConfigError(f"{name['format']}: '{format}' is not auto or one of {', '.join(FORMATS)}")
+    if zero_output is not None and zero_output not in ("error", "skip", "one"):
+        raise ConfigError(f"{name['zero_output']}: '{zero_output}' is not error, skip or one")
+    if session_arrival is not None and session_arrival not in ("poisson", "recorded"):
+        raise ConfigError(f"{name['session_arrival']}: '{session_arrival}' is not poisson or recorded")
+    if sessions_per_s is not None and (isinstance(sessions_per_s, bool) or not 0 < sessions_per_s <= MAX_SESSIONS_PER_S):
+        raise ConfigError(
+            f"{name['sessions_per_s']}: must be above 0 and at most {MAX_SESSIONS_PER_S:g} sessions per second, "
+            f"got {sessions_per_s}"
+        )
+    if isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ConfigError(f"{name['seed']}: must be between 0 and 2**63 - 1, got {seed}")
+
+
 def import_trace(
     path: str | Path,
     *,
@@ -224,16 +252,10 @@ def import_trace(
     BurstGPT rows by their ``Model`` column; ``sessions_per_s`` and ``seed`` drive the Poisson
     session starts of the agentic formats.
     """
-    if format != "auto" and format not in FORMATS:
-        raise ConfigError(f"unknown trace format '{format}'; expected auto or one of {', '.join(FORMATS)}")
-    if zero_output is not None and zero_output not in ("error", "skip", "one"):
-        raise ConfigError(f"zero_output must be 'error', 'skip' or 'one', got '{zero_output}'")
-    if session_arrival is not None and session_arrival not in ("poisson", "recorded"):
-        raise ConfigError(f"session_arrival must be 'poisson' or 'recorded', got '{session_arrival}'")
-    if isinstance(sessions_per_s, bool) or not (0 < sessions_per_s <= MAX_SESSIONS_PER_S):
-        raise ConfigError(f"sessions_per_s must be above 0 and at most {MAX_SESSIONS_PER_S:g}, got {sessions_per_s}")
-    if isinstance(seed, bool) or not 0 <= seed < 2**63:
-        raise ConfigError(f"seed must be between 0 and 2**63 - 1, got {seed}")
+    check_import_options(
+        format=format, zero_output=zero_output, session_arrival=session_arrival, sessions_per_s=sessions_per_s,
+        seed=seed,
+    )  # fmt: skip
     p = Path(path)
     if p.exists() and not p.is_dir() and not is_regular_file(p):
         return _import_once(p, format=format, hash_block_tokens=hash_block_tokens, zero_output=zero_output,

@@ -199,36 +199,38 @@ def parse_yaml(text: str, source: str) -> Settings:
     return result
 
 
-def _json_pairs(source: str) -> Any:
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise _DuplicateKey(key)
-            out[key] = value
-        return out
+class DuplicateKey(ValueError):
+    """A JSON object has a key twice (raised by :func:`no_duplicate_keys`)."""
 
-    return hook
-
-
-class _DuplicateKey(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads` that refuses a key given twice (json keeps
+    the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def refuse_constant(name: str) -> Any:
+    """``parse_constant`` for :func:`json.loads`: NaN and the infinities are not JSON numbers."""
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def parse_json(text: str, source: str) -> Settings:
     """JSON text → :class:`Settings`, refusing duplicate keys, NaN/Infinity, deep nesting and
     overlong numbers; key lines come from reading the same text as YAML where that works."""
     try:
-        data = json.loads(text, object_pairs_hook=_json_pairs(source), parse_constant=_refuse_constant)
+        data = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=refuse_constant)
     except json.JSONDecodeError as exc:
         raise InputError(f"{source}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-    except _DuplicateKey as exc:
+    except DuplicateKey as exc:
         try:  # flow JSON reads as YAML, whose nodes carry lines: name the second occurrence
             root = yaml.compose(text, Loader=yaml.SafeLoader)
             if root is not None:

@@ -53,7 +53,14 @@ from pydantic import (
 )
 
 from simdisagg.errors import ConfigError, TraceError
-from simdisagg.inputs import is_regular_file, read_bytes, strip_utf8_bom
+from simdisagg.inputs import (
+    DuplicateKey,
+    is_regular_file,
+    no_duplicate_keys,
+    read_bytes,
+    refuse_constant,
+    strip_utf8_bom,
+)
 from simdisagg.prefixtree import (
     PrefixTree,
     PrefixTreeBuilder,
@@ -343,25 +350,6 @@ def check_hash_counts(trace: Trace) -> None:
         raise TraceError(trace.source, line, "hash_ids", problem or "does not fit the prompt")
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 @dataclass(slots=True)
 class _Columns:
     """Requests read from a trace file, before the cross-line checks of :func:`_finish`.
@@ -389,8 +377,8 @@ def _parse_line(raw: bytes, source: str, lineno: int) -> Any:
             source, lineno, None, f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8 text"
         ) from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except _DuplicateKey as exc:
+        obj = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=refuse_constant)
+    except DuplicateKey as exc:
         raise TraceError(source, lineno, exc.key, "appears twice on the line") from None
     except json.JSONDecodeError as exc:
         raise TraceError(source, lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
@@ -635,7 +623,7 @@ def _read_columnar(buf: Any, source: str, block_override: int | None) -> tuple[_
         if end < 0:
             return None
         try:
-            obj = json.loads(bytes(buf[pos:end]), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+            obj = json.loads(bytes(buf[pos:end]), object_pairs_hook=no_duplicate_keys, parse_constant=refuse_constant)
             header = TraceHeader.model_validate(obj)
         except (ValueError, ValidationError, RecursionError):
             return None

@@ -43,9 +43,9 @@ def _check_agentic_options(fmt: str, source: str, **given: Any) -> None:
             raise ConfigError(f"{flag} applies to agentic session traces ({', '.join(AGENTIC_FORMATS)}), and {source} is {fmt}")
 
 
-def _check_rate(value: float | None, flag: str) -> None:
-    if value is not None and not (0 < value <= 1e6):
-        raise ConfigError(f"{flag}: must be above 0 and at most 1e6 sessions per second, got {value}")
+#: The flag of each import option, for messages.
+_FLAGS = {"format": "--format", "zero_output": "--zero-output", "session_arrival": "--session-arrival",
+          "sessions_per_s": "--session-rate", "seed": "--seed"}  # fmt: skip
 
 
 def _check_seed(value: int) -> None:
@@ -89,19 +89,15 @@ def convert(
     ] = None,
 ) -> None:
     """Convert a trace to native JSONL (written atomically) and say what was skipped or changed."""
-    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, FORMATS, detect_format, import_trace
+    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, check_import_options, detect_format, import_trace
     from simdisagg.inputs import check_output_file
 
-    if format != "auto" and format not in FORMATS:
-        raise ConfigError(f"--format: '{format}' is not auto or one of {', '.join(FORMATS)}")
-    if zero_output is not None and zero_output not in ("error", "skip", "one"):
-        raise ConfigError(f"--zero-output: '{zero_output}' is not error, skip or one")
-    if session_arrival is not None and session_arrival not in ("poisson", "recorded"):
-        raise ConfigError(f"--session-arrival: '{session_arrival}' is not poisson or recorded")
+    check_import_options(
+        format=format, zero_output=zero_output, session_arrival=session_arrival, sessions_per_s=session_rate,
+        seed=seed, names=_FLAGS,
+    )  # fmt: skip
     if session_arrival == "recorded" and session_rate is not None:
         raise ConfigError("--session-rate sets the Poisson session starts, and --session-arrival recorded has none")
-    _check_rate(session_rate, "--session-rate")
-    _check_seed(seed)
     if hash_block_tokens is not None and not 1 <= hash_block_tokens <= MAX_HASH_BLOCK_TOKENS:
         raise ConfigError(f"--hash-block-tokens: must be between 1 and {MAX_HASH_BLOCK_TOKENS}, got {hash_block_tokens}")
     fmt = detect_format(source) if format == "auto" else format
@@ -235,11 +231,10 @@ def stats(
     seed: Annotated[int, typer.Option("--seed", help="seed of the session arrival process")] = 0,
 ) -> None:
     """Show request counts, lengths, sessions, closed-loop share, prefix reuse and burstiness."""
-    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, detect_format, import_trace
+    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, check_import_options, detect_format, import_trace
     from simdisagg.tracestats import format_stats_table, trace_stats
 
-    _check_rate(session_rate, "--session-rate")
-    _check_seed(seed)
+    check_import_options(sessions_per_s=session_rate, seed=seed, names=_FLAGS)
     if session_rate is not None:
         formats = {f: detect_format(f) for f in [file] + ([other] if other else [])}
         if not any(fmt in AGENTIC_FORMATS for fmt in formats.values()):

@@ -255,7 +255,7 @@ CASES: list[Case] = [
     config_case("seed-negative", "config-file", "seed: -1\n", "greater than or equal to 0", "cfg.yaml:1: field 'seed'"),
     config_case("seed-beyond-64-bits", "config-file", "seed: 99999999999999999999999\n", "less than or equal", "field 'seed'"),
     config_case("rate-yaml-inf", "config-file", "rate_scale: .inf\n", "finite number", "field 'rate_scale'"),
-    config_case("json-nan", "config-file", '{"rate_scale": NaN}', "NaN is not a JSON number", "cfg.json", name="cfg.json"),
+    config_case("json-nan", "config-file", '{"rate_scale": NaN}', "NaN is not a number JSON allows", "cfg.json", name="cfg.json"),
     config_case("yaml-syntax", "config-file", "prefill: [1, 2\n", "not valid YAML", "cfg.yaml:2"),
     config_case("top-level-list", "config-file", "- 1\n- 2\n", "expected a mapping of settings"),
     config_case("slo-2000-seconds", "config-file", "slo: {ttft_s: 2000}\n", "did you mean 2 s?", "field 'slo.ttft_s'"),
