@@ -57,6 +57,7 @@ from simdisagg.inputs import (
 )
 from simdisagg.trace import (
     DEFAULT_HASH_BLOCK_TOKENS,
+    MAX_HASH_BLOCK_TOKENS,
     MAX_TIME_MS,
     MAX_TOKENS,
     Trace,
@@ -212,12 +213,20 @@ def check_import_options(
     session_arrival: str | None = None,
     sessions_per_s: float | None = DEFAULT_SESSIONS_PER_S,
     seed: int = 0,
+    hash_block_tokens: int | None = None,
     names: dict[str, str] | None = None,
 ) -> None:
     """Refuse import options no import can use; ``names`` says how to call each option in the
     message (the CLI passes its flags, ``{"zero_output": "--zero-output"}``)."""
     name = {"format": "format", "zero_output": "zero_output", "session_arrival": "session_arrival",
-            "sessions_per_s": "sessions_per_s", "seed": "seed", **(names or {})}  # fmt: skip
+            "sessions_per_s": "sessions_per_s", "seed": "seed", "hash_block_tokens": "hash_block_tokens",
+            **(names or {})}  # fmt: skip
+    if hash_block_tokens is not None and (
+        isinstance(hash_block_tokens, bool) or not 1 <= hash_block_tokens <= MAX_HASH_BLOCK_TOKENS
+    ):
+        raise ConfigError(
+            f"{name['hash_block_tokens']}: must be between 1 and {MAX_HASH_BLOCK_TOKENS}, got {hash_block_tokens}"
+        )
     if format != "auto" and format not in FORMATS:
         raise ConfigError(f"{name['format']}: '{format}' is not auto or one of {', '.join(FORMATS)}")
     if zero_output is not None and zero_output not in ("error", "skip", "one"):
@@ -254,7 +263,7 @@ def import_trace(
     """
     check_import_options(
         format=format, zero_output=zero_output, session_arrival=session_arrival, sessions_per_s=sessions_per_s,
-        seed=seed,
+        seed=seed, hash_block_tokens=hash_block_tokens,
     )  # fmt: skip
     p = Path(path)
     if p.exists() and not p.is_dir() and not is_regular_file(p):

@@ -133,11 +133,16 @@ class Settings(dict):  # type: ignore[type-arg]
 def _walk_yaml(root: yaml.Node, source: str) -> dict[tuple[str, ...], int]:
     """Lines of every mapping key under ``root``; duplicate keys and deep nesting are errors.
 
-    Iterative, so that no nesting can exhaust the interpreter's stack here."""
+    Iterative, so that no nesting can exhaust the interpreter's stack here, and each node is
+    visited once: aliases of aliases (a "billion laughs" file) cost no more than their nodes."""
     lines: dict[tuple[str, ...], int] = {}
     stack: list[tuple[yaml.Node, tuple[str, ...], int]] = [(root, (), 0)]
+    visited: set[int] = set()
     while stack:
         node, path, depth = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
         if depth > MAX_NESTING:
             raise InputError(f"{source}:{node.start_mark.line + 1}: nested more than {MAX_NESTING} levels deep")
         if isinstance(node, yaml.MappingNode):

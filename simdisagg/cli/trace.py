@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from simdisagg.cli.common import guarded, make_app
 from simdisagg.errors import ConfigError
-from simdisagg.trace import MAX_HASH_BLOCK_TOKENS, Trace, write_jsonl
+from simdisagg.trace import Trace, write_jsonl
 
 trace_app = make_app(
     "trace", "Convert public traces to the native JSONL format, generate synthetic traces, show statistics."
@@ -45,7 +45,7 @@ def _check_agentic_options(fmt: str, source: str, **given: Any) -> None:
 
 #: The flag of each import option, for messages.
 _FLAGS = {"format": "--format", "zero_output": "--zero-output", "session_arrival": "--session-arrival",
-          "sessions_per_s": "--session-rate", "seed": "--seed"}  # fmt: skip
+          "sessions_per_s": "--session-rate", "seed": "--seed", "hash_block_tokens": "--hash-block-tokens"}  # fmt: skip
 
 
 def _check_seed(value: int) -> None:
@@ -94,12 +94,10 @@ def convert(
 
     check_import_options(
         format=format, zero_output=zero_output, session_arrival=session_arrival, sessions_per_s=session_rate,
-        seed=seed, names=_FLAGS,
+        seed=seed, hash_block_tokens=hash_block_tokens, names=_FLAGS,
     )  # fmt: skip
     if session_arrival == "recorded" and session_rate is not None:
         raise ConfigError("--session-rate sets the Poisson session starts, and --session-arrival recorded has none")
-    if hash_block_tokens is not None and not 1 <= hash_block_tokens <= MAX_HASH_BLOCK_TOKENS:
-        raise ConfigError(f"--hash-block-tokens: must be between 1 and {MAX_HASH_BLOCK_TOKENS}, got {hash_block_tokens}")
     fmt = detect_format(source) if format == "auto" else format
     _check_agentic_options(fmt, source, **{"--session-rate": session_rate, "--session-arrival": session_arrival})
     if model is not None and fmt != "burstgpt":

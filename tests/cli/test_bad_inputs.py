@@ -96,6 +96,10 @@ def plan_case(id: str, cls: str, extra: tuple[str, ...], expect: str, where: str
 
 GPU_YAML = (ROOT / "hardware_profiles" / "gpus" / "h100-sxm.yaml").read_text()
 DEEP_JSON = "[" * 100_000 + "]" * 100_000
+# Aliases of aliases: 9**9 leaves if expanded, nine small nodes as written.
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8)
+)
 TINY_MODEL = (
     "name: tiny\ndisplay_name: Tiny\nprovenance: derived\nsource: a test shape\nnum_layers: 2\nhidden_size: 64\n"
     "num_heads: 4\nnum_kv_heads: 2\nhead_dim: 16\nintermediate_size: 128\nvocab_size: 256\ndtype_bytes: 2\n"
@@ -173,6 +177,7 @@ CASES: list[Case] = [
     config_case("yaml-40-levels", "nesting", "".join("  " * k + f"k{k}:\n" for k in range(40)) + "  " * 40 + "v: 1\n", "nested more than 32 levels"),
     config_case("json-100k-levels", "nesting", '{"a": ' + DEEP_JSON + "}", "nested more than 32 levels", name="cfg.json", where="cfg.json"),
     config_case("yaml-flow-100k", "nesting", "a: " + DEEP_JSON + "\n", "nested more than 32 levels"),
+    config_case("yaml-billion-laughs", "nesting", LAUGHS, "unknown setting", "cfg.yaml:1: field 'a'"),
     Case("session-json-deep", "nesting", ("run", "{t}/s.json", "--no-compare"), "nested too deeply", "s.json",
          {"s.json": '{"block_size": 64, "requests": ' + DEEP_JSON + "}"}),  # fmt: skip
     # -- encoding ------------------------------------------------------------------------------
