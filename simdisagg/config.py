@@ -425,7 +425,7 @@ def resolve_config(
             if key in given:
                 where[key] = given[key]
             elif config_file is not None:
-                line = data.line_of(tuple(key.split("."))) if hasattr(data, "line_of") else None  # type: ignore[attr-defined]
+                line = data.line_of(tuple(key.split("."))) if hasattr(data, "line_of") else None
                 where[key] = f"{config_file}:{line}: {key}" if line else f"{config_file}: {key}"
         check_hardware(cfg, store, where)
     return cfg

@@ -516,10 +516,10 @@ def _columnar_chunk(chunk: bytes, first_line: int, block: int) -> _Columns | Non
         if b"." in joined or b"e" in joined or b"E" in joined:
             ts_ms = np.fromiter(map(float, map(itemgetter(1), matches)), dtype=np.float64, count=n)
         else:  # whole milliseconds (below 2**53, so exact as floats): one numpy call
-            ts_ms = np.fromstring(joined, dtype=np.int64, sep=",").astype(np.float64)  # type: ignore[call-overload]
+            ts_ms = np.fromstring(joined, dtype=np.int64, sep=",").astype(np.float64)
         # Token counts are at most 18 digits (the pattern), so int64 reads them exactly.
-        inp = np.fromstring(b",".join(map(itemgetter(2), matches)), dtype=np.int64, sep=",")  # type: ignore[call-overload]
-        out = np.fromstring(b",".join(map(itemgetter(3), matches)), dtype=np.int64, sep=",")  # type: ignore[call-overload]
+        inp = np.fromstring(b",".join(map(itemgetter(2), matches)), dtype=np.int64, sep=",")
+        out = np.fromstring(b",".join(map(itemgetter(3), matches)), dtype=np.int64, sep=",")
         ids = _strings(rid_seg, _RID, -3) if rid_seg else None
         sessions = _strings(sess_seg, _SESSION, -1) if sess_seg else None
     except (ValueError, OverflowError, UnicodeDecodeError):
@@ -557,7 +557,7 @@ def _columnar_chunk(chunk: bytes, first_line: int, block: int) -> _Columns | Non
         if body.translate(None, b"0123456789, "):
             return None  # a sign, a decimal point, a line break: read line by line
         try:
-            values = np.fromstring(body, dtype=np.int64, sep=",")  # type: ignore[call-overload]
+            values = np.fromstring(body, dtype=np.int64, sep=",")
         except ValueError:
             return None  # an empty item, a stray space between digits
         commas = body.count(b",")

@@ -31,7 +31,7 @@ from simdisagg.errors import ConfigError, Interrupted, describe
 try:  # typer vendors click from 0.2x on
     import click as _click
 except ImportError:  # pragma: no cover - depends on the typer release
-    from typer import _click  # type: ignore[attr-defined,no-redef]
+    from typer import _click  # type: ignore[attr-defined,no-redef,unused-ignore]
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -104,13 +104,21 @@ def _usage_line(exc: Any) -> str:
 class SimdisaggGroup(TyperGroup):
     """The root command group: usage errors in one line, SIGTERM like Ctrl-C."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         """Run the command line; in standalone mode every error ends in one line and an exit."""
+        call = {"args": args, "prog_name": prog_name, "complete_var": complete_var, **extra}
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(standalone_mode=False, **call)
         with sigterm_as_interrupt():
             try:
-                status = super().main(*args, standalone_mode=False, **kwargs)
+                status = super().main(standalone_mode=False, **call)
             except _click.ClickException as exc:
                 if type(exc).__name__ == "NoArgsIsHelpError":  # the help text, as asked
                     exc.show()
