@@ -543,7 +543,10 @@ def _columnar_chunk(chunk: bytes, first_line: int, block: int) -> _Columns | Non
         if not np.all(tool_ms <= MAX_TIME_MS):
             return None
     # Group 6 is the body of the hash list: absent and empty both mean no hashes.
-    has_hashes = np.fromiter(map(len, hash_seg), dtype=np.int64, count=n) > 0
+    if all(hash_seg):  # the common case, told without a pass in Python
+        has_hashes = np.ones(n, dtype=bool)
+    else:
+        has_hashes = np.fromiter(map(len, hash_seg), dtype=np.int64, count=n) > 0
     counts = np.zeros(n, dtype=np.int64)
     values = np.zeros(0, dtype=np.int64)
     if has_hashes.any():
