@@ -126,7 +126,9 @@ def _caveats(main: RunConfig, other: RunConfig) -> list[str]:
             f"TP {tp} does not divide {disagg_gpus}"
         )
     if types_main != types_other:
-        out.append(f"{column_name(main)} runs on {'+'.join(types_main)}, {column_name(other)} on {'+'.join(types_other)}")
+        out.append(
+            f"{column_name(main)} runs on {'+'.join(types_main)}, {column_name(other)} on {'+'.join(types_other)}"
+        )
     return out
 
 

@@ -233,7 +233,8 @@ def check_import_options(
         raise ConfigError(f"{name['zero_output']}: '{zero_output}' is not error, skip or one")
     if session_arrival is not None and session_arrival not in ("poisson", "recorded"):
         raise ConfigError(f"{name['session_arrival']}: '{session_arrival}' is not poisson or recorded")
-    if sessions_per_s is not None and (isinstance(sessions_per_s, bool) or not 0 < sessions_per_s <= MAX_SESSIONS_PER_S):
+    rate = sessions_per_s
+    if rate is not None and (isinstance(rate, bool) or not 0 < rate <= MAX_SESSIONS_PER_S):
         raise ConfigError(
             f"{name['sessions_per_s']}: must be above 0 and at most {MAX_SESSIONS_PER_S:g} sessions per second, "
             f"got {sessions_per_s}"
@@ -267,8 +268,10 @@ def import_trace(
     )  # fmt: skip
     p = Path(path)
     if p.exists() and not p.is_dir() and not is_regular_file(p):
-        return _import_once(p, format=format, hash_block_tokens=hash_block_tokens, zero_output=zero_output,
-                            model=model, session_arrival=session_arrival, sessions_per_s=sessions_per_s, seed=seed)  # fmt: skip
+        return _import_once(
+            p, format=format, hash_block_tokens=hash_block_tokens, zero_output=zero_output, model=model,
+            session_arrival=session_arrival, sessions_per_s=sessions_per_s, seed=seed,
+        )  # fmt: skip
     fmt = detect_format(path) if format == "auto" else format
     if model is not None and fmt != "burstgpt":
         raise ConfigError(f"a model filter applies to BurstGPT traces only, and {path} is {fmt}")
@@ -763,7 +766,8 @@ def _num(
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TraceError(source, None, f"{where}.{key}", f"must be a number, got {value!r}")
     if not minimum <= value <= _MAX_TIME_S * 1000.0:
-        raise TraceError(source, None, f"{where}.{key}", f"must be between {minimum:g} and {_MAX_TIME_S * 1000:g}, got {value:g}")
+        limit = _MAX_TIME_S * 1000.0
+        raise TraceError(source, None, f"{where}.{key}", f"must be between {minimum:g} and {limit:g}, got {value:g}")
     return float(value)
 
 

@@ -77,7 +77,8 @@ def decode_utf8(data: bytes, source: object) -> str:
     except UnicodeDecodeError as exc:
         line, column = _line_and_column(data, exc.start)
         raise InputError(
-            f"{source}:{line}: byte 0x{data[exc.start]:02x} at column {column} is not UTF-8 text; save the file as UTF-8"
+            f"{source}:{line}: byte 0x{data[exc.start]:02x} at column {column} is not UTF-8 text; "
+            "save the file as UTF-8"
         ) from None
 
 
@@ -303,7 +304,10 @@ def check_int(value: Any, source: object, line: int | None, name: str, minimum: 
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, int) else (str(value) if abs(value) < 10**30 else "a number beyond 64 bits")
+    if isinstance(value, int):
+        text = str(value) if abs(value) < 10**30 else "a number beyond 64 bits"
+    else:
+        text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -368,7 +372,9 @@ def header_index(header: list[str], required: Sequence[str], source: str) -> dic
     index: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in index and name:
-            raise TraceError(source, 1, name, f"column appears twice in the header (columns {index[name] + 1} and {i + 1})")
+            raise TraceError(
+                source, 1, name, f"column appears twice in the header (columns {index[name] + 1} and {i + 1})"
+            )
         index[name] = i
     return index
 

@@ -96,15 +96,21 @@ def run(
         bool, typer.Option("--compare/--no-compare", help="Also run the other serving mode on the same GPUs.")
     ] = True,
     exact_steps: Annotated[
-        bool | None, typer.Option("--exact-steps", help="One event per decode iteration (reference mode; default: off).")
+        bool | None,
+        typer.Option("--exact-steps", help="One event per decode iteration (reference mode; default: off)."),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Write summary.json, requests.parquet/.csv, config.json and manifest.json here (default: none, print only)."),
+        typer.Option(
+            "--out", "-o",
+            help="Write summary.json, requests.parquet/.csv, config.json and manifest.json here (default: none).",
+        ),  # fmt: skip
     ] = None,
     plots: Annotated[
         Path | None,
-        typer.Option("--plots", help="Write latency CDFs and per-pool utilisation, queue and KV over time here (default: none)."),
+        typer.Option(
+            "--plots", help="Write latency CDFs and per-pool utilisation, queue and KV over time here (default: none)."
+        ),
     ] = None,
     profiles_dir: ProfilesOpt = None,
 ) -> None:

@@ -101,7 +101,8 @@ def calibrate_command(
         bool, typer.Option("--dry-run", help="List the points and the estimated time; measure nothing.")
     ] = False,
     profiles_dir: Annotated[
-        Path | None, typer.Option("--profiles-dir", help="Extra folder of hardware profiles, searched first (default: none).")
+        Path | None,
+        typer.Option("--profiles-dir", help="Extra folder of hardware profiles, searched first (default: none)."),
     ] = None,
 ) -> None:
     """Time the real kernels of a model shard on this GPU and write raw.csv + meta.yaml."""
@@ -204,7 +205,7 @@ def fit_command(
     folder: Annotated[Path, typer.Argument(help="Measured folder holding raw.csv and meta.yaml.")],
     derive_to: Annotated[
         list[str] | None,
-        typer.Option("--derive-to", help="GPU profile to derive a profile for from this fit, repeatable (default: none)."),
+        typer.Option("--derive-to", help="GPU profile to derive a profile for, repeatable (default: none)."),
     ] = None,
     derived_root: Annotated[
         Path | None,
@@ -216,7 +217,8 @@ def fit_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fold shuffle.")] = 0,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw fit_plot.png (matplotlib).")] = True,
     profiles_dir: Annotated[
-        Path | None, typer.Option("--profiles-dir", help="Extra folder of hardware profiles, searched first (default: none).")
+        Path | None,
+        typer.Option("--profiles-dir", help="Extra folder of hardware profiles, searched first (default: none)."),
     ] = None,
 ) -> None:
     """Fit the cost model to raw.csv: write fit.json, fit_report.md and fit_plot.png beside it."""

@@ -202,7 +202,8 @@ def format_duration(seconds: float) -> str:
 # -- the common options ------------------------------------------------------------------------
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Cluster config (YAML or JSON); flags override it (default: none, the built-in settings).")
+    Path | None,
+    typer.Option("--config", "-c", help="Cluster config (YAML or JSON); flags override it (default: none)."),
 ]
 PrefillOpt = Annotated[int | None, typer.Option("--prefill", help="Prefill instances (default: 1).")]
 DecodeOpt = Annotated[int | None, typer.Option("--decode", help="Decode instances (default: 1).")]
@@ -234,7 +235,7 @@ SloTpotOpt = Annotated[
 ]
 ProfilesOpt = Annotated[
     Path | None,
-    typer.Option("--profiles-dir", help="Folder of hardware profiles, searched before the shipped ones (default: none)."),
+    typer.Option("--profiles-dir", help="Hardware profiles folder, searched before the shipped ones (default: none)."),
 ]
 
 #: The flag that sets each dotted config key, for messages about a value from the command line.

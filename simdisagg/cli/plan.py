@@ -18,12 +18,12 @@ from simdisagg.errors import ConfigError
 
 # The shared options are spelled here rather than imported: simdisagg.cli imports this module
 # while it is itself being imported, and the command must not depend on that order.
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="base cluster config, YAML or JSON (default: none, the built-in settings)")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="model shape, e.g. llama-3.1-8b (default: the config's, else llama-3.1-8b)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="base cluster config (default: none)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="model shape (default: the config's, else llama-3.1-8b)")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="random seed (default 0)")]
 SloTtftOpt = Annotated[str | None, typer.Option("--slo-ttft", help="TTFT target, e.g. 500ms (default 2s)")]
 SloTpotOpt = Annotated[str | None, typer.Option("--slo-tpot", help="TPOT target, e.g. 50ms (default 100ms)")]
-ProfilesOpt = Annotated[Path | None, typer.Option("--profiles-dir", help="folder of hardware profiles (default: the shipped ones)")]
+ProfilesOpt = Annotated[Path | None, typer.Option("--profiles-dir", help="folder of hardware profiles (default: none)")]
 
 
 def _names(text: str | None, flag: str) -> tuple[str, ...] | None:
@@ -130,9 +130,9 @@ def _fmt(x: Any, spec: str) -> str:
 
 def plan_command(
     trace: Annotated[Path, typer.Argument(help="request trace (native JSONL, Mooncake, Azure CSV, ...)")],
-    gpus: Annotated[int | None, typer.Option("--gpus", help="GPU budget: split this many GPUs (default: none; this or --budget-per-hour)")] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPU budget: split this many GPUs (default: none)")] = None,
     budget_per_hour: Annotated[
-        float | None, typer.Option("--budget-per-hour", help="budget in USD per hour at GPU list prices (default: none; this or --gpus)")
+        float | None, typer.Option("--budget-per-hour", help="budget in USD per hour, GPU list prices (default: none)")
     ] = None,
     slo_ttft: SloTtftOpt = None,
     slo_tpot: SloTpotOpt = None,
@@ -141,14 +141,16 @@ def plan_command(
     ] = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
-    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU type(s) of both pools, comma-separated (default: the config's, else h100-sxm)")] = None,
-    prefill_gpu: Annotated[str | None, typer.Option("--prefill-gpu", help="prefill GPU type(s), e.g. h100-sxm (default: --gpu)")] = None,
-    decode_gpu: Annotated[str | None, typer.Option("--decode-gpu", help="decode GPU type(s), e.g. h200,h20 (default: --gpu)")] = None,
-    tp: Annotated[str | None, typer.Option("--tp", help="TP degrees to try per pool, e.g. 1,2 (default: the config's decode TP, else 1)")] = None,
-    max_batch: Annotated[
-        str | None, typer.Option("--max-batch", help="decode max batch sizes to try, e.g. 64,256 (default: the config's, else 256)")
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU type(s) of both pools (default: the config's)")] = None,
+    prefill_gpu: Annotated[
+        str | None, typer.Option("--prefill-gpu", help="prefill GPU type(s) (default: --gpu)")
     ] = None,
-    link: Annotated[str | None, typer.Option("--link", help="KV link presets to try, e.g. ib-ndr-400,roce-200 (default: the config's, else ib-ndr-400)")] = None,
+    decode_gpu: Annotated[str | None, typer.Option("--decode-gpu", help="decode GPU type(s) (default: --gpu)")] = None,
+    tp: Annotated[str | None, typer.Option("--tp", help="TP degrees to try, e.g. 1,2 (default: the config's)")] = None,
+    max_batch: Annotated[
+        str | None, typer.Option("--max-batch", help="decode max batch sizes, e.g. 64,256 (default: the config's)")
+    ] = None,
+    link: Annotated[str | None, typer.Option("--link", help="KV link presets to try (default: the config's)")] = None,
     aggregated: Annotated[
         bool, typer.Option("--aggregated/--no-aggregated", help="include the aggregated baselines")
     ] = True,
@@ -157,13 +159,15 @@ def plan_command(
     ] = "goodput",
     cost_error: Annotated[
         float | None,
-        typer.Option("--cost-error", help="re-run the top candidates with step times ±this, e.g. 0.1 (default: none, no re-runs)"),
+        typer.Option("--cost-error", help="re-run the top candidates with step times ±this, e.g. 0.1 (default: none)"),
     ] = None,
     sensitivity_top: Annotated[int, typer.Option("--sensitivity-top", help="splits re-run for sensitivity")] = 3,
     windows: Annotated[
         int, typer.Option("--windows", help="evaluate the best ratio against K consecutive trace windows")
     ] = 0,
-    ratio: Annotated[str | None, typer.Option("--ratio", help="the fixed P:D ratio for --windows (default: the best split found)")] = None,
+    ratio: Annotated[
+        str | None, typer.Option("--ratio", help="the fixed P:D ratio for --windows (default: the best split)")
+    ] = None,
     rel_tol: Annotated[float, typer.Option("--rel-tol", help="goodput search tolerance (relative)")] = 0.02,
     max_rate_scale: Annotated[
         float, typer.Option("--max-rate-scale", help="highest rate scale searched")
@@ -171,7 +175,9 @@ def plan_command(
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="skip dominated candidates")] = True,
     workers: Annotated[int | None, typer.Option("--workers", help="parallel workers (default: CPU count)")] = None,
     backend: Annotated[str, typer.Option("--backend", help="process | ray")] = "process",
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address, with --backend ray (default: a local Ray)")] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address for --backend ray (default: local)")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="results folder (default plan-<trace name>); resumes there")
     ] = None,

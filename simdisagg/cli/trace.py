@@ -40,7 +40,9 @@ def _check_agentic_options(fmt: str, source: str, **given: Any) -> None:
         return
     for flag, value in given.items():
         if value is not None:
-            raise ConfigError(f"{flag} applies to agentic session traces ({', '.join(AGENTIC_FORMATS)}), and {source} is {fmt}")
+            raise ConfigError(
+                f"{flag} applies to agentic session traces ({', '.join(AGENTIC_FORMATS)}), and {source} is {fmt}"
+            )
 
 
 #: The flag of each import option, for messages.
@@ -83,9 +85,12 @@ def convert(
     zero_output: Annotated[
         str | None, typer.Option("--zero-output", help="error, skip or one (default depends on the format)")
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="keep only this BurstGPT model (default: none, every model)")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="keep only this BurstGPT model (default: none, every model)")
+    ] = None,
     hash_block_tokens: Annotated[
-        int | None, typer.Option("--hash-block-tokens", help="tokens per hash block, native/Azure/BurstGPT (default: the file header's, else 512)")
+        int | None,
+        typer.Option("--hash-block-tokens", help="tokens per hash block (default: the header's, else 512)"),
     ] = None,
 ) -> None:
     """Convert a trace to native JSONL (written atomically) and say what was skipped or changed."""
@@ -155,7 +160,9 @@ def _parse_params(items: list[str] | None) -> dict[str, str]:
     return params
 
 
-@trace_app.command("generate", epilog="Example: simdisagg trace generate --kind agentic --sessions 50 --out agentic.jsonl")
+@trace_app.command(
+    "generate", epilog="Example: simdisagg trace generate --kind agentic --sessions 50 --out agentic.jsonl"
+)
 @guarded
 def generate(
     out: Annotated[Path, typer.Option("--out", help="native JSONL file to write")],
@@ -170,11 +177,11 @@ def generate(
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
     horizon_s: Annotated[
         float | None,
-        typer.Option("--horizon-s", help="keep only requests arriving within this many seconds, a window (default: none, all)"),
+        typer.Option("--horizon-s", help="keep only requests arriving within this many seconds (default: all)"),
     ] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", help="override a generator parameter, key=value, repeatable (default: the fitted defaults)"),
+        typer.Option("--param", help="set a generator parameter, key=value, repeatable (default: the fitted ones)"),
     ] = None,
 ) -> None:
     """Generate a synthetic trace; the parameters used are recorded in the file's header line."""
