@@ -242,6 +242,13 @@ def run_and_summarize(
     plan = plan_runs(cfg, store, compare=compare)
     trace = trace_path if isinstance(trace_path, Trace) else load_trace(trace_path)
     label = trace.source if isinstance(trace_path, Trace) else str(trace_path)
+    return run_planned(trace, plan, store, label, progress)
+
+
+def run_planned(
+    trace: Trace, plan: RunPlan, store: ProfileStore, label: str, progress: Progress | None = None
+) -> list[RunSummary]:
+    """Simulate the configs of a checked :class:`RunPlan`, with its caveats and notes."""
     runs = [run_config(trace, c, store, label, progress) for c in plan.configs]
     for r in runs:
         r.caveats = list(plan.caveats)

@@ -119,7 +119,7 @@ def run(
     from rich.console import Console
     from rich.markup import escape
 
-    from simdisagg.api import plan_runs, run_config
+    from simdisagg.api import column_name, plan_runs, run_planned
     from simdisagg.config import resolve_config
     from simdisagg.hardware import ProfileStore
     from simdisagg.importers import TraceImportWarning, load_trace
@@ -147,11 +147,9 @@ def run(
         warnings.simplefilter("always", TraceImportWarning)
         tr = load_trace(trace)
     console = Console()
-    err = Console(stderr=True)
-    from simdisagg.api import column_name
-
     cost = [
-        (column_name(c), ", ".join(dict.fromkeys(labels.values()))) for c, labels in zip(plan.configs, plan.cost_labels)
+        (column_name(c), ", ".join(dict.fromkeys(labels.values())))
+        for c, labels in zip(plan.configs, plan.cost_labels, strict=True)
     ]
     for line in [f"trace: {tr!r}"] + setting_lines(cfg, cost):
         console.print(line, markup=False, highlight=False)
@@ -166,15 +164,11 @@ def run(
                 "and will be rejected, as a serving engine would (a longer-context model serves them)",
                 markup=False, highlight=False,
             )  # fmt: skip
-    progress = ProgressDisplay(err)
+    progress = ProgressDisplay(Console(stderr=True))
     try:
-        runs = [run_config(tr, c, store, str(trace), progress) for c in plan.configs]
+        runs = run_planned(tr, plan, store, str(trace), progress)
     finally:
         progress.close()
-    for r in runs:
-        r.caveats = list(plan.caveats)
-    if plan.no_baseline:
-        runs[0].notes.append(plan.no_baseline)
     main_run = runs[0]
     title = f"{main_run.trace_label} · {cfg.model} · {main_run.summary['gpus']} GPUs"
     console.print(summary_table({r.column: r.summary for r in runs}, title))
