@@ -483,6 +483,16 @@ _COLUMNAR_LINE = re.compile(
     rb"\}\r?$",
     re.MULTILINE,
 )
+# The public Mooncake traces' form alone (no ids, sessions or waits): a shorter pattern with
+# fewer groups, tried first.
+_MOONCAKE_LINE = re.compile(
+    rb'^\{"timestamp": (' + _NUM + rb'), "input_length": (' + _INT + rb'), "output_length": (' + _INT + rb")"
+    rb'(?:, "hash_ids": \[([^\]]*)\])?\}\r?$',
+    re.MULTILINE,
+)
+#: Where each column sits in a match of each pattern (``None``: the pattern has no such field).
+_GROUPS_ALL: dict[str, int | None] = {"rid": 0, "ts": 1, "inp": 2, "out": 3, "sess": 4, "wait": 5, "hash": 6}
+_GROUPS_MOONCAKE: dict[str, int | None] = {"rid": None, "ts": 0, "inp": 1, "out": 2, "sess": None, "wait": None, "hash": 3}
 _RID = len(b'"request_id": "')
 _SESSION = len(b', "session_id": "')
 _WAIT = len(b', "wait_for": [')
@@ -503,23 +513,35 @@ def _strings(segments: Sequence[bytes], start: int, end: int) -> list[str | None
 def _columnar_chunk(chunk: bytes, first_line: int, block: int) -> _Columns | None:
     """The requests of ``chunk`` (whole lines, the first numbered ``first_line``), or ``None``
     when a line is not in the columnar form or a value fails a check."""
-    matches = _COLUMNAR_LINE.findall(chunk)
+    lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+    groups = _GROUPS_MOONCAKE
+    matches = _MOONCAKE_LINE.findall(chunk)
+    if len(matches) != lines:
+        groups = _GROUPS_ALL
+        matches = _COLUMNAR_LINE.findall(chunk)
     n = len(matches)
-    if n == 0 or n != chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1):
+    if n == 0 or n != lines:
         return None  # some line has another form (or is blank)
-    hash_seg = list(map(itemgetter(6), matches))
-    rid_seg = list(map(itemgetter(0), matches)) if any(map(itemgetter(0), matches)) else None
-    sess_seg = list(map(itemgetter(4), matches)) if any(map(itemgetter(4), matches)) else None
-    wait_seg = list(map(itemgetter(5), matches)) if any(map(itemgetter(5), matches)) else None
+
+    def column(name: str) -> list[bytes] | None:
+        """A field's text on every line; ``None`` when no line has the field."""
+        k = groups[name]
+        if k is None or not any(map(itemgetter(k), matches)):
+            return None
+        return list(map(itemgetter(k), matches))
+
+    hash_seg = column("hash") or [b""] * n
+    rid_seg, sess_seg, wait_seg = column("rid"), column("sess"), column("wait")
+    ts_at, inp_at, out_at = itemgetter(groups["ts"]), itemgetter(groups["inp"]), itemgetter(groups["out"])
     try:
-        joined = b",".join(map(itemgetter(1), matches))
+        joined = b",".join(map(ts_at, matches))
         if b"." in joined or b"e" in joined or b"E" in joined:
-            ts_ms = np.fromiter(map(float, map(itemgetter(1), matches)), dtype=np.float64, count=n)
+            ts_ms = np.fromiter(map(float, map(ts_at, matches)), dtype=np.float64, count=n)
         else:  # whole milliseconds (below 2**53, so exact as floats): one numpy call
             ts_ms = np.fromstring(joined, dtype=np.int64, sep=",").astype(np.float64)
         # Token counts are at most 18 digits (the pattern), so int64 reads them exactly.
-        inp = np.fromstring(b",".join(map(itemgetter(2), matches)), dtype=np.int64, sep=",")
-        out = np.fromstring(b",".join(map(itemgetter(3), matches)), dtype=np.int64, sep=",")
+        inp = np.fromstring(b",".join(map(inp_at, matches)), dtype=np.int64, sep=",")
+        out = np.fromstring(b",".join(map(out_at, matches)), dtype=np.int64, sep=",")
         ids = _strings(rid_seg, _RID, -3) if rid_seg else None
         sessions = _strings(sess_seg, _SESSION, -1) if sess_seg else None
     except (ValueError, OverflowError, UnicodeDecodeError):
