@@ -492,7 +492,9 @@ _MOONCAKE_LINE = re.compile(
 )
 #: Where each column sits in a match of each pattern (``None``: the pattern has no such field).
 _GROUPS_ALL: dict[str, int | None] = {"rid": 0, "ts": 1, "inp": 2, "out": 3, "sess": 4, "wait": 5, "hash": 6}
-_GROUPS_MOONCAKE: dict[str, int | None] = {"rid": None, "ts": 0, "inp": 1, "out": 2, "sess": None, "wait": None, "hash": 3}
+_GROUPS_MOONCAKE: dict[str, int | None] = {
+    "rid": None, "ts": 0, "inp": 1, "out": 2, "sess": None, "wait": None, "hash": 3,
+}  # fmt: skip
 _RID = len(b'"request_id": "')
 _SESSION = len(b', "session_id": "')
 _WAIT = len(b', "wait_for": [')
@@ -700,8 +702,10 @@ def _finish(source: str, block: int, c: _Columns) -> Trace:
             if j == i:
                 raise TraceError(source, line_list[i], "wait_for", f"request '{ids[i]}' waits for itself (a cycle)")
             if j is None or j > i:
-                raise TraceError(source, line_list[i], "wait_for",
-                                 f"names '{wid}', which is not an earlier request (unknown, later, or a cycle)")  # fmt: skip
+                raise TraceError(
+                    source, line_list[i], "wait_for",
+                    f"names '{wid}', which is not an earlier request (unknown, later, or a cycle)",
+                )  # fmt: skip
             targets.append(j)
         counts[i] = len(targets)
         wait_lists.append(targets)
