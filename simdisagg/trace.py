@@ -517,7 +517,8 @@ def _columnar_chunk(chunk: bytes, first_line: int, block: int) -> _Columns | Non
     when a line is not in the columnar form or a value fails a check."""
     lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
     groups = _GROUPS_MOONCAKE
-    matches = _MOONCAKE_LINE.findall(chunk)
+    # A failed pass costs a full scan, so the short pattern is tried only when it can match.
+    matches = _MOONCAKE_LINE.findall(chunk) if chunk.startswith(b'{"timestamp": ') else []
     if len(matches) != lines:
         groups = _GROUPS_ALL
         matches = _COLUMNAR_LINE.findall(chunk)
