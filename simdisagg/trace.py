@@ -32,7 +32,6 @@ import difflib
 import io
 import json
 import math
-import mmap
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -512,16 +511,17 @@ def _strings(segments: Sequence[bytes], start: int, end: int) -> list[str | None
     return out
 
 
-def _columnar_chunk(chunk: bytes, first_line: int, block: int) -> _Columns | None:
-    """The requests of ``chunk`` (whole lines, the first numbered ``first_line``), or ``None``
-    when a line is not in the columnar form or a value fails a check."""
-    lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: int, block: int) -> _Columns | None:
+    """The requests of ``buf[start:end]`` (whole lines, the first numbered ``first_line``), or
+    ``None`` when a line is not in the columnar form or a value fails a check. The patterns
+    read the buffer in place (no copy of the chunk)."""
+    lines = buf.count(b"\n", start, end) + (0 if buf.endswith(b"\n", start, end) else 1)
     groups = _GROUPS_MOONCAKE
     # A failed pass costs a full scan, so the short pattern is tried only when it can match.
-    matches = _MOONCAKE_LINE.findall(chunk) if chunk.startswith(b'{"timestamp": ') else []
+    matches = _MOONCAKE_LINE.findall(buf, start, end) if buf.startswith(b'{"timestamp": ', start, end) else []
     if len(matches) != lines:
         groups = _GROUPS_ALL
-        matches = _COLUMNAR_LINE.findall(chunk)
+        matches = _COLUMNAR_LINE.findall(buf, start, end)
     n = len(matches)
     if n == 0 or n != lines:
         return None  # some line has another form (or is blank)
@@ -633,9 +633,9 @@ def _join(parts: list[_Columns]) -> _Columns:
     )
 
 
-def _read_columnar(buf: Any, source: str, block_override: int | None) -> tuple[_Columns, int] | None:
-    """The whole file (``bytes`` or an ``mmap``) by the columnar path, chunk by chunk, or
-    ``None`` if any chunk fails."""
+def _read_columnar(buf: bytearray | bytes, source: str, block_override: int | None) -> tuple[_Columns, int] | None:
+    """The whole file, read into ``buf``, by the columnar path, chunk by chunk, or ``None`` if
+    any chunk fails."""
     size = len(buf)
     strip_utf8_bom(bytes(buf[:4]), source)  # a UTF-16/32 or compressed file is refused here
     pos = 3 if bytes(buf[:3]) == codecs.BOM_UTF8 else 0
@@ -665,7 +665,7 @@ def _read_columnar(buf: Any, source: str, block_override: int | None) -> tuple[_
             if cut < 0:  # one line longer than a chunk
                 cut = buf.find(b"\n", end)
             end = size if cut < 0 else cut + 1
-        part = _columnar_chunk(bytes(buf[pos:end]), line, block)
+        part = _columnar_chunk(buf, pos, end, line, block)
         if part is None:
             return None
         parts.append(part)
@@ -879,12 +879,10 @@ def load_jsonl(path: str | Path, hash_block_tokens: int | None = None, *, column
             read = _read_columnar(data, source, hash_block_tokens)
         else:
             with open_once() as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size == 0:
-                    read = None
-                else:
-                    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                        read = _read_columnar(mapped, source, hash_block_tokens)
+                whole = bytearray(os.fstat(handle.fileno()).st_size)
+                got = handle.readinto(whole)
+            read = _read_columnar(whole if got == len(whole) else whole[:got], source, hash_block_tokens)
+            del whole
         if read is not None:
             return _finish(source, read[1], read[0])
     with open_once() as handle:
