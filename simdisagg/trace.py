@@ -408,7 +408,7 @@ def _read_checked(handle: Any, source: str, block_override: int | None) -> tuple
     inp: list[int] = []
     out: list[int] = []
     tool: list[float] = []
-    hashes: list[Sequence[int]] = []
+    hashes: list[Sequence[int] | np.ndarray] = []
     ids: list[str | None] = []
     sessions: list[str | None] = []
     waits: dict[int, list[str]] = {}
@@ -444,7 +444,8 @@ def _read_checked(handle: Any, source: str, block_override: int | None) -> tuple
         inp.append(req.input_length)
         out.append(req.output_length)
         tool.append(req.tool_wait_ms)
-        hashes.append(req.hash_ids or ())
+        # As int64 arrays, not lists of Python ints: a million lines of hash lists stay small.
+        hashes.append(np.asarray(req.hash_ids, dtype=np.int64) if req.hash_ids else ())
         ids.append(None if req.request_id is None else str(req.request_id))
         sessions.append(None if req.session_id is None else str(req.session_id))
         seen_request = True
@@ -466,37 +467,39 @@ def _read_checked(handle: Any, source: str, block_override: int | None) -> tuple
 
 
 # The columnar path reads lines in the forms this module writes and the public Mooncake traces
-# use (keys in this order, ", " and ": " separators, strings without escapes) with one regular
-# expression per chunk, numbers in bulk and hash lists with one numpy call. A line in any other
-# form, or any value the checks below do not pass, sends the whole file to _read_checked, which
-# names the line; a file the columnar path reads, _read_checked reads to the same trace.
+# use (keys in this order, ", " or "," and ": " or ":" separators, strings without escapes)
+# with one regular expression per chunk, numbers in bulk and hash lists with one numpy call. A
+# line in any other form, or any value the checks below do not pass, sends the whole file to
+# _read_checked, which names the line; a file the columnar path reads, _read_checked reads to
+# the same trace.
 _STR = rb'"[^"\\\x00-\x1f]*"'
 _INT = rb"(?:0|[1-9][0-9]{0,17})"
 _NUM = rb"(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,17})?(?:[eE][-+]?[0-9]{1,2})?"
 _COLUMNAR_LINE = re.compile(
-    rb'^\{("request_id": ' + _STR + rb", )?"
-    rb'"timestamp": (' + _NUM + rb'), "input_length": (' + _INT + rb'), "output_length": (' + _INT + rb")"
-    rb'(, "session_id": ' + _STR + rb")?"
-    rb'(, "wait_for": \[(?:' + _STR + rb"(?:, " + _STR + rb')*)?\], "tool_wait_ms": ' + _NUM + rb")?"
-    rb'(?:, "hash_ids": \[([^\]]*)\])?'
+    rb'^\{(?:"request_id": ?(' + _STR + rb"), ?)?"
+    rb'"timestamp": ?(' + _NUM + rb'), ?"input_length": ?(' + _INT + rb'), ?"output_length": ?(' + _INT + rb")"
+    rb'(?:, ?"session_id": ?(' + _STR + rb"))?"
+    rb'(?:, ?"wait_for": ?\[((?:' + _STR + rb"(?:, ?" + _STR + rb')*)?)\], ?"tool_wait_ms": ?(' + _NUM + rb"))?"
+    rb'(?:, ?"hash_ids": ?\[([^\]]*)\])?'
     rb"\}\r?$",
     re.MULTILINE,
 )
 # The public Mooncake traces' form alone (no ids, sessions or waits): a shorter pattern with
 # fewer groups, tried first.
 _MOONCAKE_LINE = re.compile(
-    rb'^\{"timestamp": (' + _NUM + rb'), "input_length": (' + _INT + rb'), "output_length": (' + _INT + rb")"
-    rb'(?:, "hash_ids": \[([^\]]*)\])?\}\r?$',
+    rb'^\{"timestamp": ?(' + _NUM + rb'), ?"input_length": ?(' + _INT + rb'), ?"output_length": ?(' + _INT + rb")"
+    rb'(?:, ?"hash_ids": ?\[([^\]]*)\])?\}\r?$',
     re.MULTILINE,
 )
 #: Where each column sits in a match of each pattern (``None``: the pattern has no such field).
-_GROUPS_ALL: dict[str, int | None] = {"rid": 0, "ts": 1, "inp": 2, "out": 3, "sess": 4, "wait": 5, "hash": 6}
-_GROUPS_MOONCAKE: dict[str, int | None] = {
-    "rid": None, "ts": 0, "inp": 1, "out": 2, "sess": None, "wait": None, "hash": 3,
+#: Strings are captured with their quotes, so that an empty string is told from an absent key.
+_GROUPS_ALL: dict[str, int | None] = {
+    "rid": 0, "ts": 1, "inp": 2, "out": 3, "sess": 4, "wait": 5, "tool": 6, "hash": 7,
 }  # fmt: skip
-_RID = len(b'"request_id": "')
-_SESSION = len(b', "session_id": "')
-_WAIT = len(b', "wait_for": [')
+_GROUPS_MOONCAKE: dict[str, int | None] = {
+    "rid": None, "ts": 0, "inp": 1, "out": 2, "sess": None, "wait": None, "tool": None, "hash": 3,
+}  # fmt: skip
+_WAIT_SEPARATOR = re.compile(rb'", ?"')
 _POWERS_OF_10 = 10 ** np.arange(1, 19, dtype=np.int64)
 _CHUNK_BYTES = 32 << 20
 
@@ -506,9 +509,9 @@ def _digits(values: np.ndarray) -> int:
     return int((np.searchsorted(_POWERS_OF_10, values, side="right") + 1).sum())
 
 
-def _strings(segments: Sequence[bytes], start: int, end: int) -> list[str | None] | None:
-    out: list[str | None] = [seg[start:end].decode("utf-8") if seg else None for seg in segments]
-    return out
+def _strings(quoted: Sequence[bytes]) -> list[str | None]:
+    """Quoted JSON strings without escapes (``b'"s1"'``) as text; ``b""`` (absent) as ``None``."""
+    return [q[1:-1].decode("utf-8") if q else None for q in quoted]
 
 
 def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: int, block: int) -> _Columns | None:
@@ -518,7 +521,7 @@ def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: in
     lines = buf.count(b"\n", start, end) + (0 if buf.endswith(b"\n", start, end) else 1)
     groups = _GROUPS_MOONCAKE
     # A failed pass costs a full scan, so the short pattern is tried only when it can match.
-    matches = _MOONCAKE_LINE.findall(buf, start, end) if buf.startswith(b'{"timestamp": ', start, end) else []
+    matches = _MOONCAKE_LINE.findall(buf, start, end) if buf.startswith(b'{"timestamp":', start, end) else []
     if len(matches) != lines:
         groups = _GROUPS_ALL
         matches = _COLUMNAR_LINE.findall(buf, start, end)
@@ -534,7 +537,7 @@ def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: in
         return list(map(itemgetter(k), matches))
 
     hash_seg = column("hash") or [b""] * n
-    rid_seg, sess_seg, wait_seg = column("rid"), column("sess"), column("wait")
+    rid_seg, sess_seg, tool_seg = column("rid"), column("sess"), column("tool")
     ts_at, inp_at, out_at = itemgetter(groups["ts"]), itemgetter(groups["inp"]), itemgetter(groups["out"])
     try:
         joined = b",".join(map(ts_at, matches))
@@ -545,8 +548,8 @@ def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: in
         # Token counts are at most 18 digits (the pattern), so int64 reads them exactly.
         inp = np.fromstring(b",".join(map(inp_at, matches)), dtype=np.int64, sep=",")
         out = np.fromstring(b",".join(map(out_at, matches)), dtype=np.int64, sep=",")
-        ids = _strings(rid_seg, _RID, -3) if rid_seg else None
-        sessions = _strings(sess_seg, _SESSION, -1) if sess_seg else None
+        ids = _strings(rid_seg) if rid_seg else None
+        sessions = _strings(sess_seg) if sess_seg else None
     except (ValueError, OverflowError, UnicodeDecodeError):
         return None
     if not (np.all(ts_ms <= MAX_TIME_MS) and np.all((inp >= 1) & (inp <= MAX_TOKENS))
@@ -554,20 +557,21 @@ def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: in
         return None
     tool_ms = np.zeros(n)
     waits: dict[int, list[str]] = {}
-    if wait_seg:
-        for i, seg in enumerate(wait_seg):
-            if not seg:
+    if tool_seg:  # a line with wait_for has tool_wait_ms after it (the written form)
+        wait_at = itemgetter(groups["wait"])
+        for i, tool in enumerate(tool_seg):
+            if not tool:
                 continue
-            body, tool = seg[_WAIT:].rsplit(b'], "tool_wait_ms": ', 1)
+            body = wait_at(matches[i])
             try:
                 tool_ms[i] = float(tool)
                 if body:
-                    waits[i] = body[1:-1].decode("utf-8").split('", "')
+                    waits[i] = [w.decode("utf-8") for w in _WAIT_SEPARATOR.split(body[1:-1])]
             except (ValueError, UnicodeDecodeError):
                 return None
         if not np.all(tool_ms <= MAX_TIME_MS):
             return None
-    # Group 6 is the body of the hash list: absent and empty both mean no hashes.
+    # The hash group is the body of the list: absent and empty both mean no hashes.
     if all(hash_seg):  # the common case, told without a pass in Python
         has_hashes = np.ones(n, dtype=bool)
     else:

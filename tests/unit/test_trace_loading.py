@@ -58,7 +58,8 @@ _ids = st.text(st.characters(codec="utf-8", exclude_characters='"\\', exclude_ca
 
 @st.composite
 def written_traces(draw: st.DrawFn) -> bytes:
-    """A trace in the written form: some lines with ids, sessions, waits and hash lists."""
+    """A trace in the written form (with ", " and ": " separators or compact ones): some lines
+    with ids, sessions, waits and hash lists."""
     n = draw(st.integers(1, 12))
     block = draw(st.sampled_from([16, 64, 512]))
     lines = ['{"format": "simdisagg-trace", "version": 1, "hash_block_tokens": %d}' % block] if draw(st.booleans()) else []
@@ -85,7 +86,10 @@ def written_traces(draw: st.DrawFn) -> bytes:
             hashes = draw(st.lists(st.integers(0, 2**62), min_size=count, max_size=count))
             parts.append('"hash_ids": [%s]' % ", ".join(map(str, hashes)))
         lines.append("{" + ", ".join(parts) + "}")
-    return ("\n".join(lines) + "\n").encode()
+    text = "\n".join(lines) + "\n"
+    if draw(st.booleans()):  # the compact separators other writers use
+        text = text.replace(", ", ",").replace('": ', '":')
+    return text.encode()
 
 
 @st.composite
