@@ -176,8 +176,8 @@ def _yaml_error(exc: yaml.YAMLError, source: str) -> InputError:
 
 
 def parse_yaml(text: str, source: str) -> Settings:
-    """YAML text → :class:`Settings` (or a bare value wrapped as ``{"": value}`` is refused by
-    the caller); duplicate keys, deep nesting and overlong numbers are errors with a line."""
+    """YAML text → :class:`Settings`; a document that is not a mapping, duplicate keys, deep
+    nesting and overlong numbers are errors with a line. An empty document is no settings."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -292,15 +292,6 @@ def load_settings(path: str | Path, what: str = "settings file") -> Settings:
 
 # --------------------------------------------------------------------------------------------
 # Numbers and CSV cells
-
-
-def check_int(value: Any, source: object, line: int | None, name: str, minimum: int, maximum: int) -> int:
-    """``value`` as an int in ``[minimum, maximum]`` (booleans and floats are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TraceError(source, line, name, f"must be an integer, got {value!r}")
-    if not minimum <= value <= maximum:
-        raise TraceError(source, line, name, f"must be between {minimum:,} and {maximum:,}, got {_short(value)}")
-    return value
 
 
 def _short(value: Any) -> str:
