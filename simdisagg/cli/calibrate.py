@@ -21,8 +21,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from simdisagg.errors import CalibrationError, ConfigError
 from simdisagg.costmodel.fitted import ShardShape
+from simdisagg.errors import CalibrationError, ConfigError
 from simdisagg.hardware import ModelShape, ProfileStore
 
 
