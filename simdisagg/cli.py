@@ -70,6 +70,11 @@ RateOpt = Annotated[float | None, typer.Option("--rate-scale", help="replay open
 SloTtftOpt = Annotated[str | None, typer.Option("--slo-ttft", help="TTFT target, e.g. 500ms")]
 SloTpotOpt = Annotated[str | None, typer.Option("--slo-tpot", help="TPOT target, e.g. 50ms")]
 ProfilesOpt = Annotated[Path | None, typer.Option("--profiles-dir", help="folder of hardware profiles")]
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="weight precision: bf16, fp8, fp8_block, fp4")]
+KvCacheOpt = Annotated[str | None, typer.Option("--kv-cache", help="KV-cache precision: bf16, fp8")]
+FrameworkOpt = Annotated[
+    str | None, typer.Option("--framework", help="serving framework of the measured profile: vllm, sglang, trtllm")
+]
 
 
 def build_overrides(
@@ -87,6 +92,9 @@ def build_overrides(
     slo_tpot: str | None = None,
     chunked_prefill: bool | None = None,
     exact_steps: bool | None = None,
+    weights: str | None = None,
+    kv_cache: str | None = None,
+    framework: str | None = None,
 ) -> dict[str, Any]:
     """Dotted config keys for the common CLI flags (``None`` = keep the file's value)."""
     return {
@@ -105,6 +113,9 @@ def build_overrides(
         "slo.tpot_s": parse_duration_s(slo_tpot, "--slo-tpot"),
         "aggregated.chunked_prefill": chunked_prefill,
         "exact_steps": exact_steps,
+        "precision.weights": weights,
+        "precision.kv_cache": kv_cache,
+        "framework": framework,
     }
 
 
@@ -123,6 +134,9 @@ def run(
     rate_scale: RateOpt = None,
     slo_ttft: SloTtftOpt = None,
     slo_tpot: SloTpotOpt = None,
+    weights: WeightsOpt = None,
+    kv_cache: KvCacheOpt = None,
+    framework: FrameworkOpt = None,
     chunked_prefill: Annotated[
         bool | None, typer.Option("--chunked-prefill/--no-chunked-prefill", help="aggregated: chunked prefill")
     ] = None,
@@ -148,15 +162,15 @@ def run(
         overrides = build_overrides(
             prefill=prefill, decode=decode, gpu=gpu, model=model, tp=tp, link=link, mode=mode, seed=seed,
             rate_scale=rate_scale, slo_ttft=slo_ttft, slo_tpot=slo_tpot, chunked_prefill=chunked_prefill,
-            exact_steps=exact_steps,
+            exact_steps=exact_steps, weights=weights, kv_cache=kv_cache, framework=framework,
         )
         cfg = resolve_config(config, overrides)
         runs = run_and_summarize(trace, cfg, compare=compare, profiles_dir=profiles_dir)
         console = Console()
         main = runs[0]
         title = (
-            f"{main.trace_label} · {cfg.model} · {main.summary['gpus']} GPUs · "
-            f"cost model: {main.summary['cost_model']}"
+            f"{main.trace_label} · {cfg.model} ({cfg.precision.weights} weights, {cfg.precision.kv_cache} KV) · "
+            f"{main.summary['gpus']} GPUs · {cfg.framework} · cost model: {main.summary['cost_model']}"
         )
         console.print(summary_table({r.column: r.summary for r in runs}, title))
         for note in main.notes:
@@ -209,14 +223,16 @@ def profiles(profiles_dir: ProfilesOpt = None) -> None:
     _run_guarded(body)
 
 
-from simdisagg.cli_calibrate import calibrate_command, fit_command  # noqa: E402
+from simdisagg.cli_calibrate import calibrate_app, fit_command  # noqa: E402
 from simdisagg.cli_plan import plan_command  # noqa: E402
 from simdisagg.cli_trace import trace_app  # noqa: E402
+from simdisagg.cli_validate import validate_command  # noqa: E402
 
 app.add_typer(trace_app, name="trace", help="Convert, generate and describe traces.")
-app.command("calibrate")(calibrate_command)
+app.add_typer(calibrate_app, name="calibrate")
 app.command("fit")(fit_command)
 app.command("plan")(plan_command)
+app.command("validate")(validate_command)
 
 
 def main() -> None:  # pragma: no cover - console entry

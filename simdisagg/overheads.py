@@ -4,13 +4,19 @@ A sum of measured kernels is not an iteration. The scheduler picks the batch and
 metadata on the CPU, the sampler runs, tokens are detokenised and streamed, eager prefill pays
 a launch gap per kernel, and a CUDA-graph replay of decode *removes* most of the gaps that a
 kernel timed on its own includes. These costs depend on the framework, not on the GPU, so they
-are named per framework and **fitted on end-to-end measurements** (``simdisagg overheads fit``,
-:mod:`simdisagg.validate`), never guessed. Per iteration::
+are named per framework and **fitted on end-to-end measurements** (``simdisagg validate
+--fit-overheads``, :mod:`simdisagg.overhead_fit`), never guessed. Per iteration::
 
-    prefill (or mixed) iteration:  + prefill_iteration_s + prefill_per_prompt_s x prompts
-                                   + eager_kernel_gap_s x kernels of the iteration
-    decode iteration:              + decode_iteration_s + decode_per_sequence_s x batch size
-                                   + graph_kernel_gap_s x kernels of the iteration
+    prefill iteration:  + prefill_iteration_s + prefill_per_prompt_s x prompts
+                        + eager_kernel_gap_s x kernels of the iteration
+    decode iteration:   + decode_iteration_s + decode_per_sequence_s x batch size
+                        + graph_kernel_gap_s x kernels of the iteration
+    mixed iteration:    the prefill terms, + decode_per_sequence_s x decode sequences
+
+and per request, before the scheduler sees it (the HTTP front end: parsing, tokenising,
+routing, handing the request to the engine)::
+
+    frontend delay:     frontend_s
 
 ``*_kernel_gap_s`` may be negative: a kernel timed alone includes its launch and the event
 timing around it, which back-to-back kernels in a CUDA graph overlap. Files live in
@@ -23,9 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from simdisagg.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field
 
 #: The named terms, in the order the fit reports them.
 OVERHEAD_TERMS: tuple[str, ...] = (
@@ -35,6 +39,7 @@ OVERHEAD_TERMS: tuple[str, ...] = (
     "decode_iteration_s",
     "decode_per_sequence_s",
     "graph_kernel_gap_s",
+    "frontend_s",
 )
 
 
@@ -67,15 +72,25 @@ class FrameworkOverheads(BaseModel):
     decode_iteration_s: float = 0.0
     decode_per_sequence_s: float = 0.0
     graph_kernel_gap_s: float = 0.0
+    frontend_s: float = Field(default=0.0, ge=0)
     fit: dict[str, Any] = Field(default_factory=dict, description="rows, error and command of the fit")
 
     def prefill_s(self, prompts: float, kernels: float) -> float:
-        """Overhead of one prefill (or mixed) iteration of ``prompts`` prompts."""
+        """Overhead of one prefill iteration of ``prompts`` prompts."""
         return self.prefill_iteration_s + self.prefill_per_prompt_s * prompts + self.eager_kernel_gap_s * kernels
 
     def decode_s(self, batch_size: float, kernels: float) -> float:
         """Overhead of one decode iteration of ``batch_size`` sequences."""
         return self.decode_iteration_s + self.decode_per_sequence_s * batch_size + self.graph_kernel_gap_s * kernels
+
+    def mixed_s(self, prompts: float, decode_batch_size: float, kernels: float) -> float:
+        """Overhead of one iteration with ``prompts`` prompt chunks and a decode batch."""
+        return self.prefill_s(prompts, kernels) + self.decode_per_sequence_s * decode_batch_size
+
+    @property
+    def has_frontend(self) -> bool:
+        """Whether requests wait in a front end before the scheduler sees them."""
+        return self.frontend_s > 0.0
 
     @property
     def label(self) -> str:
@@ -89,31 +104,15 @@ def no_overheads(framework: str) -> FrameworkOverheads:
 
 
 def overheads_path(root: Path, framework: str) -> Path:
-    """Where a framework's overheads live under a profile root."""
+    """Where a framework's file lives under a profile root."""
     return Path(root) / "frameworks" / f"{framework}.yaml"
 
 
-def load_overheads(roots: list[Path], framework: str) -> FrameworkOverheads:
-    """The fitted overheads of ``framework`` from the first root that has them, else none."""
-    for root in roots:
-        path = overheads_path(root, framework)
-        if path.is_file():
-            return read_overheads(path)
-    return no_overheads(framework)
-
-
 def read_overheads(path: Path) -> FrameworkOverheads:
-    """Parse one overheads file (one line naming file and field on error)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read framework overheads ({exc})") from exc
-    try:
-        return FrameworkOverheads.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{field}': {err['msg']}") from exc
+    """Parse one framework file (one line naming file and field on error)."""
+    from simdisagg.hardware import load_profile_file
+
+    return load_profile_file(Path(path), FrameworkOverheads)
 
 
 def write_overheads(path: Path, overheads: FrameworkOverheads, comment: str = "") -> None:
