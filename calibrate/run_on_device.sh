@@ -66,7 +66,7 @@ for spec in $MODELS; do
   model=$(basename "$model_arg" .yaml)
   dest="$WORK/measured/$GPU/$model-tp$tp"
   echo "== calibrate $model tp$tp -> $dest ($(date -u +%H:%M:%S))" | tee -a "$LOG"
-  timeout -s INT "$CMD_TIMEOUT_S" "$PY" -m simdisagg calibrate \
+  timeout -s INT "$CMD_TIMEOUT_S" "$PY" -m simdisagg calibrate gpu \
     --model "$model_arg" --tp "$tp" --gpu "$GPU" --out "$dest" --budget-s "$BUDGET_S" --force \
     --device "$DEVICE" --grid "$GRID" 2>&1 | tee -a "$LOG"
   if [ ! -f "$dest/raw.csv" ]; then

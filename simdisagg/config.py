@@ -197,10 +197,11 @@ CostConfig = Annotated[AutoCost | RooflineCost | ConstantCost | ExponentialCost,
 
 class PrecisionConfig(_Frozen):
     """Number formats the model is served in: weights (and the GEMMs that read them) and the
-    KV cache. ``fp8`` weights are 1 byte per parameter; ``fp4`` (NVFP4) 0.5 byte plus one
-    FP8 scale per 16 parameters; ``fp8`` KV is 1 byte per element."""
+    KV cache. ``fp8`` weights are 1 byte per parameter (per-tensor scales), ``fp8_block`` the
+    same with 128 x 128 block scales; ``fp4`` (NVFP4) 0.5 byte plus one FP8 scale per 16
+    parameters; ``fp8`` KV is 1 byte per element."""
 
-    weights: Literal["bf16", "fp8", "fp4"] = "bf16"
+    weights: Literal["bf16", "fp8", "fp8_block", "fp4"] = "bf16"
     kv_cache: Literal["bf16", "fp8"] = "bf16"
 
 

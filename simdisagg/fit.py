@@ -98,6 +98,12 @@ class PhaseData:
     y: np.ndarray
     labels: list[str]
     power_w: np.ndarray
+    #: Points never fitted, only predicted (``holdout`` column of raw.csv); none by default.
+    holdout: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __post_init__(self) -> None:
+        if self.holdout.shape[0] != self.y.shape[0]:
+            self.holdout = np.zeros(self.y.shape[0], dtype=bool)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -113,6 +119,7 @@ class PhaseData:
             self.y[idx],
             [self.labels[i] for i in idx],
             self.power_w[idx],
+            self.holdout[idx],
         )
 
 
@@ -138,12 +145,21 @@ def _short_list(values: list[int], limit: int = 6) -> str:
     return "[" + ",".join(str(v) for v in values[:limit]) + ",...]"
 
 
+def raw_samples_path(folder: Path) -> Path:
+    """``raw.csv`` of a measured folder, or ``raw.csv.gz`` (how kernel-database imports are
+    stored: the same columns, compressed) when only that exists."""
+    folder = Path(folder)
+    plain = folder / "raw.csv"
+    packed = folder / "raw.csv.gz"
+    return packed if packed.is_file() and not plain.is_file() else plain
+
+
 def load_raw(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of ``raw.csv`` (as dicts) and the parsed ``meta.yaml`` of a measured folder."""
     import pandas as pd
 
     folder = Path(folder)
-    raw_path, meta_path = folder / "raw.csv", folder / "meta.yaml"
+    raw_path, meta_path = raw_samples_path(folder), folder / "meta.yaml"
     if not raw_path.is_file():
         raise CalibrationError(f"{raw_path}: no raw.csv (run simdisagg calibrate first)")
     if not meta_path.is_file():
@@ -175,6 +191,15 @@ def load_raw(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return frame.to_dict(orient="records"), meta
 
 
+def _holdout(rows: list[dict[str, Any]]) -> np.ndarray:
+    """The ``holdout`` flags of raw rows (absent or empty: not held out)."""
+    flags = []
+    for r in rows:
+        v = r.get("holdout", 0)
+        flags.append(bool(v) and not (isinstance(v, float) and math.isnan(v)) and str(v).strip() not in ("", "0"))
+    return np.array(flags, dtype=bool)
+
+
 def phase_datasets(rows: list[dict[str, Any]], shard: ShardShape) -> dict[str, PhaseData]:
     """Group raw rows into per-phase datasets with features and coordinates."""
     out: dict[str, PhaseData] = {}
@@ -194,12 +219,13 @@ def phase_datasets(rows: list[dict[str, Any]], shard: ShardShape) -> dict[str, P
         out["prefill"] = PhaseData(
             "prefill",
             PREFILL_FEATURES,
-            ("log_new_tokens", "log_prompts", "log1p_cached_tokens"),
+            ("log_new_tokens", "log_prompts", "log1p_mean_cached_tokens"),
             prefill_features(shard, a[:, 0], a[:, 1], a[:, 2], a[:, 3]),
             prefill_coords(a[:, 0], a[:, 1], a[:, 3]),
             np.array([float(r["median_s"]) for r in pre]),
             labels,
             np.array([float(r["power_w_mean"]) for r in pre]),
+            _holdout(pre),
         )
     dec = [r for r in rows if r["phase"] == "decode"]
     if dec:
@@ -214,6 +240,7 @@ def phase_datasets(rows: list[dict[str, Any]], shard: ShardShape) -> dict[str, P
             np.array([float(r["median_s"]) for r in dec]),
             [f"B={int(bi)} C={int(ci)} (mean ctx {ci / bi:.0f})" for bi, ci in zip(bs, cs, strict=True)],
             np.array([float(r["power_w_mean"]) for r in dec]),
+            _holdout(dec),
         )
     for kind in TRANSFER_KINDS:
         tr = [r for r in rows if r["phase"] == "transfer" and r["transfer_kind"] == kind]
@@ -297,6 +324,8 @@ class CrossValidation:
 
 
 CANDIDATES: tuple[str, ...] = ("physical", "interpolation")
+#: Candidates shown in reports (``components`` only for imports that break iterations down).
+REPORTED_CANDIDATES: tuple[str, ...] = ("physical", "interpolation", "components")
 
 
 def cross_validate(data: PhaseData, folds: int = 5, seed: int = 0) -> CrossValidation:
@@ -325,29 +354,58 @@ def _worst(data: PhaseData, pred: np.ndarray) -> dict[str, Any] | None:
     }
 
 
-def fit_phase(data: PhaseData, folds: int = 5, seed: int = 0) -> tuple[dict[str, Any], CrossValidation]:
-    """Fit both candidates, choose on held-out error, refit the choice on all points."""
-    cv = cross_validate(data, folds, seed)
+def _holdout_validation(data: PhaseData, candidates: tuple[str, ...] = CANDIDATES) -> CrossValidation:
+    """Predict the held-out points from candidates fitted on all the others."""
+    train = np.flatnonzero(~data.holdout)
+    test = np.flatnonzero(data.holdout)
+    cv = CrossValidation([(train, test)])
+    for kind in candidates:
+        pred = np.full(len(data), np.nan)
+        cand = Candidate(kind, data.subset(train))
+        pred[test] = cand.predict(data.features[test], data.coords[test])
+        cv.predictions[kind] = pred
+    return cv
+
+
+def fit_phase(
+    data: PhaseData, folds: int = 5, seed: int = 0, candidates: tuple[str, ...] = CANDIDATES
+) -> tuple[dict[str, Any], CrossValidation]:
+    """Fit the candidates, choose on held-out error, refit the choice on all fitting points.
+
+    With points flagged ``holdout`` (a kernel-database import writes them), candidates are
+    fitted on the others and judged on those; the held-out points are never fitted. Without,
+    every point is held out once in a k-fold split. An import's ``components`` predictor is
+    judged beside these afterwards (:func:`_add_components`); the generic interpolation is not
+    tried on it (``candidates=("physical",)``): the components interpolate the same samples."""
+    has_holdout = bool(data.holdout.any()) and bool((~data.holdout).any())
+    if not has_holdout:
+        candidates = CANDIDATES
+    cv = _holdout_validation(data, candidates) if has_holdout else cross_validate(data, folds, seed)
+    judged = data.holdout if has_holdout else np.ones(len(data), dtype=bool)
     held: dict[str, dict[str, Any]] = {}
-    for kind in CANDIDATES:
-        summary: dict[str, Any] = dict(ape_summary(data.y, cv.predictions[kind]))
+    for kind in candidates:
+        summary: dict[str, Any] = dict(ape_summary(data.y[judged], cv.predictions[kind][judged]))
         summary["worst_point"] = _worst(data, cv.predictions[kind])
         held[kind] = summary
     chosen = "physical"
-    if cv.splits:
+    if cv.splits and "interpolation" in held:
         phys, interp = held["physical"]["mean_ape"], held["interpolation"]["mean_ape"]
         if interp < phys * (1.0 - TIE_MARGIN) - 1e-12:
             chosen = "interpolation"
-    final = Candidate("interpolation", data)  # physical coefficients + residuals on all points
+    fitting = data.subset(np.flatnonzero(~data.holdout)) if has_holdout else data
+    # Physical coefficients (and, when interpolation is a candidate, residuals) on the fitting points.
+    final = Candidate("interpolation" if "interpolation" in candidates else "physical", fitting)
     if chosen == "interpolation":
-        in_sample = final.predict(data.features, data.coords)
+        in_sample = final.predict(fitting.features, fitting.coords)
     else:
-        in_sample = _physical_floor(linear_terms(data.features, final.coef))
-    finite_power = data.power_w[np.isfinite(data.power_w)]
+        in_sample = _physical_floor(linear_terms(fitting.features, final.coef))
+    finite_power = fitting.power_w[np.isfinite(fitting.power_w)]
     spec: dict[str, Any] = {
         "chosen": chosen,
         "criterion": CRITERION,
-        "n_points": len(data),
+        "n_points": len(fitting),
+        "n_held_out": int(judged.sum()) if has_holdout else len(data),
+        "held_out_kind": "held-out compositions (never fitted)" if has_holdout else f"{len(cv.splits)}-fold by grid point",
         "folds": len(cv.splits),
         "physical": {
             "features": list(data.feature_names),
@@ -357,13 +415,14 @@ def fit_phase(data: PhaseData, folds: int = 5, seed: int = 0) -> tuple[dict[str,
         },
         "interpolation": {
             "coordinates": list(data.coord_names),
-            "points": data.coords.tolist(),
+            "points": fitting.coords.tolist(),
             "log_residuals": final.residuals.tolist(),
+            "kind": final.interp.kind if final.interp is not None else None,
         },
         "held_out": held,
         "held_out_error": {k: held[chosen][k] for k in ("median_ape", "p95_ape", "max_ape", "mean_ape")},
         "worst_point": held[chosen]["worst_point"],
-        "in_sample_error": ape_summary(data.y, in_sample),
+        "in_sample_error": ape_summary(fitting.y, in_sample),
         "power_w": None
         if finite_power.size == 0
         else {
@@ -421,6 +480,165 @@ def _weight_read(data: dict[str, PhaseData], shard: ShardShape, phases: Mapping[
     }
 
 
+#: Columns of a kernel-database import that split each iteration by op family.
+COMPONENT_COLUMNS: tuple[str, ...] = ("gemm_s", "attention_s", "small_ops_s", "allreduce_s", "lm_head_s")
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _sig(value: float) -> float:
+    """``value`` to seven significant digits (the samples carry six)."""
+    return float(f"{value:.7g}")
+
+
+def components_spec(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Tables of the ``components`` predictor (:mod:`simdisagg.costmodel.components`) from the
+    fitting rows of a kernel-database import, or ``None`` when raw.csv has no breakdown or
+    its grid is incomplete. Held-out rows are never used."""
+    grid = meta.get("grid") or {}
+    keys = ("prefill_new_tokens", "prefill_prompts", "prefill_cached_tokens", "decode_mean_context")
+    if any(k not in grid for k in keys):
+        return None
+    fitting = [r for r in rows if not _holdout([r])[0]]
+    if not fitting or any(not math.isfinite(_number(fitting[0].get(c))) for c in COMPONENT_COLUMNS):
+        return None
+    linear: dict[float, list[float]] = {}
+    head: dict[float, list[float]] = {}
+    attention: dict[tuple[int, int, int], float] = {}
+    dec_linear: dict[float, list[float]] = {}
+    dec_attention: dict[tuple[int, int], float] = {}
+    for r in fitting:
+        part = {c: _number(r[c]) for c in COMPONENT_COLUMNS}
+        if r["phase"] == "prefill":
+            new = _parse_list(r["new_tokens_list"])
+            cached = _parse_list(r["cached_tokens_list"]) or [0] * len(new)
+            linear.setdefault(float(sum(new)), []).append(part["gemm_s"] + part["small_ops_s"] + part["allreduce_s"])
+            head.setdefault(float(len(new)), []).append(part["lm_head_s"])
+            if len(set(new)) == 1 and len(set(cached)) == 1:
+                attention[(new[0], len(new), cached[0])] = part["attention_s"] / len(new)
+        elif r["phase"] == "decode":
+            b = int(float(r["batch_size"]))
+            total = sum(part.values())
+            dec_linear.setdefault(float(b), []).append(total - part["attention_s"])
+            ctx = int(round(float(r["context_tokens"]) / b))
+            dec_attention[(b, ctx)] = part["attention_s"]
+    new_axis = [int(v) for v in grid["prefill_new_tokens"]]
+    prompt_axis = [int(v) for v in grid["prefill_prompts"]]
+    cached_axis = [int(v) for v in grid["prefill_cached_tokens"]]
+    ctx_axis = [int(v) for v in grid["decode_mean_context"]]
+    batch_axis = sorted({b for (b, _c) in dec_attention if all((b, c) in dec_attention for c in ctx_axis)})
+    try:
+        prefill_attention = [
+            [[_sig(attention[(n, p, c)]) for c in cached_axis] for p in prompt_axis] for n in new_axis
+        ]
+        decode_attention = [[_sig(dec_attention[(b, c)]) for c in ctx_axis] for b in batch_axis]
+    except KeyError:
+        return None
+    if not batch_axis:
+        return None
+
+    def curve(samples: dict[float, list[float]]) -> dict[str, list[float]]:
+        xs = sorted(samples)
+        return {"x": xs, "y": [_sig(float(np.mean(samples[x]))) for x in xs]}
+
+    return {
+        "description": "iteration = per-token part(T) + per-prompt part(P) + each prompt's attention share "
+        "(prefill); per-sequence part(B) + attention(B, mean context) (decode); tabulated from the "
+        "import's fitting rows (simdisagg.costmodel.components)",
+        "prefill": {
+            "linear": curve(linear),
+            "head": curve(head),
+            "attention": {
+                "new_tokens": new_axis,
+                "prompts": prompt_axis,
+                "cached_tokens": cached_axis,
+                "seconds": prefill_attention,
+            },
+        },
+        "decode": {
+            "linear": curve(dec_linear),
+            "attention": {"batch_size": batch_axis, "mean_context": ctx_axis, "seconds": decode_attention},
+        },
+    }
+
+
+def _components_predictions(model: Any, rows: list[dict[str, Any]], phase: str) -> np.ndarray:
+    """The components predictor's time for every raw row of ``phase``, in raw order."""
+    out = []
+    for r in rows:
+        if r["phase"] != phase:
+            continue
+        if phase == "prefill":
+            new = _parse_list(r["new_tokens_list"])
+            cached = _parse_list(r["cached_tokens_list"]) or [0] * len(new)
+            out.append(model.prefill_s(new, cached)[0])
+        else:
+            out.append(model.decode_s(float(r["batch_size"]), float(r["context_tokens"])))
+    return np.array(out, dtype=np.float64)
+
+
+def _add_components(
+    phases: dict[str, Any], data: dict[str, PhaseData], rows: list[dict[str, Any]], spec: dict[str, Any]
+) -> None:
+    """Judge the components predictor on each phase's held-out points beside the other
+    candidates, and choose it where it is best."""
+    from simdisagg.costmodel.components import ComponentsModel
+
+    model = ComponentsModel(spec)
+    for phase in ("prefill", "decode"):
+        d, p = data[phase], phases[phase]
+        pred = _components_predictions(model, rows, phase)
+        judged = d.holdout if d.holdout.any() else np.ones(len(d), dtype=bool)
+        summary: dict[str, Any] = dict(ape_summary(d.y[judged], pred[judged]))
+        masked = np.where(judged, pred, np.nan)
+        summary["worst_point"] = _worst(d, masked)
+        p["held_out"]["components"] = summary
+        p["components_in_sample_error"] = ape_summary(d.y[~d.holdout], pred[~d.holdout])
+        best = min((k for k in p["held_out"] if k != "components"), key=lambda k: p["held_out"][k]["mean_ape"])
+        if summary["mean_ape"] < p["held_out"][best]["mean_ape"]:
+            p["chosen"] = "components"
+            p["held_out_error"] = {k: summary[k] for k in ("median_ape", "p95_ape", "max_ape", "mean_ape")}
+            p["worst_point"] = summary["worst_point"]
+            p["in_sample_error"] = p["components_in_sample_error"]
+
+
+def _composed_weight_read(rows: list[dict[str, Any]], shard: ShardShape) -> dict[str, Any]:
+    """One pass over the shard's weights, from a kernel-database import: the GEMMs (LM head
+    included) of its one-sequence decode steps, which read every weight once and compute
+    almost nothing."""
+    gemm = [
+        float(r["gemm_s"]) + float(r.get("lm_head_s") or 0.0)
+        for r in rows
+        if r["phase"] == "decode" and int(float(r["batch_size"])) == 1 and r.get("gemm_s") not in (None, "")
+    ]
+    if not gemm:
+        return {"weight_bytes": shard.weight_bytes, "hbm_copy_bandwidth_bytes_per_s": None, "weight_read_s": 0.0,
+                "source": "no one-sequence decode step in raw.csv"}
+    t = min(gemm)
+    return {
+        "weight_bytes": shard.weight_bytes,
+        "hbm_copy_bandwidth_bytes_per_s": shard.weight_bytes / t,
+        "weight_read_s": t,
+        "source": "measured: the GEMM and LM-head kernels of a one-sequence decode step (every weight read once)",
+    }
+
+
+def _kernels_per_iteration(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Median kernels launched per prefill and per decode iteration (``kernels`` column of a
+    kernel-database import; zero when raw.csv does not say)."""
+    out: dict[str, float] = {}
+    for phase in ("prefill", "decode"):
+        counts = [float(r["kernels"]) for r in rows if r["phase"] == phase and r.get("kernels") not in (None, "")]
+        counts = [c for c in counts if math.isfinite(c)]
+        out[phase] = float(np.median(counts)) if counts else 0.0
+    return out
+
+
 def fit_measured(folder: Path, *, profiles_dir: Path | None = None, folds: int = 5, seed: int = 0) -> FitResult:
     """Fit every phase of ``folder/raw.csv`` (see module docstring); writes nothing."""
     folder = Path(folder)
@@ -430,13 +648,22 @@ def fit_measured(folder: Path, *, profiles_dir: Path | None = None, folds: int =
     for needed in ("prefill", "decode"):
         if needed not in data:
             raise CalibrationError(f"{folder / 'raw.csv'}: no {needed} points")
+    components = components_spec(rows, meta)
     phases: dict[str, Any] = {}
     cvs: dict[str, CrossValidation] = {}
     for name, d in data.items():
-        phases[name], cvs[name] = fit_phase(d, folds, seed)
+        candidates = ("physical",) if components is not None and name in ("prefill", "decode") else CANDIDATES
+        phases[name], cvs[name] = fit_phase(d, folds, seed, candidates)
+    if components is not None:
+        _add_components(phases, data, rows, components)
+    for spec in phases.values():
+        if spec["chosen"] != "interpolation":
+            # Only the chosen predictor's tables are needed at run time; the others' held-out
+            # errors stay in the report.
+            spec["interpolation"] = {k: v for k, v in spec["interpolation"].items() if k not in ("points", "log_residuals")}
     gpu_profile = str(meta["gpu_profile"])
     allreduce = None
-    if shard.tp > 1:
+    if shard.tp > 1 and (meta.get("source") or {}).get("kind") != "kernel database":
         gpu = _load_gpu(gpu_profile, profiles_dir)
         if gpu is not None:
             allreduce = {
@@ -446,23 +673,48 @@ def fit_measured(folder: Path, *, profiles_dir: Path | None = None, folds: int =
                 "source": f"ring all-reduce, 2 per layer, over {gpu_profile} intra_node_bandwidth_bytes_per_s "
                 f"({gpu.intra_node_bandwidth_bytes_per_s.source}); not measured",
             }
-    raw_bytes = (folder / "raw.csv").read_bytes()
+    raw_path = raw_samples_path(folder)
+    raw_bytes = raw_path.read_bytes()
+    source = meta.get("source") or {}
+    from_database = source.get("kind") == "kernel database"
+    precision = meta.get("precision") or {"weights": "bf16", "kv_cache": "bf16"}
+    framework = meta.get("framework")
+    profile = None
+    if framework:
+        from simdisagg.kerneldb.importer import profile_folder_name
+
+        profile = profile_folder_name(shard.model, shard.tp, precision["weights"], precision["kv_cache"], framework)
     fit: dict[str, Any] = {
         "schema_version": FIT_SCHEMA_VERSION,
         "provenance": "measured",
         "device": str(meta["device"]),
         "gpu": gpu_profile,
         "gpu_name": meta.get("gpu_name"),
+        "profile": profile,
+        "precision": precision,
+        "framework": framework,
+        "source": source,
         "shard": shard.to_dict(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "raw_file": raw_path.name,
         "raw_csv_sha256": hashlib.sha256(raw_bytes).hexdigest(),
         "measured_at": meta.get("date"),
-        "cross_validation": {"folds": folds, "seed": seed, "split": "k-fold by grid point", "criterion": CRITERION},
+        "cross_validation": {
+            "folds": folds,
+            "seed": seed,
+            "split": "held-out compositions flagged in raw.csv" if any(d.holdout.any() for d in data.values())
+            else "k-fold by grid point",
+            "criterion": CRITERION,
+        },
         "phases": phases,
-        "weight_read": _weight_read(data, shard, phases),
+        "components": components,
+        "weight_read": _composed_weight_read(rows, shard) if from_database else _weight_read(data, shard, phases),
         "allreduce": allreduce,
+        "allreduce_in_samples": from_database,
+        "kernels_per_iteration": _kernels_per_iteration(rows),
+        "extrapolations": meta.get("extrapolations"),
         "notes": "Times are for one iteration of the whole shard. held_out_error values are fractions "
-        "(0.05 = 5 %) measured on grid points left out of the fit.",
+        "(0.05 = 5 %) measured on points left out of the fit.",
     }
     fit["label"] = fit_label(fit)
     return FitResult(fit, data, cvs, meta)
@@ -505,19 +757,47 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
     out = [f"# Fit report: `{fit['label']}`", ""]
     if fit["device"] != "cuda":
         out += [f"> **device={fit['device']}: test data, not a GPU profile.**", ""]
+    source = fit.get("source") or {}
+    if source.get("kind") == "kernel database":
+        ext = fit.get("extrapolations") or {}
+        out += [
+            (
+                f"- measured kernels: {source.get('database')}, {source.get('framework')} {source.get('version')} "
+                f"tables of {source.get('device_name')} ({source.get('gpu_folder')}), source commit "
+                f"`{source.get('source_commit')}`, licence {source.get('licence')}"
+            ),
+            (
+                f"- precision: {fit['precision']['weights']} weights, {fit['precision']['kv_cache']} KV cache; "
+                f"imported {meta.get('date')} by `{meta.get('command') or 'simdisagg calibrate import'}`"
+            ),
+            (
+                f"- composed: {meta.get('method', {}).get('composition', '')}; kernels per iteration "
+                f"{fit.get('kernels_per_iteration', {}).get('decode', 0):.0f}"
+            ),
+            (
+                f"- beyond the tables: {ext.get('points', 0)} of {ext.get('of_points', 0)} points needed one of "
+                + (", ".join(f"{k} ({v} lookups)" for k, v in (ext.get("lookups") or {}).items()) or "none")
+                + " (meanings in meta.yaml `extrapolations`)"
+            ),
+            "- framework overheads are not in these samples: they are fitted on end-to-end measurements "
+            "(hardware_profiles/frameworks/) and added at run time",
+        ]
+    else:
+        out += [
+            (
+                f"- measured: {meta.get('date')} on {meta.get('gpu_name')} (device {fit['device']}), "
+                f"torch {meta.get('torch_version')}, CUDA {meta.get('cuda_version')}, driver {meta.get('driver_version')}"
+            ),
+            (
+                f"- grid: {meta.get('grid', {}).get('name')}; layers timed {meta.get('layers_timed')} of "
+                f"{fit['shard']['num_layers']}, scaled (see meta.yaml `method`)"
+            ),
+        ]
     out += [
+        f"- {fit.get('raw_file', 'raw.csv')} sha256 `{fit['raw_csv_sha256'][:16]}...`; fitted {fit['created_at']}",
         (
-            f"- measured: {meta.get('date')} on {meta.get('gpu_name')} (device {fit['device']}), "
-            f"torch {meta.get('torch_version')}, CUDA {meta.get('cuda_version')}, driver {meta.get('driver_version')}"
-        ),
-        (
-            f"- grid: {meta.get('grid', {}).get('name')}; layers timed {meta.get('layers_timed')} of "
-            f"{fit['shard']['num_layers']}, scaled (see meta.yaml `method`)"
-        ),
-        f"- raw.csv sha256 `{fit['raw_csv_sha256'][:16]}...`; fitted {fit['created_at']}",
-        (
-            f"- held-out split: {fit['cross_validation']['split']}, {fit['cross_validation']['folds']} folds, "
-            f"seed {fit['cross_validation']['seed']}; choice: {CRITERION}"
+            f"- held-out split: {fit['cross_validation']['split']}; choice: lowest mean held-out absolute "
+            "percentage error"
         ),
         "",
         "## Held-out error per phase (absolute percentage error)",
@@ -526,7 +806,7 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, spec in fit["phases"].items():
-        for kind in CANDIDATES:
+        for kind in (k for k in REPORTED_CANDIDATES if k in spec["held_out"]):
             h = spec["held_out"][kind]
             worst = h.get("worst_point")
             where = f"{worst['label']} ({worst['measured_s'] * 1e3:.3g} ms)" if worst else "n/a"
@@ -542,6 +822,14 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
         )
         out.append(f"- **{name}**: {coefs}")
     out += ["", "Implied rates:", ""] + _implied_rates(fit, gpu)
+    if gpu is not None:
+        floors = physical_floors(fit, gpu)
+        out += ["", "## Physical floors (kernels only, before framework overheads)", ""]
+        out += [
+            f"- {f['what']}: {f['predicted_s'] * 1e3:.3f} ms >= floor {f['floor_s'] * 1e3:.3f} ms "
+            f"({f['basis']}): {'ok' if f['ok'] else '**violated**'}"
+            for f in floors
+        ]
     wr = fit["weight_read"]
     out += [
         "",
@@ -568,6 +856,43 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
         "",
     ]
     return "\n".join(out)
+
+
+def physical_floors(fit: Mapping[str, Any], gpu: Any) -> list[dict[str, Any]]:
+    """The fitted kernels against the GPU's datasheet limits: a decode step reads every weight
+    of the shard (``weight bytes / HBM bandwidth``), a long prefill does its GEMM FLOPs
+    (``FLOPs / dense peak`` at the weights' precision)."""
+    from simdisagg.costmodel.fitted import FittedCostModel
+    from simdisagg.hardware import peak_flops_per_s
+
+    model = FittedCostModel(fit, gpu=gpu)
+    shard = model.shard
+    weights = (fit.get("precision") or {}).get("weights", "bf16")
+    bandwidth = gpu.hbm_bandwidth_bytes_per_s.value
+    peak = peak_flops_per_s(gpu, weights)
+    out = []
+    for batch in (1, 8):
+        floor = shard.weight_bytes / bandwidth
+        predicted = model.decode_step_time_s(batch, batch * 16)
+        out.append({
+            "what": f"decode step, batch {batch}",
+            "predicted_s": predicted,
+            "floor_s": floor,
+            "basis": f"{shard.weight_bytes / 1e9:.2f} GB of weights / {bandwidth / 1e12:.2f} TB/s",
+            "ok": predicted >= floor,
+        })
+    for tokens in (8192, 32768):
+        flops = 2.0 * shard.num_layers * shard.layer_params * tokens
+        floor = flops / peak
+        predicted = model.prefill_time_s([tokens], [0])
+        out.append({
+            "what": f"prefill of {tokens} tokens",
+            "predicted_s": predicted,
+            "floor_s": floor,
+            "basis": f"{flops / 1e12:.1f} TFLOP of GEMMs / {peak / 1e12:.0f} TFLOP/s",
+            "ok": predicted >= floor,
+        })
+    return out
 
 
 def plot_fit(result: FitResult, path: Path) -> None:

@@ -14,6 +14,7 @@ package (``simdisagg/_profiles``, force-included into the wheel), else in the ch
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from importlib import resources
@@ -43,6 +44,9 @@ class GPUProfile(BaseModel):
     display_name: str
     provenance: Provenance
     dense_bf16_flops_per_s: Sourced
+    #: Dense FP8 and FP4 tensor peaks, where the GPU has them (the floor of FP8/FP4 GEMMs).
+    dense_fp8_flops_per_s: Sourced | None = None
+    dense_fp4_flops_per_s: Sourced | None = None
     hbm_bandwidth_bytes_per_s: Sourced
     hbm_capacity_bytes: Sourced
     power_w: Sourced
@@ -50,6 +54,19 @@ class GPUProfile(BaseModel):
     # Bandwidth each GPU has to its peers inside a node (used for tensor-parallel all-reduce).
     intra_node_bandwidth_bytes_per_s: Sourced
     notes: str = ""
+
+
+def peak_flops_per_s(gpu: GPUProfile, weights: str) -> float:
+    """The dense tensor peak a GEMM at weight precision ``weights`` can reach on ``gpu``: FP8
+    (and block-scaled FP8) run at the FP8 rate and FP4 at the FP4 rate where the GPU has one,
+    else at the BF16 rate."""
+    if weights in ("fp8", "fp8_block") and gpu.dense_fp8_flops_per_s is not None:
+        return gpu.dense_fp8_flops_per_s.value
+    if weights == "fp4":
+        for rate in (gpu.dense_fp4_flops_per_s, gpu.dense_fp8_flops_per_s):
+            if rate is not None:
+                return rate.value
+    return gpu.dense_bf16_flops_per_s.value
 
 
 class LinkProfile(BaseModel):
@@ -64,11 +81,16 @@ class LinkProfile(BaseModel):
     notes: str = ""
 
 
-#: Bytes per weight parameter of each serving precision. NVFP4 stores 4-bit values with one FP8
-#: scale per 16 (NVIDIA's NVFP4 format: 0.5 + 1/16 bytes); per-tensor scales of FP8 are
-#: negligible. Embeddings and norms are counted at the same rate (real FP8/FP4 checkpoints often
+#: Bytes per weight parameter of each serving precision. ``fp8`` has per-tensor scales
+#: (negligible), ``fp8_block`` one FP32 scale per 128 x 128 block (DeepSeek-style), ``fp4``
+#: (NVFP4) 4-bit values with one FP8 scale per 16 (0.5 + 1/16 bytes). Embeddings and norms are counted at the same rate (real FP8/FP4 checkpoints often
 #: keep them in BF16: a small underestimate of weight bytes).
-WEIGHT_BYTES_PER_PARAM: dict[str, float] = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
+WEIGHT_BYTES_PER_PARAM: dict[str, float] = {
+    "bf16": 2.0,
+    "fp8": 1.0,
+    "fp8_block": 1.0 + 4.0 / (128 * 128),  # one FP32 scale per 128 x 128 block
+    "fp4": 0.5 + 1.0 / 16.0,
+}
 #: Bytes per KV-cache element of each KV precision.
 KV_BYTES_PER_ELEMENT: dict[str, int] = {"bf16": 2, "fp8": 1}
 
@@ -90,6 +112,11 @@ class ModelShape(BaseModel):
     vocab_size: int = Field(gt=0)
     dtype_bytes: int = Field(gt=0)
     tie_word_embeddings: bool = False
+    #: RMSNorm on each head's queries and keys (Qwen3): two more small ops per layer.
+    qk_norm: bool = False
+    #: Hugging Face ids served with this shape (checkpoints in other precisions included), so
+    #: measured deployments that name a checkpoint find the profile.
+    hf_ids: tuple[str, ...] = ()
     #: Longest sequence (prompt plus answer) the model serves: ``max_position_embeddings`` of its
     #: config, as serving engines take it for ``max_model_len``. ``None`` only for test shapes.
     context_window_tokens: int | None = Field(default=None, gt=0)
@@ -180,6 +207,8 @@ class ProfileStore:
         self.roots: list[Path] = ([Path(profiles_dir)] if profiles_dir else []) + _default_roots()
         if profiles_dir is not None and not Path(profiles_dir).is_dir():
             raise ConfigError(f"{profiles_dir}: --profiles-dir is not a folder")
+        #: Framework files given in memory (``with_framework``), in front of every root.
+        self._frameworks: dict[str, Any] = {}
 
     def _find(self, kind: str, name: str) -> Path:
         for root in self.roots:
@@ -216,6 +245,25 @@ class ProfileStore:
     def model(self, name: str) -> ModelShape:
         """Load a model shape by name, e.g. ``llama-3.1-8b``."""
         return _load(self._find("models", name), ModelShape)
+
+    def framework(self, name: str) -> Any:
+        """A serving framework's scheduler defaults and fitted overheads
+        (:class:`simdisagg.overheads.FrameworkOverheads`; none fitted when no file names it)."""
+        from simdisagg.overheads import FrameworkOverheads, no_overheads
+
+        if name in self._frameworks:
+            return self._frameworks[name]
+        for root in self.roots:
+            path = root / "frameworks" / f"{name}.yaml"
+            if path.is_file():
+                return _load(path, FrameworkOverheads)
+        return no_overheads(name)
+
+    def with_framework(self, overheads: Any) -> ProfileStore:
+        """A copy of this store that answers ``framework(overheads.framework)`` with ``overheads``."""
+        other = copy.copy(self)
+        other._frameworks = {**self._frameworks, overheads.framework: overheads}
+        return other
 
 
 @functools.lru_cache(maxsize=256)
@@ -263,6 +311,11 @@ def _refuse_booleans(data: dict, schema: type[BaseModel], path: Path, line_of: A
 
 
 _T = TypeVar("_T", bound=BaseModel)
+
+
+def load_profile_file(path: Path, schema: type[_T]) -> _T:
+    """Read and validate one profile file (cached by path); errors name file, line or field."""
+    return _load(path, schema)
 
 
 def _load(path: Path, schema: type[_T]) -> _T:

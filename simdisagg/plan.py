@@ -411,7 +411,7 @@ class Screener:
 
             self._models[key] = make_cost_model(
                 self.base.cost, self.base.model_shape(self.store), self.store.gpu(gpu), tp,
-                Streams(self.base.seed), self.store, role=role,
+                Streams(self.base.seed), self.store, role=role, framework=self.base.framework,
             )
         return self._models[key]
 

@@ -21,12 +21,14 @@ from typing import Annotated, Any
 
 import typer
 
-from simdisagg.cli.calibrate import calibrate_command, fit_command
+from simdisagg.cli.calibrate import calibrate_app, fit_command
 from simdisagg.cli.common import (
     FLAGS,
     ConfigOpt,
     DecodeOpt,
+    FrameworkOpt,
     GpuOpt,
+    KvCacheOpt,
     LinkOpt,
     ModelOpt,
     ModeOpt,
@@ -40,6 +42,7 @@ from simdisagg.cli.common import (
     SloTtftOpt,
     TpOpt,
     VersionOpt,
+    WeightsOpt,
     build_overrides,
     check_input_file,
     guarded,
@@ -49,6 +52,7 @@ from simdisagg.cli.common import (
 )
 from simdisagg.cli.plan import plan_command
 from simdisagg.cli.trace import trace_app
+from simdisagg.cli.validate import validate_command
 from simdisagg.errors import ConfigError
 
 __all__ = ["app", "build_overrides", "main", "parse_duration_s"]
@@ -88,6 +92,9 @@ def run(
     rate_scale: RateOpt = None,
     slo_ttft: SloTtftOpt = None,
     slo_tpot: SloTpotOpt = None,
+    weights: WeightsOpt = None,
+    kv_cache: KvCacheOpt = None,
+    framework: FrameworkOpt = None,
     chunked_prefill: Annotated[
         bool | None,
         typer.Option("--chunked-prefill/--no-chunked-prefill", help="Aggregated: chunked prefill (default: off)."),
@@ -132,7 +139,7 @@ def run(
     overrides = build_overrides(
         prefill=prefill, decode=decode, gpu=gpu, model=model, tp=tp, link=link, mode=mode, seed=seed,
         rate_scale=rate_scale, slo_ttft=slo_ttft, slo_tpot=slo_tpot, chunked_prefill=chunked_prefill,
-        exact_steps=exact_steps, router=router,
+        exact_steps=exact_steps, router=router, weights=weights, kv_cache=kv_cache, framework=framework,
     )  # fmt: skip
     store = ProfileStore(profiles_dir)
     cfg = resolve_config(config, overrides, FLAGS, store)
@@ -260,10 +267,7 @@ def profiles(profiles_dir: ProfilesOpt = None) -> None:
 
 
 app.add_typer(trace_app, name="trace", help="Convert, generate and describe traces.")
-app.command(
-    "calibrate",
-    epilog="Example: simdisagg calibrate --model llama-3.1-8b --tp 1 --dry-run",
-)(guarded(calibrate_command))
+app.add_typer(calibrate_app, name="calibrate")
 app.command("fit", epilog="Example: simdisagg fit hardware_profiles/measured/h100-sxm/llama-3.1-8b-tp1")(
     guarded(fit_command)
 )
@@ -271,6 +275,7 @@ app.command(
     "plan",
     epilog="Example: simdisagg plan traces/mooncake-conversation-5min.jsonl --gpus 8 --slo-ttft 2s --slo-tpot 100ms",
 )(guarded(plan_command))
+app.command("validate")(guarded(validate_command))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,18 +1,21 @@
-"""The ``simdisagg calibrate`` and ``simdisagg fit`` commands.
+"""The ``simdisagg calibrate`` group (``gpu``, ``import``, ``overheads``) and ``simdisagg fit``.
 
 Thin typer commands: parse, resolve profiles, call :mod:`calibrate.harness` /
-:mod:`simdisagg.fit` / :mod:`simdisagg.derive`, print. :mod:`simdisagg.cli` registers them on the
-main app (``app.command("calibrate")(calibrate_command)``, ``app.command("fit")(fit_command)``);
+:mod:`simdisagg.kerneldb` / :mod:`simdisagg.overhead_fit` / :mod:`simdisagg.fit` /
+:mod:`simdisagg.derive`, print. :mod:`simdisagg.cli` registers them on the main app
+(``app.add_typer(calibrate_app, name="calibrate")``, ``app.command("fit")(fit_command)``);
 errors are :class:`~simdisagg.errors.SimdisaggError` subclasses, turned into one line by the
-app's error mapping. ``python -m simdisagg calibrate|fit ...`` runs them from a checkout on
-``PYTHONPATH`` (``calibrate/run_on_device.sh`` does, where the package may not be installed).
+app's error mapping. ``python -m simdisagg calibrate gpu|import|overheads ...`` and ``... fit``
+run them from a checkout on ``PYTHONPATH`` (``calibrate/run_on_device.sh`` does, where the
+package may not be installed).
 
-torch is imported only when a calibration starts; ``fit`` never needs it.
+torch is imported only when a GPU calibration starts; nothing else needs it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from simdisagg.cli.common import _run_guarded, guarded, make_app
 from simdisagg.costmodel.fitted import ShardShape
 from simdisagg.errors import CalibrationError, ConfigError
 from simdisagg.hardware import ModelShape, ProfileStore
@@ -64,6 +68,18 @@ def _check_calibrate_options(
         check_output_dir(out, "--out")
 
 
+calibrate_app = make_app(
+    "calibrate",
+    "Measure cost profiles: time this GPU's kernels (gpu), import a measured kernel database (import), "
+    "fit framework overheads on end-to-end measurements (overheads).",
+)
+
+#: A command body whose errors end in one line (the shared guard of every command).
+_guarded = _run_guarded
+
+
+@calibrate_app.command("gpu")
+@guarded
 def calibrate_command(
     model: Annotated[
         str,
@@ -105,7 +121,10 @@ def calibrate_command(
         typer.Option("--profiles-dir", help="Extra folder of hardware profiles, searched first (default: none)."),
     ] = None,
 ) -> None:
-    """Time the real kernels of a model shard on this GPU and write raw.csv + meta.yaml."""
+    """Time the real kernels of a model shard on this GPU and write raw.csv + meta.yaml.
+
+    Example: simdisagg calibrate gpu --model llama-3.1-8b --tp 1
+    """
     _check_calibrate_options(device=device, budget_s=budget_s, dry_run=dry_run, force=force, out=out, seed=seed)
     store = ProfileStore(profiles_dir)
     shape = _resolve_model(model, store)
@@ -251,11 +270,212 @@ def fit_command(
         typer.echo(f"{derived['label']}: wrote {dest / 'fit.json'} (provenance derived)")
 
 
-def _standalone() -> typer.Typer:
-    """An app with just these two commands (for tests that need no other command)."""
-    from simdisagg.cli.common import guarded, make_app
+def _kernel_db(db: Path | None) -> Path:
+    """The kernel database folder: ``--db``, else ``$SIMDISAGG_KERNEL_DB``."""
+    if db is None:
+        env = os.environ.get("SIMDISAGG_KERNEL_DB")
+        if not env:
+            raise ConfigError(
+                "--db: give the kernel database folder (e.g. ../shared/kernels/aiconfigurator) or set SIMDISAGG_KERNEL_DB"
+            )
+        db = Path(env)
+    if not (Path(db) / "SOURCE_COMMIT").is_file():
+        raise ConfigError(f"--db: {db} is not a kernel database (no SOURCE_COMMIT file)")
+    return Path(db)
 
+
+def _check_fits(model: ModelShape, gpu: object, tp: int) -> None:
+    """Refuse a profile whose weights leave no room for KV on ``tp`` GPUs (90 % usable)."""
+    capacity = gpu.hbm_capacity_bytes.value * 0.9  # type: ignore[attr-defined]
+    per_gpu = model.weight_bytes / tp
+    if per_gpu >= capacity:
+        raise ConfigError(
+            f"{model.weight_bytes / 1e9:.0f} GB of {model.weight_format} weights over {tp} GPU(s) leave no KV memory "
+            f"on {gpu.display_name}"  # type: ignore[attr-defined]
+        )
+
+
+@calibrate_app.command("import")
+def import_command(
+    model: Annotated[list[str], typer.Option("--model", help="Model profile name (repeatable).")],
+    gpu: Annotated[list[str], typer.Option("--gpu", help="GPU profile: h100-sxm, h200 or b200 (repeatable).")],
+    tp: Annotated[list[int], typer.Option("--tp", min=1, help="Tensor-parallel degree (repeatable).")],
+    weights: Annotated[
+        list[str], typer.Option("--weights", help="Weight precision: bf16, fp8, fp8_block, fp4 (repeatable).")
+    ] = ["bf16"],  # noqa: B006 - typer needs a list default
+    kv_cache: Annotated[list[str], typer.Option("--kv-cache", help="KV-cache precision: bf16, fp8 (repeatable).")] = [
+        "bf16"
+    ],  # noqa: B006
+    framework: Annotated[
+        list[str], typer.Option("--framework", help="Framework whose kernels: vllm, sglang, trtllm (repeatable).")
+    ] = ["vllm"],  # noqa: B006
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Kernel database folder (default: $SIMDISAGG_KERNEL_DB).")
+    ] = None,
+    root: Annotated[
+        Path, typer.Option("--root", help="Profile root: writes measured/<gpu>/<model>-tp<k>-<w>-kv<kv>-<fw>/.")
+    ] = Path("hardware_profiles"),
+    fit: Annotated[bool, typer.Option("--fit/--no-fit", help="Fit each imported profile (simdisagg fit).")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out compositions.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing raw samples.")] = False,
+    profiles_dir: Annotated[
+        Path | None,
+        typer.Option("--profiles-dir", help="Extra folder of hardware profiles, searched first (default: none)."),
+    ] = None,
+) -> None:
+    """Compose iteration times from a measured kernel database (AIConfigurator's tables) and
+    write them as calibration samples, one profile per combination of the options.
+
+    Combinations the database cannot serve (a GPU or precision without tables, a TP degree
+    that does not divide the model's heads) are listed and skipped.
+
+    Example: simdisagg calibrate import --db ../shared/kernels/aiconfigurator --gpu h200
+    --model llama-3.1-8b --tp 1 --tp 2 --weights fp8 --kv-cache fp8 --framework vllm
+    """
+
+    def body() -> None:
+        from simdisagg.costmodel.fitted import ShardShape
+        from simdisagg.fit import fit_measured, write_fit
+        from simdisagg.kerneldb.importer import ImportSpec, import_profile
+
+        store = ProfileStore(profiles_dir)
+        database = _kernel_db(db)
+        models = [store.model(m) for m in model]
+        for g in gpu:
+            store.gpu(g)
+        argv = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        done = skipped = 0
+        for m in models:
+            for g in gpu:
+                for k in tp:
+                    for w in weights:
+                        for kv in kv_cache:
+                            for fw in framework:
+                                spec = ImportSpec(m, g, k, w, kv, fw)
+                                out = root / "measured" / g / spec.folder_name
+                                try:
+                                    ShardShape.of(m, k)
+                                    _check_fits(m.served_at(w, kv), store.gpu(g), k)
+                                    import_profile(database, spec, out, command_line=argv, seed=seed, force=force)
+                                except (CalibrationError, ConfigError) as exc:
+                                    typer.echo(f"skip {g}/{spec.folder_name}: {exc}")
+                                    skipped += 1
+                                    continue
+                                line = f"{g}/{spec.folder_name}: wrote {out}"
+                                if fit:
+                                    result = fit_measured(out, profiles_dir=profiles_dir)
+                                    write_fit(out, result, plot=False, profiles_dir=profiles_dir)
+                                    errors = ", ".join(
+                                        f"{name} {100 * ph['held_out_error']['median_ape']:.1f}/"
+                                        f"{100 * ph['held_out_error']['p95_ape']:.1f} %"
+                                        for name, ph in result.fit["phases"].items()
+                                    )
+                                    line += f" (held-out median/p95: {errors})"
+                                typer.echo(line)
+                                done += 1
+        typer.echo(f"{done} profile(s) imported, {skipped} skipped")
+        if done == 0:
+            raise CalibrationError("nothing imported")
+
+    _guarded(body)
+
+
+@calibrate_app.command("overheads")
+def overheads_command(
+    rows_csv: Annotated[Path, typer.Argument(help="Measured deployments (validation CSV).")],
+    framework: Annotated[list[str], typer.Option("--framework", help="Framework to fit (repeatable).")],
+    root: Annotated[
+        Path, typer.Option("--root", help="Profile root: writes frameworks/<framework>.yaml there.")
+    ] = Path("hardware_profiles"),
+    terms: Annotated[
+        str | None, typer.Option("--terms", help="Comma-separated overhead terms to fit (default: all fitted terms).")
+    ] = None,
+    max_evaluations: Annotated[int, typer.Option("--max-evaluations", min=2, help="Simulations of all rows.")] = 40,
+    cross_validate: Annotated[
+        bool, typer.Option("--cross-validate/--no-cross-validate", help="Leave each model+TP group out once.")
+    ] = True,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes (default: all CPUs).")] = None,
+    profiles_dir: Annotated[
+        Path | None,
+        typer.Option("--profiles-dir", help="Extra folder of hardware profiles, searched first (default: none)."),
+    ] = None,
+) -> None:
+    """Fit a framework's per-iteration and front-end overheads on end-to-end measurements
+    (the rows' deployments simulated on measured profiles), and write them with their error.
+
+    Example: simdisagg calibrate overheads ../shared/validation/aic-silicon-h200.csv --framework vllm
+    """
+
+    def body() -> None:
+        import datetime as dt
+        from dataclasses import replace
+
+        from simdisagg.overhead_fit import FIT_TERMS, cross_validate as leave_group_out
+        from simdisagg.overhead_fit import fit_overheads, summary
+        from simdisagg.overheads import overheads_path, write_overheads
+        from simdisagg.validate import ValidationOptions, default_workers, read_rows
+
+        store = ProfileStore(profiles_dir)
+        rows = read_rows(rows_csv, store)
+        options = ValidationOptions(profiles_dir=profiles_dir)
+        fitted_terms = tuple(t.strip() for t in terms.split(",")) if terms else tuple(FIT_TERMS)
+        n_workers = workers or default_workers()
+        for fw in framework:
+            base = store.framework(fw)
+            usable = [r for r in rows if r.framework == fw and r.status == "ok"]
+            if not usable:
+                raise CalibrationError(f"{rows_csv}: no simulable rows of framework '{fw}'")
+            # Only rows with a measured profile say anything about the framework's overheads.
+            from simdisagg.validate import simulate_rows
+
+            probe = simulate_rows(usable, replace(options, overheads=base), n_workers)
+            usable = [r for r, res in zip(usable, probe, strict=True) if res.status == "ok"]
+            typer.echo(f"{fw}: fitting {', '.join(fitted_terms)} on {len(usable)} rows")
+            outcome = fit_overheads(
+                usable, base, options, terms=fitted_terms, workers=n_workers, max_evaluations=max_evaluations,
+                progress=lambda n, e: typer.echo(f"  evaluation {n}: mean |log error| {e:.3f}"),
+            )
+            fit_info: dict[str, object] = {
+                "rows": len(usable),
+                "source": str(rows_csv),
+                "terms": list(fitted_terms),
+                "evaluations": outcome.evaluations,
+                "fitted_rows_error": summary(usable, outcome.results),
+                "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "protocol": {
+                    "requests_per_client": options.requests_per_client,
+                    "warmup_per_client": options.warmup_per_client,
+                    "client_start": options.client_start,
+                },
+            }
+            if cross_validate:
+                held = leave_group_out(usable, base, options, outcome.overheads, terms=fitted_terms, workers=n_workers)
+                if held:
+                    ordered = [r for r in usable if r.line in held]
+                    fit_info["held_out_groups_error"] = summary(ordered, [held[r.line] for r in ordered])
+            result = outcome.overheads.model_copy(update={"provenance": "fitted", "fit": fit_info})
+            path = overheads_path(root, fw)
+            write_overheads(
+                path, result,
+                comment=f"{result.display_name or fw}: scheduler defaults and per-iteration overheads fitted on "
+                "end-to-end measurements (see `fit`).",
+            )
+            typer.echo(f"{fw}: wrote {path}")
+            for key in ("fitted_rows_error", "held_out_groups_error"):
+                if key in fit_info:
+                    e = fit_info[key]
+                    typer.echo(
+                        f"  {key.replace('_', ' ')}: TTFT MAPE {e['ttft_mape_pct']:.1f} % (median {e['ttft_median_ape_pct']:.1f}), "  # type: ignore[index]
+                        f"TPOT MAPE {e['tpot_mape_pct']:.1f} % (median {e['tpot_median_ape_pct']:.1f})"  # type: ignore[index]
+                    )
+
+    _guarded(body)
+
+
+def _standalone() -> typer.Typer:
+    """An app with just these commands (for tests that need no other command)."""
     app = make_app("simdisagg", "simdisagg calibrate / fit")
-    app.command("calibrate")(guarded(calibrate_command))
+    app.add_typer(calibrate_app, name="calibrate")
     app.command("fit")(guarded(fit_command))
     return app

@@ -224,6 +224,14 @@ RouterOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: 0).")]
+WeightsOpt = Annotated[
+    str | None, typer.Option("--weights", help="Weight precision: bf16, fp8, fp8_block, fp4 (default: bf16).")
+]
+KvCacheOpt = Annotated[str | None, typer.Option("--kv-cache", help="KV-cache precision: bf16, fp8 (default: bf16).")]
+FrameworkOpt = Annotated[
+    str | None,
+    typer.Option("--framework", help="Serving framework of the measured profile: vllm, sglang, trtllm (default: vllm)."),
+]
 RateOpt = Annotated[
     float | None, typer.Option("--rate-scale", help="Replay open-loop arrivals this many times faster (default: 1).")
 ]
@@ -258,6 +266,9 @@ FLAGS: dict[str, str] = {
     "exact_steps": "--exact-steps",
     "router.prefill_policy": "--router",
     "router.decode_policy": "--router",
+    "precision.weights": "--weights",
+    "precision.kv_cache": "--kv-cache",
+    "framework": "--framework",
 }
 
 
@@ -286,6 +297,9 @@ def build_overrides(
     chunked_prefill: bool | None = None,
     exact_steps: bool | None = None,
     router: str | None = None,
+    weights: str | None = None,
+    kv_cache: str | None = None,
+    framework: str | None = None,
 ) -> dict[str, Any]:
     """Dotted config keys for the common CLI flags (``None`` = keep the file's value)."""
     prefill_policy, decode_policy = _router(router)
@@ -307,6 +321,9 @@ def build_overrides(
         "exact_steps": exact_steps,
         "router.prefill_policy": prefill_policy,
         "router.decode_policy": decode_policy,
+        "precision.weights": weights,
+        "precision.kv_cache": kv_cache,
+        "framework": framework,
     }
 
 

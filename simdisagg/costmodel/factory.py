@@ -1,8 +1,11 @@
 """Builds the cost model a pool runs on, from the run's cost config.
 
-``auto`` uses a profile fitted to measured kernels for (GPU, model, TP) whenever one exists
-under a profile root (``measured/<gpu>/<model>-tp<k>/fit.json``), and the roofline model
-otherwise; the chosen model's ``label`` says which, and every output repeats it.
+``auto`` uses a profile fitted to measured kernels for (GPU, model, TP, precision, framework)
+whenever one exists under a profile root (``measured/<gpu>/<model>-tp<k>-<weights>-kv<kv>-<framework>/``
+or, for BF16, one timed by ``calibrate gpu``: ``measured/<gpu>/<model>-tp<k>/``), and the
+roofline model otherwise; the chosen model's ``label`` says which, and every output repeats it.
+A profile composed from a kernel database gets the framework's fitted overheads
+(:mod:`simdisagg.overheads`) on top of its kernels.
 """
 
 from __future__ import annotations
@@ -28,10 +31,18 @@ def _roofline(cfg: Any, model: ModelShape, gpu: GPUProfile, tp: int) -> Roofline
 
 
 def make_cost_model(
-    cfg: Any, model: ModelShape, gpu: GPUProfile, tp: int, streams: Streams, store: ProfileStore, role: str
+    cfg: Any,
+    model: ModelShape,
+    gpu: GPUProfile,
+    tp: int,
+    streams: Streams,
+    store: ProfileStore,
+    role: str,
+    framework: str = "vllm",
 ) -> CostModel:
     """The cost model of one pool (``role`` names the pool; stochastic models get their own
-    stream ``cost:<role>``). A TP degree the model cannot be split by is refused for every kind
+    stream ``cost:<role>``). ``model`` carries its serving precision (``ModelShape.served_at``).
+    A TP degree the model cannot be split by is refused for every kind
     (:func:`~simdisagg.hardware.check_parallelism`): a reference model would otherwise time a
     cluster no engine can run."""
     check_parallelism(model, tp, f"{role} pool tp")
@@ -42,16 +53,25 @@ def make_cost_model(
     if cfg.kind == "exponential":
         return ExponentialCostModel(cfg.mean_prefill_s, cfg.decode_step_s, streams[f"cost:{role}"])
     if cfg.kind == "auto":
-        fitted = _find_fitted(store, gpu, model.name, tp)
+        fitted = _find_fitted(store, gpu, model, tp, framework)
         if fitted is not None:
             return fitted
     return _roofline(cfg, model, gpu, tp)
 
 
-def _find_fitted(store: ProfileStore, gpu_profile: GPUProfile, model: str, tp: int) -> CostModel | None:
+def _find_fitted(
+    store: ProfileStore, gpu_profile: GPUProfile, model: ModelShape, tp: int, framework: str
+) -> CostModel | None:
     from simdisagg.costmodel import fitted
 
-    path = fitted.find_fitted(store.roots, gpu_profile.name, model, tp)
+    path = fitted.find_fitted(
+        store.roots, gpu_profile.name, model.name, tp, model.weight_format, model.kv_format, framework
+    )
     if path is None:
         return None
-    return fitted.FittedCostModel.from_file(path, gpu=gpu_profile)  # type: ignore[no-any-return]
+    cost = fitted.FittedCostModel.from_file(path, gpu=gpu_profile)
+    if cost.fit.get("source", {}).get("kind") == "kernel database":
+        cost = fitted.FittedCostModel(
+            cost.fit, gpu=gpu_profile, source=path, overheads=store.framework(framework)
+        )
+    return cost

@@ -37,21 +37,24 @@ roofline model. This part is *modelled*, not measured.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from simdisagg.costmodel.components import ComponentsModel
 from simdisagg.errors import CalibrationError, ConfigError
 from simdisagg.hardware import GPUProfile, ModelShape, check_parallelism
+from simdisagg.overheads import FrameworkOverheads, no_overheads
 
 #: Version of the ``fit.json`` layout written by :mod:`simdisagg.fit` and read here.
-FIT_SCHEMA_VERSION = 1
+FIT_SCHEMA_VERSION = 2
 
 PREFILL_FEATURES: tuple[str, ...] = ("const", "gemm_flops", "attn_flops", "kv_bytes", "prompts")
 DECODE_FEATURES: tuple[str, ...] = ("const", "gemm_flops", "kv_bytes")
@@ -103,6 +106,9 @@ class ShardShape:
     vocab_size: int
     dtype_bytes: int
     tp: int
+    #: Bytes per weight parameter and per KV element at the serving precision.
+    weight_bytes_per_param: float
+    kv_bytes_per_element: float
 
     @classmethod
     def of(cls, model: ModelShape, tp: int) -> ShardShape:
@@ -119,6 +125,8 @@ class ShardShape:
             vocab_size=-(-model.vocab_size // tp),
             dtype_bytes=model.dtype_bytes,
             tp=tp,
+            weight_bytes_per_param=float(model.weight_bytes_per_param or model.dtype_bytes),
+            kv_bytes_per_element=float(model.kv_bytes_per_element or model.dtype_bytes),
         )
 
     @property
@@ -136,17 +144,17 @@ class ShardShape:
         return self.hidden_size * self.vocab_size
 
     @property
-    def weight_bytes(self) -> int:
+    def weight_bytes(self) -> float:
         """Bytes of weights read by every iteration: all layers plus the LM head."""
-        return (self.num_layers * self.layer_params + self.lm_head_params) * self.dtype_bytes
+        return float((self.num_layers * self.layer_params + self.lm_head_params) * self.weight_bytes_per_param)
 
     @property
-    def kv_bytes_per_token_per_layer(self) -> int:
+    def kv_bytes_per_token_per_layer(self) -> float:
         """K and V of one token in one layer of the shard."""
-        return 2 * self.num_kv_heads * self.head_dim * self.dtype_bytes
+        return 2.0 * self.num_kv_heads * self.head_dim * self.kv_bytes_per_element
 
     @property
-    def kv_bytes_per_token(self) -> int:
+    def kv_bytes_per_token(self) -> float:
         """K and V of one token across all layers of the shard."""
         return self.num_layers * self.kv_bytes_per_token_per_layer
 
@@ -156,8 +164,12 @@ class ShardShape:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ShardShape:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{name: data[name] for name in cls.__slots__})
+        """Inverse of :meth:`to_dict` (shards written before precisions were recorded are at
+        their checkpoint's dtype)."""
+        values = {name: data[name] for name in cls.__slots__ if name in data}
+        values.setdefault("weight_bytes_per_param", float(data["dtype_bytes"]))
+        values.setdefault("kv_bytes_per_element", float(data["dtype_bytes"]))
+        return cls(**values)
 
 
 # -- features and interpolation coordinates ----------------------------------------------------
@@ -200,10 +212,12 @@ def transfer_features(nbytes: np.ndarray) -> np.ndarray:
 
 
 def prefill_coords(tokens: np.ndarray, cached: np.ndarray, prompts: np.ndarray) -> np.ndarray:
-    """Interpolation coordinates of prefill iterations: ``log T, log P, log(1 + Cc)``."""
+    """Interpolation coordinates of prefill iterations: ``log T``, ``log P`` and
+    ``log(1 + Cc / P)`` (the mean cached prefix per prompt), so that batches of ``P`` equal
+    prompts on equal prefixes lie on a rectilinear grid."""
     t = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
     p = np.maximum(np.asarray(prompts, dtype=np.float64), 1.0)
-    return np.column_stack([np.log(t), np.log(p), np.log1p(np.asarray(cached, dtype=np.float64))])
+    return np.column_stack([np.log(t), np.log(p), np.log1p(np.asarray(cached, dtype=np.float64) / p)])
 
 
 def decode_coords(batch_size: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
@@ -221,12 +235,19 @@ def transfer_coords(nbytes: np.ndarray) -> np.ndarray:
 
 # -- interpolation of log-residuals ------------------------------------------------------------
 class LogResidualInterpolator:
-    """Piecewise-linear interpolation of log-residuals over scattered grid points.
+    """Piecewise-linear interpolation of log-residuals over scattered or gridded points.
 
     Coordinates are scaled to ``[0, 1]`` per dimension (dimensions with a single value are
-    dropped). Inside the convex hull of the points the value is linear on Delaunay simplices;
-    outside it is the nearest point's value, so predictions fall back to the physical terms
-    times a bounded correction. With one dimension it is :func:`numpy.interp` (clamped ends).
+    dropped).
+
+    * **Rectilinear grid** (the points are every crossing of a few values per dimension, as a
+      kernel-database import writes them): multilinear on the grid cell; outside the grid each
+      coordinate is clamped to the grid's range, so predictions fall back to the physical terms
+      times the correction at the grid's edge. Evaluated in plain floats by :meth:`one`.
+    * **Scattered points** (a GPU calibration grid): linear on Delaunay simplices inside the
+      convex hull, the nearest point's value outside it.
+    * One dimension: :func:`numpy.interp` (clamped ends).
+
     Evaluation of each query point is independent of the others, so vectorised and one-by-one
     calls agree exactly.
     """
@@ -245,6 +266,8 @@ class LogResidualInterpolator:
         self._dim = z.shape[1]
         self._linear: Any = None
         self._nearest: Any = None
+        self._grid_axes: list[list[float]] | None = None
+        self._grid_values: np.ndarray | None = None
         if self._dim == 0:
             self._const = float(np.mean(vals))
         elif self._dim == 1:
@@ -254,7 +277,7 @@ class LogResidualInterpolator:
             uniq, inverse = np.unique(zs, return_inverse=True)
             self._x1 = uniq
             self._y1 = np.bincount(inverse, weights=vs) / np.bincount(inverse)
-        else:
+        elif not self._try_grid(z, vals):
             from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
             from scipy.spatial import Delaunay, QhullError
 
@@ -265,8 +288,71 @@ class LogResidualInterpolator:
                 except (QhullError, ValueError):
                     self._linear = None
 
+    @property
+    def kind(self) -> str:
+        """``grid``, ``delaunay``, ``nearest``, ``1d`` or ``constant``."""
+        if self._dim == 0:
+            return "constant"
+        if self._dim == 1:
+            return "1d"
+        if self._grid_axes is not None:
+            return "grid"
+        return "delaunay" if self._linear is not None else "nearest"
+
+    def _try_grid(self, z: np.ndarray, vals: np.ndarray) -> bool:
+        """Use multilinear interpolation when the points are exactly a full rectilinear grid."""
+        axes = [np.unique(np.round(z[:, d], 12)) for d in range(z.shape[1])]
+        if any(a.size < 2 for a in axes) or int(np.prod([a.size for a in axes])) != z.shape[0]:
+            return False
+        index = tuple(np.searchsorted(a, np.round(z[:, d], 12)) for d, a in enumerate(axes))
+        grid = np.full(tuple(a.size for a in axes), np.nan)
+        grid[index] = vals
+        if np.isnan(grid).any():
+            return False
+        self._grid_axes = [a.tolist() for a in axes]
+        self._grid_values = grid
+        return True
+
     def _scale(self, pts: np.ndarray) -> np.ndarray:
         return np.asarray(((pts - self._lo) / self._span)[:, self._keep], dtype=np.float64)
+
+    def _grid_one(self, z: list[float]) -> float:
+        assert self._grid_axes is not None and self._grid_values is not None
+        lo: list[int] = []
+        frac: list[float] = []
+        for axis, x in zip(self._grid_axes, z, strict=True):
+            if x <= axis[0]:
+                lo.append(0)
+                frac.append(0.0)
+            elif x >= axis[-1]:
+                lo.append(len(axis) - 2)
+                frac.append(1.0)
+            else:
+                j = bisect.bisect_right(axis, x) - 1
+                lo.append(j)
+                frac.append((x - axis[j]) / (axis[j + 1] - axis[j]))
+        total = 0.0
+        values = self._grid_values
+        for corner in range(1 << len(lo)):
+            weight = 1.0
+            index = []
+            for d, (j, f) in enumerate(zip(lo, frac, strict=True)):
+                if (corner >> d) & 1:
+                    weight *= f
+                    index.append(j + 1)
+                else:
+                    weight *= 1.0 - f
+                    index.append(j)
+            if weight != 0.0:
+                total += weight * float(values[tuple(index)])
+        return total
+
+    def one(self, point: Sequence[float]) -> float:
+        """Interpolated log-residual at one point (plain floats on a grid)."""
+        if self._grid_axes is None:
+            return float(self(np.asarray([point], dtype=np.float64))[0])
+        z = [(float(x) - lo) / span for x, lo, span, keep in zip(point, self._lo, self._span, self._keep, strict=True) if keep]
+        return self._grid_one(z)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Interpolated log-residual at each row of ``points``."""
@@ -276,6 +362,8 @@ class LogResidualInterpolator:
         z = self._scale(pts)
         if self._dim == 1:
             return np.asarray(np.interp(z[:, 0], self._x1, self._y1), dtype=np.float64)
+        if self._grid_axes is not None:
+            return np.array([self._grid_one(row) for row in z.tolist()], dtype=np.float64)
         if self._linear is None:
             return np.asarray(self._nearest(z), dtype=np.float64)
         out = np.asarray(self._linear(z), dtype=np.float64)
@@ -314,7 +402,7 @@ class PhaseModel:
             self.interpolator = LogResidualInterpolator(
                 np.asarray(interp["points"], dtype=np.float64), np.asarray(interp["log_residuals"], dtype=np.float64)
             )
-        elif self.chosen != "physical":
+        elif self.chosen not in ("physical", "components"):
             raise CalibrationError(f"fit.json: unknown model kind '{self.chosen}'")
 
     def physical(self, features: np.ndarray) -> np.ndarray:
@@ -331,30 +419,54 @@ class PhaseModel:
 
 # -- the cost model ---------------------------------------------------------------------------
 def fit_label(fit: Mapping[str, Any]) -> str:
-    """Label of a fit: ``fitted:<gpu>/<model>-tp<k>``; derived fits and CPU test fits say so."""
-    name = f"{fit['gpu']}/{fit['shard']['model']}-tp{fit['shard']['tp']}"
+    """Label of a fit: ``measured:<gpu>/<profile>`` for a profile composed from a measured
+    kernel database, ``fitted:<gpu>/<model>-tp<k>`` for one timed by ``calibrate gpu``;
+    derived fits and CPU test fits say so."""
+    folder = fit.get("profile") or f"{fit['shard']['model']}-tp{fit['shard']['tp']}"
+    name = f"{fit['gpu']}/{folder}"
     if fit.get("provenance") == "derived":
         src = fit.get("derivation", {}).get("source_gpu", "?")
-        return f"derived:{name}[from {src}]"
+        return f"derived:{name}(from {src})"
     if fit.get("device") != "cuda":
-        return f"fitted:{name}[device={fit.get('device')}]"
+        return f"fitted:{name}(device={fit.get('device')})"
+    if fit.get("source", {}).get("kind") == "kernel database":
+        return f"measured:{name}"
     return f"fitted:{name}"
 
 
-class FittedCostModel:
-    """Step times of one shard from a fit of measured kernels (see module docstring).
+#: Knots per doubling of the mean context in a decode table (see :class:`FittedCostModel`).
+DECODE_KNOTS_PER_OCTAVE = 8
 
-    ``held_out_error[phase]`` holds the chosen model's error on grid points left out of the fit
+
+class FittedCostModel:
+    """Step times of one shard from a fit of measured kernels (see module docstring), plus the
+    framework's fitted per-iteration overheads (:mod:`simdisagg.overheads`).
+
+    ``held_out_error[phase]`` holds the chosen model's error on points left out of the fit
     (``median_ape``, ``p95_ape``, ``max_ape`` as fractions: 0.05 is 5 %). ``power_w[phase]`` is
     the median measured GPU power of that phase's points, or ``None`` where NVML gave none.
 
+    **Decode steps** are evaluated through one table per batch size ``B``: the fitted model at
+    mean contexts ``2**(i/8)`` (up to the largest fitted context), linear in the total context
+    between two knots, and beyond the last one linear with the fitted model's own slope there
+    (its residual is constant past the grid). The table differs from the fitted formula by
+    less than 0.1 % between knots (a power law between two knots an eighth of an octave apart),
+    and it makes every decode path -- one step, a run as a list or an array, logged steps in
+    bulk -- the same few float operations, hence bit for bit equal, with no logarithm per step.
+
     ``mixed_step_time_s`` = prefill part + decode part - one weight read: the two parts of a
     chunked-prefill iteration share one pass over the weights. The weight-read time comes from
-    the measured device-to-device copy bandwidth (``fit.json: weight_read``) and is capped by
-    each part's fixed term; the result is never below the slower part.
+    the measurement (``fit.json: weight_read``) and is capped by each part's own time; the
+    result is never below the slower part.
     """
 
-    def __init__(self, fit: Mapping[str, Any], gpu: GPUProfile | None = None, source: Path | None = None) -> None:
+    def __init__(
+        self,
+        fit: Mapping[str, Any],
+        gpu: GPUProfile | None = None,
+        source: Path | None = None,
+        overheads: FrameworkOverheads | None = None,
+    ) -> None:
         version = fit.get("schema_version")
         if version != FIT_SCHEMA_VERSION:
             raise CalibrationError(f"{source or 'fit'}: schema_version {version} (expected {FIT_SCHEMA_VERSION})")
@@ -363,7 +475,9 @@ class FittedCostModel:
         self.shard = ShardShape.from_dict(fit["shard"])
         self.provenance: str = fit["provenance"]
         self.device: str = fit["device"]
-        self.label = fit_label(fit)
+        self.overheads = overheads or no_overheads(str(fit.get("framework") or "none"))
+        label = fit_label(fit)
+        self.label = label if self.overheads.provenance == "none" else f"{label}+{self.overheads.label}"
         phases = fit["phases"]
         if "prefill" not in phases or "decode" not in phases:
             raise CalibrationError(f"{source or 'fit'}: needs both a prefill and a decode phase")
@@ -384,10 +498,38 @@ class FittedCostModel:
         }
         weight_read = fit.get("weight_read") or {}
         self.weight_read_s = float(weight_read.get("weight_read_s") or 0.0)
-        self._ar_per_token_s, self._ar_fixed_s = self._allreduce_terms(fit, gpu)
+        kernels = fit.get("kernels_per_iteration") or {}
+        self.prefill_kernels = float(kernels.get("prefill") or 0.0)
+        self.decode_kernels = float(kernels.get("decode") or 0.0)
+        if fit.get("allreduce_in_samples"):
+            self._ar_per_token_s, self._ar_fixed_s = 0.0, 0.0
+        else:
+            self._ar_per_token_s, self._ar_fixed_s = self._allreduce_terms(fit, gpu)
+        s = self.shard
+        coef = self._prefill.coefficients
+        self._p_const, self._p_gemm, self._p_attn, self._p_kv, self._p_prompts = (float(c) for c in coef)
+        self._gemm_per_token = 2.0 * s.num_layers * s.layer_params
+        self._gemm_per_prompt = 2.0 * s.lm_head_params
+        self._attn_per_pair = 4.0 * s.num_layers * s.num_heads * s.head_dim
+        self._kv_per_token = float(s.kv_bytes_per_token)
+        self._decode_tables: dict[int, tuple[list[float], list[float], list[float]]] = {}
+        self._components: ComponentsModel | None = None
+        if "components" in (self._prefill.chosen, self._decode.chosen):
+            if not fit.get("components"):
+                raise CalibrationError(f"{source or 'fit'}: 'components' chosen but no components tables")
+            self._components = ComponentsModel(fit["components"])
+        if self._decode.chosen == "components":
+            assert self._components is not None
+            self._decode_max_mean_context = self._components.max_mean_context
+        else:
+            points = phases["decode"].get("interpolation", {}).get("points") or []
+            contexts = [math.exp(p[1]) for p in points if len(p) > 1]
+            self._decode_max_mean_context = max(contexts) if contexts else 131072.0
 
     @classmethod
-    def from_path(cls, path: Path, gpu: GPUProfile | None = None) -> FittedCostModel:
+    def from_path(
+        cls, path: Path, gpu: GPUProfile | None = None, overheads: FrameworkOverheads | None = None
+    ) -> FittedCostModel:
         """Load ``fit.json`` (or the folder holding it)."""
         path = Path(path)
         if path.is_dir():
@@ -396,12 +538,14 @@ class FittedCostModel:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CalibrationError(f"{path}: cannot read fit ({exc})") from exc
-        return cls(data, gpu=gpu, source=path)
+        return cls(data, gpu=gpu, source=path, overheads=overheads)
 
     @classmethod
-    def from_file(cls, path: Path, gpu: GPUProfile | None = None) -> FittedCostModel:
+    def from_file(
+        cls, path: Path, gpu: GPUProfile | None = None, overheads: FrameworkOverheads | None = None
+    ) -> FittedCostModel:
         """Same as :meth:`from_path` (the name the cost-model factory uses)."""
-        return cls.from_path(path, gpu=gpu)
+        return cls.from_path(path, gpu=gpu, overheads=overheads)
 
     def _allreduce_terms(self, fit: Mapping[str, Any], gpu: GPUProfile | None) -> tuple[float, float]:
         s = self.shard
@@ -423,51 +567,133 @@ class FittedCostModel:
         return per_token, 2.0 * s.num_layers * latency
 
     # -- prefill ---------------------------------------------------------------------------
-    def _prefill_shard_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> tuple[float, float]:
-        t, cc, pairs, p = prefill_aggregates(new_tokens, cached_tokens)
-        if p == 0 or t == 0:
-            return 0.0, 0.0
-        x = prefill_features(self.shard, np.array([t]), np.array([cc]), np.array([pairs]), np.array([p]))
-        z = prefill_coords(np.array([t]), np.array([cc]), np.array([p]))
-        return float(self._prefill.predict(x, z)[0]), t
+    def _prefill_shard_s(self, new_tokens: Sequence[int] | np.ndarray, cached_tokens: Sequence[int] | np.ndarray) -> tuple[float, float, float]:
+        """Seconds of the shard's kernels, new tokens and prompts of one prefill batch."""
+        if self._prefill.chosen == "components":
+            assert self._components is not None
+            return self._components.prefill_s(new_tokens, cached_tokens)
+        tokens = cached_sum = pairs = 0.0
+        prompts = 0
+        for n, c in zip(new_tokens, cached_tokens, strict=True):
+            n, c = float(n), float(c)
+            tokens += n
+            cached_sum += c
+            pairs += n * c + n * (n + 1.0) * 0.5
+            prompts += 1
+        if prompts == 0 or tokens == 0.0:
+            return 0.0, 0.0, 0.0
+        p = float(prompts)
+        t = (
+            self._p_const
+            + self._p_gemm * (self._gemm_per_token * tokens + self._gemm_per_prompt * p)
+            + self._p_attn * (self._attn_per_pair * pairs)
+            + self._p_kv * (self._kv_per_token * (tokens + cached_sum))
+            + self._p_prompts * p
+        )
+        t = max(t, 1e-12)
+        interp = self._prefill.interpolator
+        if interp is not None:
+            t *= math.exp(interp.one((math.log(tokens), math.log(p), math.log1p(cached_sum / p))))
+        return t, tokens, p
 
     def prefill_time_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> float:
-        """One prefill iteration (LM head and first-token sampling included); an empty batch
-        takes no time."""
-        shard_s, tokens = self._prefill_shard_s(new_tokens, cached_tokens)
+        """One prefill iteration (LM head and first-token sampling included, and the
+        framework's per-iteration overhead); an empty batch takes no time."""
+        shard_s, tokens, prompts = self._prefill_shard_s(new_tokens, cached_tokens)
         if tokens == 0:
             return 0.0
-        return shard_s + self._ar_fixed_s + self._ar_per_token_s * tokens
+        return (
+            shard_s
+            + self._ar_fixed_s
+            + self._ar_per_token_s * tokens
+            + self.overheads.prefill_s(prompts, self.prefill_kernels)
+        )
 
     # -- decode ----------------------------------------------------------------------------
-    def _decode_vec(self, batch_size: int, context_tokens: np.ndarray) -> np.ndarray:
+    def _decode_shard_s(self, batch_size: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+        b = np.asarray(batch_size, dtype=np.float64)
+        c = np.asarray(context_tokens, dtype=np.float64)
+        b, c = np.broadcast_arrays(b, c)
+        if self._decode.chosen == "components":
+            assert self._components is not None
+            decode_s = self._components.decode_s
+            return np.array([decode_s(bi, ci) for bi, ci in zip(b.tolist(), c.tolist(), strict=True)])
+        return self._decode.predict(decode_features(self.shard, b, c), decode_coords(b, c))
+
+    def _decode_table(self, batch_size: int) -> tuple[list[float], list[float], list[float]]:
+        """Knots (total context), times and slopes of the decode table of one batch size."""
+        table = self._decode_tables.get(batch_size)
+        if table is not None:
+            return table
         if batch_size < 1:
             raise ValueError(f"decode batch_size must be >= 1, got {batch_size}")
-        ctx = np.asarray(context_tokens, dtype=np.float64)
-        b = np.full_like(ctx, float(batch_size))
-        x = decode_features(self.shard, b, ctx)
-        z = decode_coords(b, ctx)
-        return self._decode.predict(x, z)
+        b = float(batch_size)
+        octaves = math.log2(max(self._decode_max_mean_context, 2.0))
+        count = int(math.ceil(octaves * DECODE_KNOTS_PER_OCTAVE))
+        mean_ctx = np.exp2(np.arange(count + 1, dtype=np.float64) / DECODE_KNOTS_PER_OCTAVE)
+        mean_ctx[-1] = max(mean_ctx[-1], self._decode_max_mean_context)
+        knots = b * mean_ctx
+        fixed = self._ar_fixed_s + self._ar_per_token_s * b + self.overheads.decode_s(b, self.decode_kernels)
+        values = self._decode_shard_s(np.full_like(knots, b), knots) + fixed
+        slopes = np.empty_like(values)
+        slopes[:-1] = np.diff(values) / np.diff(knots)
+        if self._decode.chosen == "components":
+            assert self._components is not None
+            slopes[-1] = self._components.decode_attention_slope_s(b)
+            table = (knots.tolist(), values.tolist(), slopes.tolist())
+            self._decode_tables[batch_size] = table
+            return table
+        # Past the last knot the residual is constant, so the fitted time is linear in context
+        # with the physical slope times that residual's factor.
+        edge = float(self._decode_shard_s(np.array([b]), knots[-1:])[0])
+        physical_edge = float(self._decode.physical(decode_features(self.shard, np.array([b]), knots[-1:]))[0])
+        factor = edge / physical_edge if physical_edge > 0 else 1.0
+        slopes[-1] = float(self._decode.coefficients[2]) * self._kv_per_token * factor
+        table = (knots.tolist(), values.tolist(), slopes.tolist())
+        self._decode_tables[batch_size] = table
+        return table
 
     def decode_step_time_s(self, batch_size: int, context_tokens: int) -> float:
         """One decode iteration of ``batch_size`` requests whose contexts sum to ``context_tokens``."""
-        return float(self.decode_run_times_s(batch_size, context_tokens, 1)[0])
+        return self.decode_run_times_list(batch_size, context_tokens, 1)[0]
+
+    def decode_run_times_list(self, batch_size: int, context_tokens: int, n_steps: int) -> list[float]:
+        """``n_steps`` steps of an unchanged batch (step ``j`` has context ``C + j*B``) in plain
+        floats: the same operations as :meth:`decode_run_times_s`, so bit for bit its values."""
+        knots, values, slopes = self._decode_table(batch_size)
+        c0, b = float(context_tokens), float(batch_size)
+        last = len(knots) - 1
+        j = max(bisect.bisect_right(knots, c0) - 1, 0)
+        out = []
+        for step in range(n_steps):
+            ctx = c0 + b * step
+            while j < last and ctx >= knots[j + 1]:
+                j += 1
+            out.append(values[j] + slopes[j] * (ctx - knots[j]))
+        return out
+
+    def _table_eval(self, batch_size: int, ctx: np.ndarray) -> np.ndarray:
+        knots, values, slopes = self._decode_table(batch_size)
+        k = np.asarray(knots)
+        idx = np.clip(np.searchsorted(k, ctx, side="right") - 1, 0, len(knots) - 1)
+        return np.asarray(values)[idx] + np.asarray(slopes)[idx] * (ctx - k[idx])
 
     def decode_run_times_s(self, batch_size: int, context_tokens: int, n_steps: int) -> np.ndarray:
-        """``n_steps`` steps of an unchanged batch (step ``j`` has context ``C + j*B``),
-        vectorised; element ``j`` equals ``decode_step_time_s(B, C + j*B)`` exactly, because
-        every element goes through the same per-row arithmetic."""
+        """``n_steps`` steps of an unchanged batch, vectorised; element ``j`` equals
+        ``decode_step_time_s(B, C + j*B)`` exactly."""
         ctx = float(context_tokens) + float(batch_size) * np.arange(n_steps, dtype=np.float64)
-        out = self._decode_vec(batch_size, ctx)
-        return out + (self._ar_fixed_s + self._ar_per_token_s * float(batch_size))
+        return self._table_eval(batch_size, ctx)
 
     def decode_times_bulk_s(self, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
-        """One step per element (batch size, total context), the same per-row arithmetic as
+        """One step per element (batch size, total context), the same arithmetic as
         :meth:`decode_run_times_s`."""
         b = np.asarray(batch_sizes, dtype=np.float64)
         ctx = np.asarray(context_tokens, dtype=np.float64)
-        out = self._decode.predict(decode_features(self.shard, b, ctx), decode_coords(b, ctx))
-        return out + (self._ar_fixed_s + self._ar_per_token_s * b)
+        out = np.empty_like(ctx)
+        for size in np.unique(b).tolist():
+            sel = b == size
+            out[sel] = self._table_eval(int(size), ctx[sel])
+        return out
 
     # -- mixed -----------------------------------------------------------------------------
     def mixed_step_time_s(
@@ -477,19 +703,46 @@ class FittedCostModel:
         decode_batch_size: int,
         decode_context_tokens: int,
     ) -> float:
-        """Prefill chunks and a decode batch in one iteration: the sum of the two parts less
-        one shared weight read (see class docstring), plus the all-reduce of all tokens."""
-        prefill_s, tokens = self._prefill_shard_s(new_tokens, cached_tokens)
+        """Prefill chunks and a decode batch in one iteration: the sum of the two parts' kernels
+        less one shared weight read (see class docstring), the all-reduce of all tokens, and the
+        framework's overhead of one iteration with both kinds of sequences."""
         if decode_batch_size < 1:
             return self.prefill_time_s(new_tokens, cached_tokens)
-        decode_s = float(self._decode_vec(decode_batch_size, np.array([float(decode_context_tokens)]))[0])
+        if self._components is not None and self._prefill.chosen == "components" and self._decode.chosen == "components":
+            return self._mixed_components_s(new_tokens, cached_tokens, decode_batch_size, decode_context_tokens)
+        prefill_s, tokens, prompts = self._prefill_shard_s(new_tokens, cached_tokens)
+        decode_s = float(
+            self._decode_shard_s(np.array([float(decode_batch_size)]), np.array([float(decode_context_tokens)]))[0]
+        )
         if tokens == 0:
-            combined = decode_s
-        else:
-            shared = min(self.weight_read_s, prefill_s, decode_s)
-            combined = max(prefill_s + decode_s - shared, prefill_s, decode_s)
+            return self.decode_step_time_s(decode_batch_size, decode_context_tokens)
+        shared = min(self.weight_read_s, prefill_s, decode_s)
+        combined = max(prefill_s + decode_s - shared, prefill_s, decode_s)
+        overhead = self.overheads.mixed_s(prompts, decode_batch_size, self.prefill_kernels)
         all_tokens = tokens + float(decode_batch_size)
-        return combined + self._ar_fixed_s + self._ar_per_token_s * all_tokens
+        return combined + self._ar_fixed_s + self._ar_per_token_s * all_tokens + overhead
+
+    def _mixed_components_s(
+        self, new_tokens: np.ndarray, cached_tokens: np.ndarray, decode_batch_size: int, decode_context_tokens: int
+    ) -> float:
+        """A mixed iteration from the parts: the layers see ``T + B`` rows, ``P + B`` rows are
+        sampled, each prompt has its attention share and the decode sequences theirs."""
+        comp = self._components
+        assert comp is not None
+        b = float(decode_batch_size)
+        tokens = 0.0
+        prompts = len(new_tokens)
+        attention = 0.0
+        for n, c in zip(new_tokens, cached_tokens, strict=True):
+            tokens += float(n)
+            attention += comp.prompt_attention_s(float(n), float(c), float(prompts))
+        if prompts == 0 or tokens == 0.0:
+            return self.decode_step_time_s(decode_batch_size, decode_context_tokens)
+        attention += comp.decode_attention_s(b, max(decode_context_tokens / b, 1.0))
+        rows = float(prompts) + b
+        kernels_s = comp.prefill_linear(tokens + b) + comp.prefill_head(rows) + attention
+        overhead = self.overheads.mixed_s(prompts, b, self.prefill_kernels)
+        return kernels_s + self._ar_fixed_s + self._ar_per_token_s * (tokens + b) + overhead
 
     # -- transfers (informational) ----------------------------------------------------------
     def transfer_time_s(self, kind: str, nbytes: float) -> float:
@@ -500,28 +753,53 @@ class FittedCostModel:
         return float(self._transfers[kind].predict(x, transfer_coords(np.array([float(nbytes)])))[0])
 
 
-def find_fitted(roots: list[Path], gpu: str, model: str, tp: int) -> Path | None:
-    """The ``fit.json`` to use for ``gpu``/``model``/``tp``, or ``None``.
+def fitted_candidates(
+    model: str, tp: int, weights: str = "bf16", kv_cache: str = "bf16", framework: str | None = None
+) -> list[str]:
+    """Profile folder names that serve (model, tp, precision, framework), best first: a profile
+    of exactly these settings (``<model>-tp<k>-<weights>-kv<kv>-<framework>``), then, for BF16
+    only, one timed by ``calibrate gpu`` on its own kernels (``<model>-tp<k>``)."""
+    names = []
+    if framework:
+        names.append(f"{model}-tp{tp}-{weights}-kv{kv_cache}-{framework}")
+    if weights == "bf16" and kv_cache == "bf16":
+        names.append(f"{model}-tp{tp}")
+    return names
 
-    Looks for ``<root>/measured/<gpu>/<model>-tp<tp>/fit.json`` in each root in order, then for
-    ``<root>/derived/<gpu>/<model>-tp<tp>/fit.json`` (a measured fit beats a derived one). A
-    fit made on the CPU (``device`` other than ``cuda``) is skipped with a warning unless
-    ``gpu`` is ``cpu``: CPU timings must never stand in for a GPU.
+
+def find_fitted(
+    roots: list[Path],
+    gpu: str,
+    model: str,
+    tp: int,
+    weights: str = "bf16",
+    kv_cache: str = "bf16",
+    framework: str | None = None,
+) -> Path | None:
+    """The ``fit.json`` to use for ``gpu``/``model``/``tp`` at a precision and framework, or
+    ``None``.
+
+    Looks in each root in order for ``measured/<gpu>/<name>/fit.json``, for the names of
+    :func:`fitted_candidates` in order, then the same under ``derived/`` (a measured fit beats a
+    derived one). A fit made on the CPU (``device`` other than ``cuda``) is skipped with a
+    warning unless ``gpu`` is ``cpu``: CPU timings must never stand in for a GPU.
     """
+    names = fitted_candidates(model, tp, weights, kv_cache, framework)
     for kind in ("measured", "derived"):
-        for root in roots:
-            path = Path(root) / kind / gpu / f"{model}-tp{tp}" / "fit.json"
-            if not path.is_file():
-                continue
-            try:
-                device = json.loads(path.read_text()).get("device")
-            except (OSError, json.JSONDecodeError):
-                warnings.warn(f"{path}: unreadable fit.json, ignored", stacklevel=2)
-                continue
-            if device != "cuda" and gpu != "cpu":
-                warnings.warn(f"{path}: measured on device={device}, not used for GPU '{gpu}'", stacklevel=2)
-                continue
-            return path
+        for name in names:
+            for root in roots:
+                path = Path(root) / kind / gpu / name / "fit.json"
+                if not path.is_file():
+                    continue
+                try:
+                    device = json.loads(path.read_text()).get("device")
+                except (OSError, json.JSONDecodeError):
+                    warnings.warn(f"{path}: unreadable fit.json, ignored", stacklevel=2)
+                    continue
+                if device != "cuda" and gpu != "cpu":
+                    warnings.warn(f"{path}: measured on device={device}, not used for GPU '{gpu}'", stacklevel=2)
+                    continue
+                return path
     return None
 
 

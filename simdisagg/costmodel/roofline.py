@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simdisagg.hardware import GPUProfile, ModelShape, check_parallelism
+from simdisagg.hardware import GPUProfile, ModelShape, check_parallelism, peak_flops_per_s
 
 #: Bytes per activation element (BF16) in all-reduces, whatever the weights' precision.
 ACTIVATION_BYTES = 2
@@ -53,7 +53,9 @@ class RooflineCostModel:
         self.params = p
         self.model, self.gpu, self.tp = model, gpu, tp
         self.label = f"roofline:{gpu.name}/{model.name}-tp{tp}"
-        peak = gpu.dense_bf16_flops_per_s.value * tp
+        # GEMMs run at the weights' precision peak (FP8 twice BF16 on Hopper); attention in BF16.
+        peak = peak_flops_per_s(gpu, model.weight_format) * tp
+        attention_slowdown = peak_flops_per_s(gpu, model.weight_format) / gpu.dense_bf16_flops_per_s.value
         bw = gpu.hbm_bandwidth_bytes_per_s.value * tp * p.memory_bandwidth_utilisation
         self._inv_prefill_flops = 1.0 / (peak * p.prefill_mfu)
         self._inv_decode_flops = 1.0 / (peak * p.decode_mfu)
@@ -62,7 +64,8 @@ class RooflineCostModel:
         # Per-token FLOPs of every dense projection (layers + LM head counted separately).
         self._linear_flops_per_token = 2.0 * m.num_layers * m.layer_params
         self._lm_head_flops_per_row = 2.0 * m.lm_head_params
-        self._attn_flops_per_pair = 4.0 * m.num_layers * m.num_heads * m.head_dim
+        # Attention FLOPs expressed in GEMM-peak units (BF16 attention under FP8 weights is slower).
+        self._attn_flops_per_pair = 4.0 * m.num_layers * m.num_heads * m.head_dim * attention_slowdown
         self._weight_bytes = m.iteration_weight_bytes
         self._kv_bytes_per_token = float(m.kv_bytes_per_token)
         self._overhead_s = p.iteration_overhead_s

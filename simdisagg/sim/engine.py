@@ -73,7 +73,7 @@ def _plan_pool(
 ) -> PoolPlan:
     model = cfg.model_shape(store)
     gpu = store.gpu(pool.gpu)
-    cost = make_cost_model(cfg.cost, model, gpu, pool.tp, streams, store, role=role)
+    cost = make_cost_model(cfg.cost, model, gpu, pool.tp, streams, store, role=role, framework=cfg.framework)
     if cost_scale != 1.0:
         cost = ScaledCostModel(cost, cost_scale)
     blocks = kv_capacity_blocks(
@@ -92,6 +92,20 @@ def _plan_pool(
         )
     cache_blocks = int(blocks * cache_fraction)
     return PoolPlan(cost, blocks - cache_blocks, pool.kv_block_tokens, cache_blocks * pool.kv_block_tokens)
+
+
+def _frontend_of(cost: CostModel) -> Any:
+    """The framework overheads of a cost model when they put a delay in front of the scheduler
+    (only profiles composed from measured kernels carry fitted framework overheads)."""
+    while isinstance(cost, ScaledCostModel):
+        cost = cost.inner
+    overheads = getattr(cost, "overheads", None)
+    return overheads if overheads is not None and overheads.has_frontend else None
+
+
+def pool_cost_model(cfg: RunConfig, pool: PoolConfig, store: ProfileStore) -> CostModel:
+    """The cost model a pool of ``cfg`` runs on (as :func:`simulate` builds it)."""
+    return _plan_pool(cfg, pool, "estimate", store, Streams(cfg.seed), 1.0).cost
 
 
 def _prefix_cache(
@@ -369,6 +383,12 @@ def simulate(
 
         gpus = cfg.prefill.gpus + cfg.decode.gpus
 
+    frontend = _frontend_of(plan.cost if cfg.mode == "aggregated" else pplan.cost)
+
+    def enter(i: int) -> None:
+        t_enq[i] = env.now
+        route(i)
+
     def arrive(i: int) -> None:
         now = env.now
         t_arrival[i] = now
@@ -380,8 +400,12 @@ def simulate(
         if reason is not None:
             reject_chain(i, reason)
             return
-        t_enq[i] = now
-        route(i)
+        if frontend is None:
+            enter(i)
+        else:
+            # The framework's front end (parsing, tokenising, routing) hands the request to
+            # the scheduler this much later.
+            call_later(env, frontend.frontend_s, enter, i)
 
     # Open-loop arrivals are released in time order by one chain of events.
     open_idx = np.flatnonzero(n_waits == 0)

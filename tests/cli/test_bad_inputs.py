@@ -51,6 +51,7 @@ CLASSES = {
     "session-json": "agentic session files with bad values",
     "calibrate": "calibrate and fit options and inputs",
     "plan-options": "planner options out of range or unknown",
+    "validate": "validate's inputs and options",
 }
 
 
@@ -277,7 +278,7 @@ CASES: list[Case] = [
     run_case("tp-8-qwen", "parallelism", ("--model", "qwen2.5-7b", "--tp", "8"), "28 attention heads are not divisible by 8", "--tp 8"),
     config_case("aggregated-tp-3", "parallelism", "aggregated: {tp: 3}\n", "cannot be split 3 ways", "cfg.yaml:1: aggregated.tp"),
     plan_case("plan-tp-3", "parallelism", ("--gpus", "4", "--tp", "1,3"), "cannot be split 3 ways", "--tp 3"),
-    Case("calibrate-tp-3", "parallelism", ("calibrate", "--model", "llama-3.1-8b", "--tp", "3", "--dry-run"), "cannot be split 3 ways", "tp 3"),
+    Case("calibrate-tp-3", "parallelism", ("calibrate", "gpu", "--model", "llama-3.1-8b", "--tp", "3", "--dry-run"), "cannot be split 3 ways", "tp 3"),
     run_case("70b-on-one-gpu", "parallelism", ("--model", "llama-3.1-70b"), "leaves no KV memory", "prefill pool"),
     run_case("tp-128", "parallelism", ("--tp", "128"), "less than or equal to 64", "--tp"),
     # -- profiles ------------------------------------------------------------------------------
@@ -315,7 +316,7 @@ CASES: list[Case] = [
     Case("recorded-with-rate", "option-dependency", ("trace", "convert", str(EXAMPLE), "{t}/o.jsonl", "--session-arrival", "recorded", "--session-rate", "1"), "has none", "--session-rate"),
     Case("sessions-for-chat", "option-dependency", ("trace", "generate", "--kind", "chat", "--out", "{t}/g.jsonl", "--sessions", "5"), "applies to --kind agentic", "--sessions"),
     Case("sessions-and-requests", "option-dependency", ("trace", "generate", "--out", "{t}/g.jsonl", "--sessions", "5", "--requests", "10"), "not both", "--sessions or --requests"),
-    Case("dry-run-force", "option-dependency", ("calibrate", "--model", "llama-3.1-8b", "--dry-run", "--force"), "--dry-run measures nothing", "--force"),
+    Case("dry-run-force", "option-dependency", ("calibrate", "gpu", "--model", "llama-3.1-8b", "--dry-run", "--force"), "--dry-run measures nothing", "--force"),
     Case("derived-root-alone", "option-dependency", ("fit", "{t}/m", "--derived-root", "{t}/d"), "give --derive-to too", "--derived-root", {"m/raw.csv": "x\n"}),
     plan_case("gpus-and-budget", "option-dependency", ("--gpus", "4", "--budget-per-hour", "10"), "exactly one of --gpus", "--gpus"),
     Case("stats-rate-native", "option-dependency", ("trace", "stats", str(EXAMPLE), "--session-rate", "0.1"), "applies to agentic session traces", "--session-rate"),
@@ -332,7 +333,7 @@ CASES: list[Case] = [
     Case("convert-out-is-input", "output-path", ("trace", "convert", "{t}/in.jsonl", "{t}/in.jsonl"), "is also the input", "OUT", {"in.jsonl": GOOD_LINE + "\n"}),
     Case("generate-out-folder", "output-path", ("trace", "generate", "--out", "{t}/dir"), "is a folder", "--out", {"dir/x": ""}),
     plan_case("plan-out-file", "output-path", ("--gpus", "4", "--out", "{t}/f"), "exists and is not a folder", "--out"),
-    Case("calibrate-out-under-file", "output-path", ("calibrate", "--model", "llama-3.1-8b", "--device", "cpu", "--out", "{t}/f/x"), "no folder can be made under it", "--out"),
+    Case("calibrate-out-under-file", "output-path", ("calibrate", "gpu", "--model", "llama-3.1-8b", "--device", "cpu", "--out", "{t}/f/x"), "no folder can be made under it", "--out"),
     Case("fit-no-folder", "output-path", ("fit", "{t}/missing"), "no such folder", "missing"),
     Case("convert-out-device", "output-path", ("trace", "convert", str(EXAMPLE), "/dev/null"), "is a device or pipe", "OUT"),
     # -- CSV -----------------------------------------------------------------------------------
@@ -356,16 +357,16 @@ CASES: list[Case] = [
     Case("tracelab-negative-input", "session-json", ("run", "{t}/r.jsonl", "--no-compare"), "must be an integer >= 1", "r.jsonl:1: field 'input_tokens_total'",
          {"r.jsonl": json.dumps({"session_id": "a", "round_index": 0, "input_tokens_total": -1, "output_tokens": 3, "timing_events": []}) + "\n"}),  # fmt: skip
     # -- calibrate and fit ---------------------------------------------------------------------
-    Case("calibrate-device-tpu", "calibrate", ("calibrate", "--model", "llama-3.1-8b", "--device", "tpu", "--dry-run"), "is not cuda or cpu", "--device"),
-    Case("calibrate-budget-zero", "calibrate", ("calibrate", "--model", "llama-3.1-8b", "--budget-s", "0", "--out", "{t}/o"), "must be above 0", "--budget-s"),
-    Case("calibrate-budget-inf", "calibrate", ("calibrate", "--model", "llama-3.1-8b", "--budget-s", "inf", "--out", "{t}/o"), "must be above 0", "--budget-s"),
-    Case("calibrate-unknown-model", "calibrate", ("calibrate", "--model", "gpt-9", "--dry-run"), "unknown model 'gpt-9'"),
-    Case("calibrate-model-yaml-duplicate", "calibrate", ("calibrate", "--model", "{t}/tiny.yaml", "--dry-run"), "appears twice", "tiny.yaml:",
+    Case("calibrate-device-tpu", "calibrate", ("calibrate", "gpu", "--model", "llama-3.1-8b", "--device", "tpu", "--dry-run"), "is not cuda or cpu", "--device"),
+    Case("calibrate-budget-zero", "calibrate", ("calibrate", "gpu", "--model", "llama-3.1-8b", "--budget-s", "0", "--out", "{t}/o"), "must be above 0", "--budget-s"),
+    Case("calibrate-budget-inf", "calibrate", ("calibrate", "gpu", "--model", "llama-3.1-8b", "--budget-s", "inf", "--out", "{t}/o"), "must be above 0", "--budget-s"),
+    Case("calibrate-unknown-model", "calibrate", ("calibrate", "gpu", "--model", "gpt-9", "--dry-run"), "unknown model 'gpt-9'"),
+    Case("calibrate-model-yaml-duplicate", "calibrate", ("calibrate", "gpu", "--model", "{t}/tiny.yaml", "--dry-run"), "appears twice", "tiny.yaml:",
          {"tiny.yaml": TINY_MODEL + "num_layers: 3\n"}),  # fmt: skip
     Case("fit-on-file", "calibrate", ("fit", "{t}/f"), "is not a folder", "f"),
     Case("fit-meta-not-utf8", "calibrate", ("fit", "{t}/m"), "is not UTF-8", "meta.yaml:1", {"m/raw.csv": "x\n", "m/meta.yaml": b"gpu: h\xe9\n"}),
     Case("fit-derive-unknown-gpu", "calibrate", ("fit", "{t}/m", "--derive-to", "h999"), "unknown gpu 'h999'", "", {"m/raw.csv": "x\n"}),
-    Case("calibrate-grid-unknown", "calibrate", ("calibrate", "--model", "llama-3.1-8b", "--grid", "enormous", "--dry-run"), "no such grid", "enormous"),
+    Case("calibrate-grid-unknown", "calibrate", ("calibrate", "gpu", "--model", "llama-3.1-8b", "--grid", "enormous", "--dry-run"), "no such grid", "enormous"),
     Case("fit-raw-not-utf8", "calibrate", ("fit", "{t}/m"), "is not UTF-8", "raw.csv:2", {"m/raw.csv": b"phase\n\xff\n", "m/meta.yaml": "gpu: h\n"}),
     # -- planner options -----------------------------------------------------------------------
     plan_case("rank-by-speed", "plan-options", ("--gpus", "4", "--rank-by", "speed"), "is not goodput", "--rank-by"),
@@ -378,12 +379,26 @@ CASES: list[Case] = [
     plan_case("windows-negative", "plan-options", ("--gpus", "4", "--windows", "-1"), "greater than or equal to 0", "--windows"),
     plan_case("plan-unknown-gpu", "plan-options", ("--gpus", "4", "--gpu", "h100-sxm,h999"), "unknown gpu 'h999'"),
     plan_case("plan-unknown-link", "plan-options", ("--gpus", "4", "--link", "ib-ndr-400,smoke-signal"), "unknown link 'smoke-signal'"),
+    # -- validate ------------------------------------------------------------------------------
+    Case("validate-missing-csv", "validate", ("validate", "{t}/none.csv", "--out", "{t}/v"), "cannot read validation CSV", "none.csv"),
+    Case("validate-not-utf8", "validate", ("validate", "{t}/v.csv", "--out", "{t}/v"), "byte 0xe9 at column 3 is not UTF-8", "v.csv:2",
+         {"v.csv": b"model_path,system\nx,\xe9\n"}),  # fmt: skip
+    Case("validate-missing-columns", "validate", ("validate", "{t}/v.csv", "--out", "{t}/v"), "missing columns", "v.csv:1",
+         {"v.csv": "model_path,system\nx,y\n"}),  # fmt: skip
+    Case("validate-client-start", "validate", ("validate", "{t}/v.csv", "--out", "{t}/v", "--client-start", "soon"), "expected burst", "--client-start",
+         {"v.csv": "model_path,system\nx,y\n"}),  # fmt: skip
+    Case("validate-kv-cache", "validate", ("validate", "{t}/v.csv", "--out", "{t}/v", "--kv-cache", "fp16"), "expected auto, bf16 or fp8", "--kv-cache",
+         {"v.csv": "model_path,system\nx,y\n"}),  # fmt: skip
+    Case("validate-only-regex", "validate", ("validate", "{t}/v.csv", "--out", "{t}/v", "--only", "(("), "not a regular expression", "--only",
+         {"v.csv": "model_path,system\nx,y\n"}),  # fmt: skip
+    Case("validate-out-is-file", "validate", ("validate", "{t}/v.csv", "--out", "{t}/f"), "exists and is not a folder", "--out",
+         {"v.csv": "model_path,system\nx,y\n"}),  # fmt: skip
 ]
 
 
 @pytest.fixture
 def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulating, searching, measuring, fitting or writing a converted trace fails the test:
+    """Simulating, searching, measuring, fitting, validating or writing a converted trace fails the test:
     a bad input must be refused before any of them starts."""
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
@@ -394,8 +409,10 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     import simdisagg.cli.trace
     import simdisagg.fit
     import simdisagg.plan
+    import simdisagg.validate
 
     monkeypatch.setattr(simdisagg.api, "simulate", refuse)
+    monkeypatch.setattr(simdisagg.validate, "simulate_rows", refuse)
     monkeypatch.setattr(simdisagg.plan, "plan", refuse)
     monkeypatch.setattr(calibrate.harness, "run_calibration", refuse)
     monkeypatch.setattr(simdisagg.fit, "fit_measured", refuse)

@@ -138,7 +138,7 @@ def test_harness_runs_on_cpu_and_fit_follows(tmp_path: Path) -> None:
     assert fit["device"] == "cpu" and set(fit["phases"]) >= {"prefill", "decode", "transfer_d2d"}
     assert "not a GPU profile" in (out / "fit_report.md").read_text()
     model = FittedCostModel.from_path(out)
-    assert model.label == "fitted:cpu/tiny-tp1[device=cpu]"
+    assert model.label == "fitted:cpu/tiny-tp1(device=cpu)"
     assert model.decode_step_time_s(2, 64) > 0 and model.prefill_time_s(np.array([16]), np.array([0])) > 0
     assert find_fitted([tmp_path], "h100-sxm", "tiny", 1) is None
     (tmp_path / "measured" / "h100-sxm").mkdir()
@@ -154,11 +154,11 @@ def test_cli_calibrate_cpu_guards(tmp_path: Path) -> None:
     model_yaml = tmp_path / "tiny.yaml"
     model_yaml.write_text(yaml.safe_dump(TINY.model_dump(mode="json")))
     app = _standalone()
-    r = CliRunner().invoke(app, ["calibrate", "--model", str(model_yaml), "--device", "cpu", "--grid", "tiny"])
+    r = CliRunner().invoke(app, ["calibrate", "gpu", "--model", str(model_yaml), "--device", "cpu", "--grid", "tiny"])
     assert r.exit_code == 1 and r.output.startswith("error: ") and "--out" in r.output
     out = tmp_path / "o"
     out.mkdir()
     (out / "raw.csv").write_text("x\n")
-    args = ["calibrate", "--model", str(model_yaml), "--device", "cpu", "--grid", "tiny", "--out", str(out)]
+    args = ["calibrate", "gpu", "--model", str(model_yaml), "--device", "cpu", "--grid", "tiny", "--out", str(out)]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "never overwritten" in r.output

@@ -65,7 +65,7 @@ def test_derived_fit_is_labelled_and_loads(measured: dict) -> None:
     assert "peak" in d["derivation"]["reasoning"]
     target_model = FittedCostModel(json.loads(json.dumps(d)))
     source_model = FittedCostModel(measured)
-    assert target_model.label == "derived:b200/llama-3.1-8b-tp1[from h100-sxm]"
+    assert target_model.label == "derived:b200/llama-3.1-8b-tp1(from h100-sxm)"
     assert target_model.provenance == "derived"
     assert target_model.held_out_error["decode"]["median_ape"] == pytest.approx(
         measured["phases"]["decode"]["held_out"]["physical"]["median_ape"]
