@@ -131,7 +131,7 @@ def _make_trace(kind: str, count: int):  # type: ignore[no-untyped-def]
 
 
 def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu: float, model: str,
-          tp: int, q: mp.Queue) -> None:  # fmt: skip
+          tp: int, cost: str, q: mp.Queue) -> None:  # fmt: skip
     from simdisagg import RunConfig, simulate
 
     trace = _make_trace(kind, count)
@@ -148,6 +148,7 @@ def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu
             "decode": {"count": (gpus - gpus // 2) // tp, "tp": tp},
             "rate_scale": target / base_rate,
             "exact_steps": exact,
+            "cost": {"kind": cost},
         }
     )
     t0 = time.perf_counter()
@@ -162,6 +163,7 @@ def _case(kind: str, count: int, gpus: int, mode: str, exact: bool, load_per_gpu
             "rejected": int((status == 2).sum()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "completed_at": result.recorder.times["completed_at"],
+            "cost_model": result.cost_label,
         }
     )
 
@@ -213,7 +215,7 @@ def _load_case(kind: str, count: int, repeats: int, with_checked: bool, q: mp.Qu
 
 
 def run_case(kind: str, count: int, gpus: int, mode: str, exact: bool, load: float, model: str, tp: int,
-             repeats: int = 5) -> dict:  # fmt: skip
+             repeats: int = 5, cost: str = "auto") -> dict:  # fmt: skip
     """Run one case in a fresh process (so peak memory is its own)."""
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()
@@ -229,7 +231,7 @@ def run_case(kind: str, count: int, gpus: int, mode: str, exact: bool, load: flo
         res = q.get()
         p.join()
         return res
-    p = ctx.Process(target=_case, args=(kind, count, gpus, mode, exact, load, model, tp, q))
+    p = ctx.Process(target=_case, args=(kind, count, gpus, mode, exact, load, model, tp, cost, q))
     p.start()
     res = q.get()
     p.join()
@@ -249,6 +251,8 @@ def main() -> None:
                          "prompts need two H100s of KV memory)")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this text")
     ap.add_argument("--repeats", type=int, default=5, help="loads per case of the load preset (median reported)")
+    ap.add_argument("--cost", choices=("auto", "roofline"), default="auto",
+                    help="cost model: auto (the measured profile where one exists, as users run) or roofline")
     args = ap.parse_args()
     rows = []
     print(f"{'case':44s} {'req/s':>10s} {'events/s':>11s} {'peak MB':>8s} {'wall s':>7s} {'exact/ff':>8s} "
@@ -265,7 +269,7 @@ def main() -> None:
                   f"per CPU-s, {res['mb_per_s']:.0f} MB/s; runs {', '.join(f'{w:.2f}' for w in res['walls_s'])} s); "
                   f"line by line {res['checked_s']:.1f} s ({res['checked_over_columnar']:.1f}x)", flush=True)
             continue
-        ff = run_case(kind, count, gpus, mode, False, args.load_per_gpu, args.model, args.tp)
+        ff = run_case(kind, count, gpus, mode, False, args.load_per_gpu, args.model, args.tp, cost=args.cost)
         if mode == "planner":
             row = {"trace": kind, "requests": count, "gpus": gpus, "mode": mode, **ff,
                    "simulations_per_candidate": ff["simulations"] / ff["candidates"],
@@ -281,9 +285,10 @@ def main() -> None:
             "wall_s": ff["wall_s"], "requests_per_s": count / ff["wall_s"],
             "events_per_s": ff["events"] / ff["wall_s"], "events": ff["events"],
             "peak_rss_mb": ff["peak_rss_mb"], "completed": ff["completed"], "rejected": ff["rejected"],
+            "cost_model": ff["cost_model"],
         }
         if with_exact:
-            ex = run_case(kind, count, gpus, mode, True, args.load_per_gpu, args.model, args.tp)
+            ex = run_case(kind, count, gpus, mode, True, args.load_per_gpu, args.model, args.tp, cost=args.cost)
             row["exact_wall_s"] = ex["wall_s"]
             row["exact_over_ff"] = ex["wall_s"] / ff["wall_s"]
             a, b = ff["completed_at"], ex["completed_at"]
@@ -299,7 +304,7 @@ def main() -> None:
             "machine": {"python": platform.python_version(), "platform": platform.platform(),
                         "cpus": mp.cpu_count(), "processor": platform.processor()},
             "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "load_per_gpu": args.load_per_gpu,
-            "model": args.model, "tp": args.tp,
+            "model": args.model, "tp": args.tp, "cost": args.cost,
             "rows": rows,
         })
 

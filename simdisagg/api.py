@@ -216,8 +216,9 @@ def run_config(
     notes: list[str] = []
     if "roofline" in summary["cost_model"]:
         notes.append(
-            f"{column}: no measured profile for this GPU/model/TP; step times come from the "
-            "roofline model with assumed efficiencies (see `simdisagg calibrate`)."
+            f"{column}: no measured profile for this GPU, model, TP, precision "
+            f"({cfg.precision.weights}/{cfg.precision.kv_cache}) and framework ({cfg.framework}); step times come "
+            "from the roofline model with assumed efficiencies (see `simdisagg calibrate import`)."
         )
     if summary["rejected"]:
         reasons = sorted(set(result.recorder.reject_reason.values()))[:3]

@@ -443,6 +443,56 @@ class FitResult:
     data: dict[str, PhaseData]
     cv: dict[str, CrossValidation]
     meta: dict[str, Any]
+    folder: Path | None = None
+
+
+#: End-to-end validation results of a profile (written by ``simdisagg validate --record``).
+VALIDATION_FILE = "validation.json"
+
+
+def _validation_section(folder: Path | None) -> list[str]:
+    """The report's end-to-end section, from ``validation.json`` beside the fit when present."""
+    if folder is None or not (Path(folder) / VALIDATION_FILE).is_file():
+        return []
+    try:
+        record = json.loads((Path(folder) / VALIDATION_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    out = [
+        "",
+        "## End-to-end error on measured deployments",
+        "",
+        (
+            f"{record['rows']} rows of `{record['source']}` simulated on this profile (with the framework's fitted "
+            f"overheads) by `{record['command']}` on {record['date']}; absolute % error:"
+        ),
+        "",
+        "| metric | mean (MAPE) | median | p90 |",
+        "|---|---|---|---|",
+    ]
+    for metric in ("ttft", "tpot"):
+        e = record["error"]
+        out.append(
+            f"| {metric.upper()} | {_pct_value(e[f'{metric}_mape_pct'])} | {_pct_value(e[f'{metric}_median_ape_pct'])} "
+            f"| {_pct_value(e[f'{metric}_p90_ape_pct'])} |"
+        )
+    return out
+
+
+def _pct_value(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.1f} %"
+
+
+def refresh_report(folder: Path, profiles_dir: Path | None = None) -> Path:
+    """Rewrite ``fit_report.md`` from ``fit.json``, ``meta.yaml`` and ``validation.json``
+    (no refit; the plot is not redrawn)."""
+    folder = Path(folder)
+    fit = json.loads((folder / "fit.json").read_text())
+    meta = yaml.safe_load((folder / "meta.yaml").read_text())
+    plot = "fit_plot.png" if (folder / "fit_plot.png").is_file() else None
+    report = folder / "fit_report.md"
+    _atomic_write(report, render_report(FitResult(fit, {}, {}, meta, folder), plot, profiles_dir))
+    return report
 
 
 def _load_gpu(name: str, profiles_dir: Path | None) -> Any:
@@ -717,7 +767,7 @@ def fit_measured(folder: Path, *, profiles_dir: Path | None = None, folds: int =
         "(0.05 = 5 %) measured on points left out of the fit.",
     }
     fit["label"] = fit_label(fit)
-    return FitResult(fit, data, cvs, meta)
+    return FitResult(fit, data, cvs, meta, folder)
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -837,10 +887,19 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
         "",
         (
             f"- weight read per iteration: {wr['weight_read_s'] * 1e3:.3f} ms for {wr['weight_bytes'] / 1e9:.2f} GB "
-            f"({wr['source']}); mixed steps subtract it once"
+            f"({wr['source']}); "
+            + (
+                "mixed (chunked-prefill) steps are composed from the parts: the layers see prefill and decode tokens "
+                "as one batch"
+                if fit["phases"]["prefill"]["chosen"] == "components"
+                else "mixed steps subtract it once"
+            )
         ),
     ]
-    if fit["allreduce"]:
+    if fit.get("allreduce_in_samples"):
+        if fit["shard"]["tp"] > 1:
+            out.append(f"- all-reduce (tp={fit['shard']['tp']}): measured, in the composed samples")
+    elif fit["allreduce"]:
         out.append(f"- all-reduce (tp={fit['shard']['tp']}): **modelled**, {fit['allreduce']['source']}")
     elif fit["shard"]["tp"] > 1:
         out.append("- all-reduce: GPU profile not found at fit time; pass the GPU profile when loading")
@@ -848,11 +907,13 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
     if power:
         out += ["", "## Measured power (NVML)", ""]
         out += [f"- {n}: median {p['median']:.0f} W (min {p['min']:.0f}, max {p['max']:.0f})" for n, p in power]
+    out += _validation_section(result.folder)
     if plot_name:
         out += ["", "## Measured vs held-out predicted", "", f"![measured vs predicted]({plot_name})"]
     out += [
         "",
-        "Regenerate with `simdisagg fit <this folder>`; raw.csv and meta.yaml are the measurement and never edited.",
+        f"Regenerate with `simdisagg fit <this folder>`; {fit.get('raw_file', 'raw.csv')} and meta.yaml are the "
+        "measurement and never edited.",
         "",
     ]
     return "\n".join(out)

@@ -536,6 +536,44 @@ def error_summary(frame: Any, by: Sequence[str] = PARTITION) -> Any:
     return pd.DataFrame.from_records(records)
 
 
+def profile_of(cost_label: str) -> str | None:
+    """``<gpu>/<folder>`` of the measured profile a run's cost label names (``None`` for other
+    cost models, and for runs whose two pools used different profiles)."""
+    if not cost_label.startswith("measured:") or "," in cost_label:
+        return None
+    return cost_label.removeprefix("measured:").split("+", 1)[0]
+
+
+def record_in_profiles(
+    frame: Any, store: ProfileStore, *, source: str, command: str, date: str
+) -> list[Path]:
+    """Write each measured profile's end-to-end error (its simulated rows) into its folder as
+    ``validation.json`` and refresh its ``fit_report.md``; returns the folders written."""
+    from simdisagg.fit import VALIDATION_FILE, refresh_report
+    from simdisagg.output import atomic_write_json
+
+    ok = frame[frame["status"] == "ok"]
+    written = []
+    for profile, part in ok.groupby(ok["cost_model"].map(lambda c: profile_of(str(c)) or "")):
+        if not profile:
+            continue
+        folder = next(
+            (root / "measured" / profile for root in store.roots if (root / "measured" / profile / "fit.json").is_file()),
+            None,
+        )
+        if folder is None:
+            continue
+        error = error_summary(part, ()).to_dict(orient="records")[0]
+        atomic_write_json(
+            folder / VALIDATION_FILE,
+            {"source": source, "command": command, "date": date, "rows": len(part), "error": error,
+             "row_ids": [str(x) for x in part.get("id", part.index)]},
+        )
+        refresh_report(folder)
+        written.append(folder)
+    return written
+
+
 def status_counts(frame: Any) -> dict[str, int]:
     """Rows per status (the reasons rows were not simulated, and ``ok``)."""
     counts = frame["status"].map(lambda s: s if s == "ok" else s.split(":")[0] + ": " + s.split(":", 1)[-1].strip()[:80])

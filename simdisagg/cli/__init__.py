@@ -13,7 +13,6 @@ others; ``plan``, ``trace`` and ``calibrate`` (``calibrate`` and ``fit``) hold t
 
 from __future__ import annotations
 
-import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -45,6 +44,7 @@ from simdisagg.cli.common import (
     WeightsOpt,
     build_overrides,
     check_input_file,
+    command_line,
     guarded,
     make_app,
     parse_duration_s,
@@ -193,7 +193,7 @@ def _write_outputs(console: Any, runs: list[Any], out: Path | None, plots: Path 
     from simdisagg.output import RUN_FILES, result_files, write_folder
 
     record = {
-        "command": shlex.join(["simdisagg", *sys.argv[1:]]),
+        "command": command_line(),
         "trace": trace_label,
         "columns": [r.column for r in runs],
         "versions": versions(),

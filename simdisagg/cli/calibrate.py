@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
-from simdisagg.cli.common import _run_guarded, guarded, make_app
+from simdisagg.cli.common import _run_guarded, command_line, guarded, make_app
 from simdisagg.costmodel.fitted import ShardShape
 from simdisagg.errors import CalibrationError, ConfigError
 from simdisagg.hardware import ModelShape, ProfileStore
@@ -136,7 +134,6 @@ def calibrate_command(
         raise CalibrationError("--device cpu needs --out: CPU timings never go into hardware_profiles/")
     from calibrate.harness import run_calibration
 
-    argv = [Path(sys.argv[0]).name, *sys.argv[1:]]
     result = run_calibration(
         shape,
         tp,
@@ -150,7 +147,7 @@ def calibrate_command(
         cuda_graphs=cuda_graphs,
         seed=seed,
         force=force,
-        command_line=shlex.join(argv),
+        command_line=command_line(),
     )
     typer.echo(f"wrote {result.out / 'raw.csv'} ({len(result.rows)} points) and meta.yaml")
     if not result.meta["complete"]:
@@ -303,9 +300,9 @@ def import_command(
     weights: Annotated[
         list[str], typer.Option("--weights", help="Weight precision: bf16, fp8, fp8_block, fp4 (repeatable).")
     ] = ["bf16"],  # noqa: B006 - typer needs a list default
-    kv_cache: Annotated[list[str], typer.Option("--kv-cache", help="KV-cache precision: bf16, fp8 (repeatable).")] = [
-        "bf16"
-    ],  # noqa: B006
+    kv_cache: Annotated[
+        list[str], typer.Option("--kv-cache", help="KV-cache precision: bf16, fp8 (repeatable).")
+    ] = ["bf16"],  # noqa: B006
     framework: Annotated[
         list[str], typer.Option("--framework", help="Framework whose kernels: vllm, sglang, trtllm (repeatable).")
     ] = ["vllm"],  # noqa: B006
@@ -343,7 +340,6 @@ def import_command(
         models = [store.model(m) for m in model]
         for g in gpu:
             store.gpu(g)
-        argv = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
         done = skipped = 0
         for m in models:
             for g in gpu:
@@ -356,7 +352,7 @@ def import_command(
                                 try:
                                     ShardShape.of(m, k)
                                     _check_fits(m.served_at(w, kv), store.gpu(g), k)
-                                    import_profile(database, spec, out, command_line=argv, seed=seed, force=force)
+                                    import_profile(database, spec, out, command_line=command_line(), seed=seed, force=force)
                                 except (CalibrationError, ConfigError) as exc:
                                     typer.echo(f"skip {g}/{spec.folder_name}: {exc}")
                                     skipped += 1
@@ -390,7 +386,12 @@ def overheads_command(
     terms: Annotated[
         str | None, typer.Option("--terms", help="Comma-separated overhead terms to fit (default: all fitted terms).")
     ] = None,
-    max_evaluations: Annotated[int, typer.Option("--max-evaluations", min=2, help="Simulations of all rows.")] = 40,
+    max_evaluations: Annotated[
+        int, typer.Option("--max-evaluations", min=2, help="Simulations of all rows in the fit.")
+    ] = 30,
+    cv_evaluations: Annotated[
+        int, typer.Option("--cv-evaluations", min=2, help="Simulations per left-out group in the cross-validation.")
+    ] = 12,
     cross_validate: Annotated[
         bool, typer.Option("--cross-validate/--no-cross-validate", help="Leave each model+TP group out once.")
     ] = True,
@@ -410,8 +411,8 @@ def overheads_command(
         import datetime as dt
         from dataclasses import replace
 
-        from simdisagg.overhead_fit import FIT_TERMS, cross_validate as leave_group_out
-        from simdisagg.overhead_fit import fit_overheads, summary
+        from simdisagg.overhead_fit import FIT_TERMS, fit_overheads, summary
+        from simdisagg.overhead_fit import cross_validate as leave_group_out
         from simdisagg.overheads import overheads_path, write_overheads
         from simdisagg.validate import ValidationOptions, default_workers, read_rows
 
@@ -441,7 +442,7 @@ def overheads_command(
                 "terms": list(fitted_terms),
                 "evaluations": outcome.evaluations,
                 "fitted_rows_error": summary(usable, outcome.results),
-                "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "command": command_line(),
                 "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "protocol": {
                     "requests_per_client": options.requests_per_client,
@@ -450,7 +451,10 @@ def overheads_command(
                 },
             }
             if cross_validate:
-                held = leave_group_out(usable, base, options, outcome.overheads, terms=fitted_terms, workers=n_workers)
+                held = leave_group_out(
+                    usable, base, options, outcome.overheads, terms=fitted_terms, workers=n_workers,
+                    max_evaluations=cv_evaluations,
+                )
                 if held:
                     ordered = [r for r in usable if r.line in held]
                     fit_info["held_out_groups_error"] = summary(ordered, [held[r.line] for r in ordered])

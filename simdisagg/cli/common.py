@@ -169,6 +169,14 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*([a-zµ]*)\s*$", 
 _UNITS_S = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
 
 
+def command_line() -> str:
+    """The command being run, as a user would type it (``simdisagg ...``, whatever entry point
+    started it), for the records an output keeps."""
+    import shlex
+
+    return shlex.join(["simdisagg", *sys.argv[1:]])
+
+
 def parse_duration_s(text: str | None, flag: str) -> float | None:
     """A duration with its unit (``500ms``, ``0.5s``, ``2min``) → seconds.
 

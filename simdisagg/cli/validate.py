@@ -7,14 +7,14 @@ main app.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from simdisagg.errors import ConfigError, SimdisaggError
+from simdisagg.cli.common import command_line
+from simdisagg.errors import ConfigError
 
 #: ``--client-start`` values.
 CLIENT_STARTS = ("burst", "spread", "together")
@@ -47,20 +47,20 @@ def validate_command(
         Path | None,
         typer.Option("--profiles-dir", help="Extra folder of hardware profiles, searched first (default: none)."),
     ] = None,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record", help="Write each measured profile's error on its rows into its folder (validation.json, fit_report.md)."
+        ),
+    ] = False,
 ) -> None:
     """Simulate every row's benchmark and report TTFT and TPOT error per model, framework,
     precision and mode. Rows that cannot be simulated yet are kept with their reason.
 
     Example: simdisagg validate ../shared/validation/aic-silicon-h200.csv --out validation-out
     """
-    try:
-        _validate(rows_csv, out, only, requests_per_client, warmup_per_client, client_start, kv_cache, cost, workers,
-                  profiles_dir)
-    except SimdisaggError as exc:
-        if os.environ.get("SIMDISAGG_DEBUG") == "1":
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    _validate(rows_csv, out, only, requests_per_client, warmup_per_client, client_start, kv_cache, cost, workers,
+              profiles_dir, record)
 
 
 def _validate(
@@ -74,7 +74,10 @@ def _validate(
     cost: str,
     workers: int | None,
     profiles_dir: Path | None,
+    record: bool,
 ) -> None:
+    import datetime as dt
+
     from rich.console import Console
     from rich.progress import Progress
 
@@ -154,6 +157,14 @@ def _validate(
     }
     atomic_write_json(out / "summary.json", summary)
     _print_summary(console, by_partition, summary)
+    if record:
+        from simdisagg.validate import record_in_profiles
+
+        folders = record_in_profiles(
+            frame, store, source=str(rows_csv), command=command_line(),
+            date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        console.print(f"recorded the end-to-end error in {len(folders)} measured profile(s)", markup=False)
     console.print(f"wrote {out / 'rows.csv'} and {out / 'summary.json'}", markup=False)
 
 

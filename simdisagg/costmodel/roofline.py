@@ -25,7 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simdisagg.hardware import GPUProfile, ModelShape, check_parallelism, peak_flops_per_s
+from simdisagg.hardware import (
+    GPUProfile,
+    ModelShape,
+    check_parallelism,
+    peak_flops_per_s,
+)
 
 #: Bytes per activation element (BF16) in all-reduces, whatever the weights' precision.
 ACTIVATION_BYTES = 2
@@ -161,7 +166,7 @@ class RooflineCostModel:
             ctx = c0 + b * j
             compute = (f0 + f1 * ctx) * inv_flops
             memory = (b0 + b1 * ctx) * inv_bw
-            out.append((compute if compute >= memory else memory) + fixed)
+            out.append((max(compute, memory)) + fixed)
         return out
 
     def decode_times_bulk_s(self, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:

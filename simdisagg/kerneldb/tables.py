@@ -237,6 +237,7 @@ class KernelDatabase:
             rows, ("batch_size", second), f"{self.gpu}/{self.framework} {table} h{heads}/kv{kv_heads}/d{head_dim}"
         )
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019
     def _heads_available(self, table: str, kv_heads: int, head_dim: int, kv_dtype: str) -> list[int]:
         rows = self._attention_rows(table, head_dim, kv_dtype)
         return sorted(int(h) for h in set(rows.loc[rows["num_key_value_heads"] == kv_heads, "num_heads"]))
