@@ -513,6 +513,7 @@ class FittedCostModel:
         self._attn_per_pair = 4.0 * s.num_layers * s.num_heads * s.head_dim
         self._kv_per_token = float(s.kv_bytes_per_token)
         self._decode_tables: dict[int, tuple[list[float], list[float], list[float]]] = {}
+        self._decode_table_arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._components: ComponentsModel | None = None
         if "components" in (self._prefill.chosen, self._decode.chosen):
             if not fit.get("components"):
@@ -672,11 +673,57 @@ class FittedCostModel:
             out.append(values[j] + slopes[j] * (ctx - knots[j]))
         return out
 
+    def _decode_arrays(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The decode table of one batch size as arrays (cached beside the lists)."""
+        arrays = self._decode_table_arrays.get(batch_size)
+        if arrays is None:
+            knots, values, slopes = self._decode_table(batch_size)
+            arrays = (np.asarray(knots), np.asarray(values), np.asarray(slopes))
+            self._decode_table_arrays[batch_size] = arrays
+        return arrays
+
     def _table_eval(self, batch_size: int, ctx: np.ndarray) -> np.ndarray:
-        knots, values, slopes = self._decode_table(batch_size)
-        k = np.asarray(knots)
-        idx = np.clip(np.searchsorted(k, ctx, side="right") - 1, 0, len(knots) - 1)
-        return np.asarray(values)[idx] + np.asarray(slopes)[idx] * (ctx - k[idx])
+        k, v, sl = self._decode_arrays(batch_size)
+        idx = np.searchsorted(k, ctx, side="right") - 1
+        idx[idx < 0] = 0
+        return v[idx] + sl[idx] * (ctx - k[idx])
+
+    def isolated_prefill_times_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
+        """Per request, its prefill alone on an idle instance (a batch of one)."""
+        return np.array(
+            [self.prefill_time_s([n], [c]) for n, c in zip(np.asarray(new_tokens).tolist(),
+                                                             np.asarray(cached_tokens).tolist(), strict=True)],
+            dtype=np.float64,
+        )
+
+    def isolated_decode_times_s(self, context_tokens: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
+        """Per request, the total of ``n_steps`` decode steps at batch size one from
+        ``context_tokens``: :meth:`decode_run_times_s` summed, vectorised over requests.
+
+        At batch size one the context grows by one token a step, and the table is linear in
+        context on each segment, so each segment's steps sum in closed form (an arithmetic
+        series); a run crosses a handful of segments."""
+        k, v, sl = self._decode_arrays(1)
+        first = np.asarray(context_tokens, dtype=np.float64)
+        m = np.asarray(n_steps, dtype=np.float64)
+        last = first + m - 1.0
+        seg_first = np.maximum(np.searchsorted(k, first, side="right") - 1, 0)
+        seg_last = np.maximum(np.searchsorted(k, last, side="right") - 1, 0)
+        total = np.zeros_like(first)
+        # Integer contexts on segment j: ceil(k[j]) .. ceil(k[j+1]) - 1 (the first segment also
+        # takes everything below, the last everything above).
+        lower = np.ceil(k)
+        upper = np.append(np.ceil(k[1:]) - 1.0, np.inf)
+        lower[0] = -np.inf
+        for offset in range(int((seg_last - seg_first).max(initial=0)) + 1):
+            j = np.minimum(seg_first + offset, len(k) - 1)
+            active = (seg_first + offset <= seg_last) & (m > 0)
+            lo = np.maximum(first, lower[j])
+            hi = np.minimum(last, upper[j])
+            count = np.where(active, np.maximum(hi - lo + 1.0, 0.0), 0.0)
+            sum_x = (lo + hi) * count * 0.5
+            total += np.where(count > 0, count * (v[j] - sl[j] * k[j]) + sl[j] * sum_x, 0.0)
+        return total
 
     def decode_run_times_s(self, batch_size: int, context_tokens: int, n_steps: int) -> np.ndarray:
         """``n_steps`` steps of an unchanged batch, vectorised; element ``j`` equals

@@ -516,18 +516,21 @@ def _unloaded_service_s(
         transfer_per_token = cfg.model_shape(store).kv_bytes_per_token / bw
         latency = link.latency_s.value
     in_session = np.flatnonzero(trace.session_index >= 0)
-    if isinstance(cost_p, RooflineCostModel) and isinstance(cost_d, RooflineCostModel):
+    frontend = _frontend_of(cost_p)
+    # An idle cluster's front end still takes its time, before every request's prefill.
+    frontend_s = frontend.frontend_s if frontend is not None else 0.0
+    if hasattr(cost_p, "isolated_prefill_times_s") and hasattr(cost_d, "isolated_decode_times_s"):
         n_in = trace.input_tokens[in_session]
         n_out = trace.output_tokens[in_session]
         cached = rec.cached_tokens[in_session]
         prefill_s = cost_p.isolated_prefill_times_s(n_in - cached, cached)
         decode_s = cost_d.isolated_decode_times_s(n_in + 1, np.maximum(n_out - 1, 0))
         transfer_s = np.where(n_out > 1, latency + n_in * transfer_per_token, 0.0)
-        out[in_session] = prefill_s + decode_s + transfer_s
+        out[in_session] = frontend_s + prefill_s + decode_s + transfer_s
         return out
     for i in in_session.tolist():
         n_in, n_out, c = int(trace.input_tokens[i]), int(trace.output_tokens[i]), int(rec.cached_tokens[i])
-        t = cost_p.prefill_time_s(np.array([n_in - c]), np.array([c]))
+        t = frontend_s + cost_p.prefill_time_s(np.array([n_in - c]), np.array([c]))
         if n_out > 1:
             t += float(cost_d.decode_run_times_s(1, n_in + 1, n_out - 1).sum())
             if cfg.mode != "aggregated":
