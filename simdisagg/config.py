@@ -180,6 +180,23 @@ class AggregatedConfig(_Frozen):
     gpu: str | None = Field(default=None, description="GPU type (default: the decode pool's)")
 
 
+TtftDefinition = Literal["client", "prefill_end"]
+
+
+class MetricsConfig(_Frozen):
+    """How latency metrics are defined (the README's metric definitions give them in full).
+
+    ``ttft``: ``client`` (the default) is the first token as the client sees it. A
+    disaggregated cluster streams the answer from the decode instance (vLLM's disaggregated
+    serving, SGLang, Dynamo), so the first token reaches the client when the request, its KV
+    transferred, joins the decode instance's running batch: after prefill, the wait for a
+    decode slot and KV memory, and the KV transfer. ``prefill_end`` is DistServe's definition:
+    the end of prefill. Either way the wait for a decode slot counts against the SLO: in TTFT
+    (``client``) or in TPOT, which then runs from the end of prefill (``prefill_end``)."""
+
+    ttft: TtftDefinition = "client"
+
+
 class RunConfig(_Frozen):
     """Everything that defines one simulation run."""
 
@@ -194,6 +211,7 @@ class RunConfig(_Frozen):
     slo: SLOConfig = SLOConfig()
     cost: CostConfig = AutoCost()
     precision: PrecisionConfig = PrecisionConfig()
+    metrics: MetricsConfig = MetricsConfig()
     framework: Framework = Field(
         default="vllm", description="serving framework whose measured kernels and overheads a measured profile uses"
     )
@@ -233,8 +251,17 @@ class RunConfig(_Frozen):
         return self.model_copy(update={"mode": "aggregated"})
 
 
+#: Keys of the ``config.json`` that ``simdisagg run --out`` writes besides the run config itself
+#: (see :meth:`simdisagg.api.RunSummary.config_record`).
+_RECORD_KEYS = frozenset({"config", "trace", "cost_model", "versions"})
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict (validated later, with the overrides)."""
+    """Read a YAML or JSON config file into a dict (validated later, with the overrides).
+
+    A ``config.json`` written by ``simdisagg run --out`` (the run config under ``config``,
+    beside the trace, cost model and versions that produced it) yields its run config, so a
+    recorded run can be repeated with ``--config``."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -250,6 +277,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of settings")
+    if "config" in data and set(data) <= _RECORD_KEYS:
+        if not isinstance(data["config"], dict):
+            raise ConfigError(f"{path}: field 'config' of a recorded run must be a mapping of settings")
+        return data["config"]
     return data
 
 

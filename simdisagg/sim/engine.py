@@ -118,6 +118,7 @@ def simulate(
     store: ProfileStore | None = None,
     cost_scale: float = 1.0,
     stop_after_misses: int | None = None,
+    measure_from_at: float | None = None,
 ) -> RunResult:
     """Simulate ``trace`` on the cluster ``cfg`` describes. Same inputs and seed → same result.
 
@@ -128,7 +129,12 @@ def simulate(
     it, or completed slower than the TPOT target). A search that only asks whether the SLO
     attainment target holds stops a run that cannot reach it there; the requests still in
     flight stay ``unfinished`` and ``meta["stopped_early_at_s"]`` says when it stopped. The
-    checks only read state, so a run they do not stop is the run without them."""
+    checks only read state, so a run they do not stop is the run without them.
+
+    ``measure_from_at`` (simulated seconds) asks for a measurement window: every instance's
+    counters (busy, KV, batch occupancy, saturated time) are recorded at the first open-loop
+    arrival at or after that instant and at the last open-loop arrival
+    (``recorder.snapshots``), inside those arrivals' own events, so the run is unchanged."""
     wall0 = time.perf_counter()
     store = store or ProfileStore()
     streams = Streams(cfg.seed)
@@ -208,7 +214,8 @@ def simulate(
             never.setdefault(i, f"needs {int(need[i])} KV blocks, more than an instance's {plan.kv_capacity_blocks}")
         agg: list[AggregatedInstance] = []
         for k in range(pool.count):
-            stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks))
+            stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks),
+                                  batch=LevelIntegral(pool.max_batch_size))
             instances_stats.append(stats)
             agg.append(
                 AggregatedInstance(
@@ -265,7 +272,8 @@ def simulate(
         )
         decode: list[DecodeInstance] = []
         for k in range(cfg.decode.count):
-            stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks))
+            stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks),
+                                  batch=LevelIntegral(cfg.decode.max_batch_size))
             instances_stats.append(stats)
             decode.append(
                 DecodeInstance(
@@ -283,7 +291,7 @@ def simulate(
             KVLink(env, k, bandwidth, link_profile.latency_s.value, cfg.link.sharing, rec)
             for k in range(cfg.prefill.count)
         ]
-        shared = PrefillQueue() if cfg.router.prefill_policy == "shared_queue" else None
+        shared = PrefillQueue(env) if cfg.router.prefill_policy == "shared_queue" else None
         prefill: list[PrefillInstance] = []
         decode_of = rec.decode_instance
 
@@ -309,11 +317,13 @@ def simulate(
             decode[d].submit(i, on_admitted)
 
         for k in range(cfg.prefill.count):
-            stats = InstanceStats("prefill", k, cfg.prefill.tp, LevelIntegral(pplan.kv_capacity_blocks))
+            queue = shared or PrefillQueue(env)
+            stats = InstanceStats("prefill", k, cfg.prefill.tp, LevelIntegral(pplan.kv_capacity_blocks),
+                                  saturated=queue.saturated)
             instances_stats.append(stats)
             prefill.append(
                 PrefillInstance(
-                    env, k, pplan.cost, shared or PrefillQueue(), inp, rec, stats,
+                    env, k, pplan.cost, queue, inp, rec, stats,
                     max_batched_tokens=cfg.prefill.max_batched_tokens,
                     max_batch_requests=cfg.prefill.max_prefill_batch_requests,
                     kv_capacity_blocks=pplan.kv_capacity_blocks,
@@ -370,8 +380,15 @@ def simulate(
     order = open_idx[np.argsort(trace.timestamp_s[open_idx], kind="stable")]
     arrival_s = (trace.timestamp_s[order] / cfg.rate_scale).tolist()
     order_list = order.tolist()
+    # Open-loop arrivals at which the instance counters are recorded (the measurement window).
+    snapshot_at: set[int] = set()
+    if measure_from_at is not None and order_list:
+        first = int(np.searchsorted(np.asarray(arrival_s), measure_from_at, side="left"))
+        snapshot_at = {min(first, len(order_list) - 1), len(order_list) - 1}
 
     def release_open(k: int) -> None:
+        if k in snapshot_at:
+            rec.snapshot(env.now)
         arrive(order_list[k])
         k += 1
         if k < len(order_list):
@@ -409,6 +426,7 @@ def simulate(
         wait_offsets=trace.wait_offsets,
         wait_indices=trace.wait_indices,
         tool_wait_s=trace.tool_wait_s,
+        ttft_definition=cfg.metrics.ttft,
     )
 
 
@@ -429,6 +447,9 @@ class _MissWatch:
         # target is judged the same here and there.
         out = trace.output_tokens
         self.gaps = np.where(out > 1, out.astype(np.float64) - 1.0, np.nan)
+        # The first token as the run's TTFT definition has it (metrics.first_token_times).
+        self.first_column = "decode_start_at" if cfg.metrics.ttft == "client" else "first_token_at"
+        self.streams_from_decode = out > 1
         self.every = max(1, 2 * len(trace) // MISS_CHECKS_PER_RUN)
         self.countdown = self.every
         self.stopped_at: float | None = None
@@ -444,7 +465,8 @@ class _MissWatch:
         """Stop the run if the SLO attainment target is out of reach."""
         now = self.env.now
         t = self.rec.times
-        arrival, first = t["arrival_at"], t["first_token_at"]
+        arrival = t["arrival_at"]
+        first = np.where(self.streams_from_decode, t[self.first_column], t["first_token_at"])
         with np.errstate(invalid="ignore"):
             late = (first - arrival > self.ttft_s) | (np.isnan(first) & (now - arrival > self.ttft_s))
             slow = (t["completed_at"] - first) / self.gaps > self.tpot_s
