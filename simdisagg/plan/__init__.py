@@ -11,26 +11,35 @@ Terms (times in seconds, rates in requests per second):
   without chunked prefill on the same budget.
 * **Rate scale** ``s``: the trace's open-loop arrivals replayed ``s`` times faster
   (``RunConfig.rate_scale``). The trace's base rate ``λ₀`` = open-loop requests / arrival span.
-* **Attainment** ``A(s)``: fraction of the trace's requests that complete with TTFT and TPOT
-  within the SLO (:func:`simdisagg.metrics.slo_met`).
-* **Goodput** of a candidate: ``G = s* · λ₀`` with ``s*`` the highest rate scale at which
-  ``A(s) ≥ target`` still holds. Found by bracketing (grow or shrink ``s`` geometrically) and
-  then narrowing in log space until ``hi/lo − 1 ≤ rel_tol`` (at most ``max_bisect_steps``
-  probes: halving, then probes either side of an interpolated crossing; see
-  :func:`find_goodput`); ``s*`` is the highest rate that *passed*. A probe that certainly fails
-  by a clear margin stops early (:func:`run_probe`). Goodput per GPU, per dollar-hour (GPU
-  ``price_per_hour_usd``) and per kilowatt (GPU ``power_w``) follow.
-* **Bottleneck** of a candidate: at the first failing rate above its goodput, the SLO part
-  that breaks more (TTFT → the prefill pool, TPOT → the decode pool), told with each pool's
-  busy fraction and queueing delay at the goodput rate.
+* **Attainment** ``A(s)``: fraction of the requests measured in a run (those arriving after
+  its warm-up) that complete with TTFT and TPOT within the SLO
+  (:func:`simdisagg.metrics.slo_met`; TTFT as the client sees it by default).
+* **Sustained**: a rate scale ``s`` is sustained when ``A(s) ≥ target`` *at steady state*: on
+  an arrival window long against the requests' lifetimes (the trace tiled with fresh ids and
+  sessions when it is too short), with the warm-up left out and no growing backlog in the
+  second half of the window (:mod:`simdisagg.plan.steady_state`). A rate that meets the SLO
+  only because a finite trace ends before its queues grow is not sustained.
+* **Goodput** of a candidate: ``G = s* · λ₀`` with ``s*`` the highest sustained rate scale.
+  Screened on short windows (bracketing, then narrowing in log space until
+  ``hi/lo − 1 ≤ rel_tol``; see :func:`find_goodput`) and confirmed at the bracket's ends on
+  the long window (:func:`~simdisagg.plan.goodput_search.confirm_goodput`). A probe that
+  certainly fails by a clear margin stops early (:func:`~simdisagg.plan.probe.run_window`).
+  Per candidate at its goodput: output tokens/s per GPU, tokens/s per user (1 / mean TPOT),
+  $ per million output tokens (GPU ``price_per_hour_usd``) and joules per output token (GPU
+  ``power_w`` over the output token rate).
+* **Bottleneck** of a candidate: at the first failing rate above its goodput, the pool
+  saturated the larger share of the time (work waiting it could not start), told with each
+  pool's batch and KV occupancy and the waits of each stage (:mod:`~simdisagg.plan.diagnosis`).
+* **Target rate**: the question turned around, the fewest GPUs (or the lowest $/h) that
+  sustain a given rate (:mod:`~simdisagg.plan.target_rate`).
 * **Analytic bound** ``s_ub``: an upper bound on ``s*`` from work and capacity alone. Each pool
   must do, for the cheapest ``target`` fraction of requests, at least the work of those
   requests at the most efficient batching its limits allow (prefill: a full token budget of
   identical prompts, with an ideal prefix cache; decode: the largest batch that fits in KV
   memory and keeps a step within the TPOT target; link: the KV bytes over its bandwidth),
   within the trace span plus the SLO slack. The bound carries a safety margin
-  (:data:`BOUND_MARGIN`) for finite-trace effects. It seeds the bracket and prunes candidates
-  that cannot beat the best one already simulated.
+  (:data:`BOUND_MARGIN`). It seeds the bracket and prunes candidates that cannot beat the best
+  one already simulated.
 
 Pruning is deterministic, so results never depend on the number of workers or the backend:
 
@@ -46,6 +55,16 @@ its key hashes the candidate, the base config, the search settings, the SLO and 
 of the trace, so an interrupted sweep resumes without re-running finished candidates and a
 torn last line is dropped with a warning and re-run.
 
+The modules, in the order a plan uses them: :mod:`~simdisagg.plan.spec` (the question),
+:mod:`~simdisagg.plan.candidates` (the candidate space), :mod:`~simdisagg.plan.workload` (the
+trace and its windows), :mod:`~simdisagg.plan.screening` (analytic bounds),
+:mod:`~simdisagg.plan.probe` and :mod:`~simdisagg.plan.steady_state` (one rate, judged at steady
+state), :mod:`~simdisagg.plan.goodput_search` (one candidate), :mod:`~simdisagg.plan.runner` and
+:mod:`~simdisagg.plan.results_file` (many, resumably), :mod:`~simdisagg.plan.planner` (the plan),
+:mod:`~simdisagg.plan.diagnosis`, :mod:`~simdisagg.plan.target_rate`,
+:mod:`~simdisagg.plan.sensitivity`, :mod:`~simdisagg.plan.traffic_windows` and
+:mod:`~simdisagg.plan.pareto`.
+
 :func:`evaluate_candidate` is the unit of work: top-level and picklable, it runs in a process
 pool (default) or on Ray (``backend="ray"``, an optional extra) and returns plain data.
 """
@@ -55,6 +74,8 @@ from simdisagg.plan.candidates import MAX_CANDIDATES, Candidate, enumerate_candi
 from simdisagg.plan.diagnosis import diagnose
 from simdisagg.plan.goodput_search import (
     GoodputSearch,
+    check_rate,
+    confirm_goodput,
     evaluate_candidate,
     find_goodput,
 )
@@ -71,9 +92,22 @@ from simdisagg.plan.probe import allowed_misses, passes_target, probe_metrics, r
 from simdisagg.plan.results_file import RESULT_SCHEMA, ResultsFile, job_key
 from simdisagg.plan.runner import Job, Runner
 from simdisagg.plan.screening import BOUND_MARGIN, Screener, Screening
-from simdisagg.plan.spec import RANK_COLUMNS, PlanSpec, RankBy, SearchSettings
+from simdisagg.plan.spec import (
+    RANK_COLUMNS,
+    PlanSpec,
+    RankBy,
+    SearchSettings,
+    SteadyStateSettings,
+)
+from simdisagg.plan.steady_state import SteadyState, analyse
 from simdisagg.plan.traffic_windows import split_windows
-from simdisagg.plan.workload import TraceLoad, trace_fingerprint, trace_load
+from simdisagg.plan.workload import (
+    TraceLoad,
+    extend_trace,
+    trace_fingerprint,
+    trace_head,
+    trace_load,
+)
 
 __all__ = [
     "BOUND_MARGIN",
@@ -94,11 +128,17 @@ __all__ = [
     "Screener",
     "Screening",
     "SearchSettings",
+    "SteadyState",
+    "SteadyStateSettings",
     "TraceLoad",
     "allowed_misses",
+    "analyse",
+    "check_rate",
+    "confirm_goodput",
     "diagnose",
     "enumerate_candidates",
     "evaluate_candidate",
+    "extend_trace",
     "find_goodput",
     "job_key",
     "latency_samples",
@@ -109,5 +149,6 @@ __all__ = [
     "run_probe",
     "split_windows",
     "trace_fingerprint",
+    "trace_head",
     "trace_load",
 ]

@@ -98,6 +98,15 @@ class Candidate:
         return self.family
 
     @property
+    def hardware_mix(self) -> str:
+        """The GPU types and the link, without counts, TP or batch limits (``h100-sxm + ib-ndr-400``,
+        ``h100-sxm/h200 + roce-200``, ``aggregated h100-sxm``): what one Pareto frontier covers."""
+        if self.aggregated:
+            return f"aggregated {self.decode_gpu}"
+        gpus = self.prefill_gpu if self.prefill_gpu == self.decode_gpu else f"{self.prefill_gpu}/{self.decode_gpu}"
+        return f"{gpus} + {self.link}"
+
+    @property
     def label(self) -> str:
         """A short unique name, e.g. ``3P:5D h100-sxm tp1 / h100-sxm tp1 b256 ib-ndr-400``."""
         if self.aggregated:

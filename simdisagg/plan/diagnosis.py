@@ -1,19 +1,60 @@
-"""Which pool limits a candidate's goodput, and why."""
+"""Which pool limits a candidate's goodput, and why, in figures of load.
+
+The figures are those of the first failing rate above the goodput (run to the end on the long
+window) against those at the goodput, per pool: the share of time it was *saturated* (work
+waiting that it could not start), its *batch occupancy* and its *KV occupancy* (see
+:func:`simdisagg.metrics.pool_utilisation`), and the waits of each stage. "Busy" (a batch
+running) is not used: it reads near 100 % on a nearly idle decode pool.
+
+The limiting pool of a disaggregated candidate is the one saturated the larger share of the
+time at the failing rate (the KV link when its transfers waited longer than either pool's
+queue); when neither is saturated the decode pool limits by its step time (TPOT). For
+aggregated serving, the phase whose SLO part breaks more (TTFT: prompts queue; TPOT:
+prefills stall the running batches).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from simdisagg.config import SLOConfig
 from simdisagg.plan.candidates import Candidate
+from simdisagg.plan.steady_state import SteadyState
+
+#: Below this share of saturated time neither pool counts as the one that queues.
+SATURATED_FLOOR = 0.05
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
+
+
+def pool_figures(probe: dict[str, Any], pool: str) -> str:
+    """``saturated 81%, batch 64%, KV 97%`` of one pool in one probe."""
+    return (
+        f"saturated {_pct(probe.get(f'{pool}_saturated_fraction'))}, batch {_pct(probe.get(f'{pool}_batch_occupancy'))}, "
+        f"KV {_pct(probe.get(f'{pool}_kv_occupancy'))}"
+    )
+
+
+def limiting_pool(probe: dict[str, Any], aggregated: bool) -> str:
+    """The pool that limits in one probe's figures (see the module docstring)."""
+    if aggregated:
+        return "prefill" if probe["ttft_miss"] >= probe["tpot_miss"] else "decode"
+    sat_p = probe.get("prefill_saturated_fraction") or 0.0
+    sat_d = probe.get("decode_saturated_fraction") or 0.0
+    waits = {k: probe.get(k) or 0.0 for k in ("prefill_queue_ms", "decode_wait_ms", "link_queue_ms")}
+    if waits["link_queue_ms"] > max(waits["prefill_queue_ms"], waits["decode_wait_ms"]) and waits["link_queue_ms"] > 0:
+        return "link"
+    if max(sat_p, sat_d) < SATURATED_FLOOR:
+        return "decode"
+    return "prefill" if sat_p >= sat_d else "decode"
 
 
 def diagnose(res: dict[str, Any], slo: SLOConfig) -> tuple[str, str]:
-    """Which pool limits a candidate's goodput, and a sentence saying why.
-
-    Compares the SLO misses at the first failing rate (TTFT → prefill, TPOT → decode; for
-    aggregated serving the phase that breaks) and quotes busy fractions and queueing delays at
-    the goodput rate."""
+    """Which pool limits a candidate's goodput, and a sentence saying why (see the module
+    docstring). A rate that failed on a growing backlog says how fast it grew."""
     cand = Candidate.from_dict(res["candidate"])
     ok, bad = res.get("pass"), res.get("fail")
     if res["at_ceiling"]:
@@ -22,34 +63,45 @@ def diagnose(res: dict[str, Any], slo: SLOConfig) -> tuple[str, str]:
     if res["at_floor"]:
         if bad["rejected"] > 1.0 - slo.attainment:
             return "memory", f"{bad['rejected']:.0%} of requests never fit in an instance's KV memory"
-        part = "TTFT" if bad["ttft_miss"] >= bad["tpot_miss"] else "TPOT"
+        pool = limiting_pool(bad, cand.aggregated)
         return (
-            ("prefill" if part == "TTFT" else "decode"),
+            pool,
             (f"misses the SLO even at the lowest rate searched ({bad['ttft_miss']:.0%} miss TTFT, "
-            f"{bad['tpot_miss']:.0%} miss TPOT)"),
+             f"{bad['tpot_miss']:.0%} miss TPOT)"),
         )
     assert ok is not None
-    d_ttft = bad["ttft_miss"] - ok["ttft_miss"]
-    d_tpot = bad["tpot_miss"] - ok["tpot_miss"]
-    ttft_side = d_ttft >= d_tpot
     rate = bad["rate_scale"] / ok["rate_scale"]
-    head = (
-        f"going {rate - 1:.0%} past the goodput rate, requests missing TTFT {ok['ttft_miss']:.0%}→"
-        f"{bad['ttft_miss']:.0%}, missing TPOT {ok['tpot_miss']:.0%}→{bad['tpot_miss']:.0%}"
-    )
+    if bad.get("failed_on") == "backlog":
+        head = f"{rate - 1:.0%} past the goodput rate the {bad['reason']}"
+    elif bad.get("failed_on") == "window":
+        head = f"{rate - 1:.0%} past the goodput rate there is {bad['reason']}"
+    else:
+        head = (
+            f"{rate - 1:.0%} past the goodput rate, requests missing TTFT {ok['ttft_miss']:.0%}→"
+            f"{bad['ttft_miss']:.0%}, missing TPOT {ok['tpot_miss']:.0%}→{bad['tpot_miss']:.0%}"
+        )
+        if bad.get("steady") and bad["steady"].get("growing"):
+            head += f" as the {SteadyState(**bad['steady']).growth_text()}"
+    pool = limiting_pool(bad, cand.aggregated)
     if cand.aggregated:
-        where = "prefill phase (prompts queue behind running batches)" if ttft_side else (
+        where = "prefill phase (prompts queue behind running batches)" if pool == "prefill" else (
             "decode phase (prefills stall the running batches)")
         return (
-            "prefill" if ttft_side else "decode",
-            (f"{where}: {head}; at goodput busy {ok['aggregated_busy']:.0%}, "
-            f"prefill queue {ok['prefill_queue_ms']:.0f} ms"),
+            pool,
+            (f"{where}: {head}; there the pool is {pool_figures(bad, 'aggregated')} (at the goodput rate "
+             f"{pool_figures(ok, 'aggregated')}), prefill queue {bad['prefill_queue_ms']:.0f} ms"),
         )
-    pool = "prefill" if ttft_side else "decode"
-    other = "decode" if ttft_side else "prefill"
+    waits = (f"prefill queue {bad['prefill_queue_ms']:.0f} ms, decode slot wait {bad['decode_wait_ms']:.0f} ms, "
+             f"link queue {bad.get('link_queue_ms') or 0.0:.0f} ms")
+    if pool == "link":
+        return pool, f"link-bound: {head}; KV transfers wait for the link ({waits})"
+    other = "decode" if pool == "prefill" else "prefill"
+    step = ""
+    if pool == "decode" and max(bad.get("prefill_saturated_fraction") or 0.0,
+                                bad.get("decode_saturated_fraction") or 0.0) < SATURATED_FLOOR:
+        step = f" (nothing queues: decode steps too slow for the TPOT target, p90 TPOT {bad['p90_tpot_ms']:.1f} ms)"
     return (
         pool,
-        (f"{pool}-bound: {head}; at goodput {pool} busy {ok[f'{pool}_busy']:.0%} vs {other} "
-        f"{ok[f'{other}_busy']:.0%}, prefill queue {ok['prefill_queue_ms']:.0f} ms, "
-        f"decode admission wait {ok['decode_wait_ms']:.0f} ms"),
+        (f"{pool}-bound{step}: {head}; there {pool} {pool_figures(bad, pool)} vs {other} "
+         f"{pool_figures(bad, other)}; at the goodput rate {pool} {pool_figures(ok, pool)}; {waits}"),
     )

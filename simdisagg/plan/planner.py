@@ -1,4 +1,15 @@
-"""The plan: enumerate, screen, simulate in two phases, rank; sensitivity and window studies."""
+"""The plan: enumerate, screen, simulate in two phases, rank; then the optional studies.
+
+:class:`Planner` runs one plan. Its sweep enumerates the candidates of a budget
+(:mod:`~simdisagg.plan.candidates`), screens them analytically
+(:mod:`~simdisagg.plan.screening`), finds the sustainable goodput of the survivors by
+simulation (:mod:`~simdisagg.plan.goodput_search`) in two phases (every aggregated baseline and
+the most promising split of each family first; then the splits whose analytic bound can still
+beat the best so far), and ranks them. With a target rate it first finds the budget
+(:mod:`~simdisagg.plan.target_rate`). The sensitivity (:mod:`~simdisagg.plan.sensitivity`)
+and traffic-window (:mod:`~simdisagg.plan.traffic_windows`) studies follow. Every evaluation
+goes through one :class:`~simdisagg.plan.results_file.ResultsFile`, so a plan resumes.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +22,22 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simdisagg.errors import ConfigError
+from simdisagg.config import RunConfig
 from simdisagg.hardware import ProfileStore
-from simdisagg.plan.candidates import Candidate, _dedupe, enumerate_candidates
+from simdisagg.plan.candidates import Candidate, enumerate_candidates
 from simdisagg.plan.diagnosis import diagnose
-from simdisagg.plan.probe import passes_target
 from simdisagg.plan.results_file import ResultsFile, job_key
 from simdisagg.plan.runner import Job, Runner
 from simdisagg.plan.screening import Screener, Screening
 from simdisagg.plan.spec import RANK_COLUMNS, PlanSpec
 from simdisagg.plan.traffic_windows import split_windows
-from simdisagg.plan.workload import TraceLoad, trace_fingerprint, trace_load
+from simdisagg.plan.workload import (
+    RunWindow,
+    TraceLoad,
+    trace_fingerprint,
+    trace_load,
+    window_trace,
+)
 from simdisagg.trace import Trace, load_trace
 
 
@@ -53,13 +69,21 @@ class PlanResult:
     windows_summary: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    #: What a target-rate plan found: the target, the answer and the budgets checked below it.
+    target: dict[str, Any] | None = None
+    #: How the best candidate's goodput was judged at steady state (its window, said in words).
+    steady_note: str = ""
     evaluations: int = 0
     resumed: int = 0
     simulations: int = 0
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The top-ranked evaluated candidate with goodput > 0."""
+        """The answer: the top-ranked evaluated candidate with goodput > 0 (with a target rate,
+        the one the target search chose)."""
+        if self.target is not None:
+            label = self.target.get("answer")
+            return next((r for r in self.rows if r["label"] == label and r["status"] == "evaluated"), None)
         return next((r for r in self.rows if r["status"] == "evaluated" and r["goodput_rps"] > 0), None)
 
     def best_of(self, mode: str) -> dict[str, Any] | None:
@@ -74,18 +98,31 @@ class PlanResult:
 
         return pd.DataFrame(self.rows, columns=list(CSV_COLUMNS))
 
+    def best_config(self) -> RunConfig | None:
+        """The run config of the best candidate at its goodput rate (what ``simdisagg run``
+        needs to repeat it, on the trace window in ``best["window_copies"]``)."""
+        best = self.best
+        if best is None:
+            return None
+        cand = Candidate.from_dict(_cand_fields(best))
+        return cand.run_config(self.spec.base).model_copy(update={"rate_scale": best["goodput_rate_scale"]})
+
     def record(self) -> dict[str, Any]:
         """A JSON-ready summary of the plan (what, best, verdict, pruning, sensitivity, windows)."""
+        best_cfg = self.best_config()
         return {
             "trace": self.trace_label,
             "trace_fingerprint": self.trace_fingerprint,
             "base_rate_rps": self.base_rate_rps,
             "spec": self.spec.model_dump(mode="json"),
             "best": self.best,
+            "best_config": None if best_cfg is None else best_cfg.model_dump(mode="json"),
             "best_disaggregated": self.best_of("disaggregated"),
             "best_aggregated": self.best_of("aggregated"),
             "verdict": self.verdict,
             "why": self.why,
+            "steady_state": self.steady_note,
+            "target": self.target,
             "pruned": self.pruned_summary,
             "sensitivity": self.sensitivity,
             "sensitivity_summary": self.sensitivity_summary,
@@ -98,19 +135,34 @@ class PlanResult:
         }
 
 
+#: Per-candidate figures (at the goodput rate unless named otherwise), in the CSV's order.
 CSV_COLUMNS = (
     "rank", "label", "mode", "ratio", "prefill_count", "prefill_tp", "prefill_gpu", "decode_count", "decode_tp",
     "decode_gpu", "max_batch_size", "link", "chunked_prefill", "gpus", "prefill_fraction", "price_per_hour_usd",
     "power_kw", "status", "prune_reason", "goodput_rate_scale", "goodput_rps", "goodput_per_gpu",
-    "goodput_per_dollar_hour", "goodput_per_kw", "bound_rps", "zero_load_attainment", "at_ceiling", "bottleneck",
-    "why", "attainment", "mean_ttft_ms", "p90_ttft_ms", "mean_tpot_ms", "p90_tpot_ms", "output_tok_s_per_gpu",
-    "prefill_busy", "decode_busy", "aggregated_busy", "prefill_queue_ms", "decode_wait_ms", "simulations",
+    "goodput_per_dollar_hour", "goodput_per_kw", "output_tok_s", "output_tok_s_per_gpu", "tokens_per_s_per_user",
+    "usd_per_million_output_tokens", "joules_per_output_token", "sustains_target", "bound_rps",
+    "zero_load_attainment", "at_ceiling", "bottleneck", "why", "attainment", "mean_ttft_ms", "p90_ttft_ms",
+    "mean_tpot_ms", "p90_tpot_ms", "prefill_batch_occupancy", "prefill_kv_occupancy", "prefill_saturated_fraction",
+    "decode_batch_occupancy", "decode_kv_occupancy", "decode_saturated_fraction", "aggregated_batch_occupancy",
+    "aggregated_kv_occupancy", "aggregated_saturated_fraction", "prefill_busy_fraction", "decode_busy_fraction",
+    "aggregated_busy_fraction", "prefill_queue_ms", "decode_wait_ms", "link_queue_ms", "window_requests",
+    "window_copies", "window_head", "window_s", "lifetime_p99_s", "simulations",
+)
+#: Figures copied from the goodput rate's long-window probe into a row.
+_PROBE_COLUMNS = (
+    "attainment", "mean_ttft_ms", "p90_ttft_ms", "mean_tpot_ms", "p90_tpot_ms", "output_tok_s", "output_tok_s_per_gpu",
+    "tokens_per_s_per_user", "prefill_batch_occupancy", "prefill_kv_occupancy", "prefill_saturated_fraction",
+    "decode_batch_occupancy", "decode_kv_occupancy", "decode_saturated_fraction", "aggregated_batch_occupancy",
+    "aggregated_kv_occupancy", "aggregated_saturated_fraction", "prefill_busy_fraction", "decode_busy_fraction",
+    "aggregated_busy_fraction", "prefill_queue_ms", "decode_wait_ms", "link_queue_ms", "lifetime_p99_s",
 )
 
 
 class Planner:
     """Runs one plan: enumerate, screen, simulate in two phases, rank, then the optional
-    sensitivity and window studies. All evaluations go through one :class:`ResultsFile`."""
+    target, sensitivity and window studies. All evaluations go through one
+    :class:`ResultsFile`."""
 
     def __init__(
         self,
@@ -143,24 +195,39 @@ class Planner:
                 self.traces[trace_fingerprint(sub)] = sub
         self.runner: Runner | None = None
         self.screener = Screener(spec.base, self.store, self.load)
+        #: The sweep's evaluations by candidate label (for the studies that follow it).
+        self.sweep_results: dict[str, tuple[Candidate, dict[str, Any]]] = {}
         self.done = 0
         self.total = 0
         self.resumed = 0
         self.simulations = 0
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _search(self, start: float, cost_scale: float = 1.0, extra: Sequence[float] = ()) -> dict[str, Any]:
+    def search_dict(
+        self, start: float, screen: Screening | None = None, cost_scale: float = 1.0, extra: Sequence[float] = (),
+        task: str = "goodput", rate_scale: float | None = None,
+    ) -> dict[str, Any]:
+        """The ``search`` of a job: the settings, where to start, the first window's lifetime
+        hint, and the task (a goodput search, or a check of one rate)."""
         s = self.spec.search.model_dump(mode="json")
         s["start_rate_scale"] = float(start)
         s["cost_scale"] = float(cost_scale)
         s["extra_rates"] = [float(x) for x in extra]
+        if screen is not None and math.isfinite(screen.lifetime_hint_s):
+            s["lifetime_hint_s"] = float(screen.lifetime_hint_s)
+        if task != "goodput":
+            s["task"] = task
+            s["rate_scale"] = float(rate_scale if rate_scale is not None else start)
         return s
 
-    def _job(self, kind: str, trace_fp: str, cand: Candidate, search: dict[str, Any]) -> Job:
+    def job(self, kind: str, trace_fp: str, cand: Candidate, search: dict[str, Any]) -> Job:
+        """One evaluation, keyed for the results file."""
         cd = cand.to_dict()
         return Job(kind, trace_fp, cd, search, job_key(trace_fp, cd, self.base_dict, search))
 
-    def _execute(self, runner: Runner, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    def execute(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+        """Run ``jobs`` (those not already in the results file) and return their results in order."""
+        assert self.runner is not None
         out: list[dict[str, Any] | None] = [None] * len(jobs)
         todo: list[int] = []
         self.total += len(jobs)
@@ -172,7 +239,7 @@ class Planner:
                 self._tick(job, resumed=True)
             else:
                 todo.append(j)
-        for k, res in runner.run([jobs[j] for j in todo]):
+        for k, res in self.runner.run([jobs[j] for j in todo]):
             j = todo[k]
             self.results.append(jobs[j].key, jobs[j].kind, res)
             self.simulations += int(res["simulations"])
@@ -186,7 +253,8 @@ class Planner:
             label = Candidate.from_dict(job.candidate).label
             self.on_progress(ProgressEvent(self.done, self.total, f"{job.kind}: {label}", resumed))
 
-    def _metric(self, cand: Candidate, goodput_rps: float) -> float:
+    def metric(self, cand: Candidate, goodput_rps: float) -> float:
+        """The ranking metric of a goodput (``rank_by``)."""
         rank_by = self.spec.rank_by
         if rank_by == "per_gpu":
             return goodput_rps / cand.gpus
@@ -199,79 +267,121 @@ class Planner:
     # -- the plan ------------------------------------------------------------------------------
     def run(self) -> PlanResult:
         """Search every candidate and return the ranked result."""
-        spec, load = self.spec, self.load
-        cands = enumerate_candidates(spec, self.store)
-        screens = [self.screener.screen(c, spec.search) for c in cands]
+        from simdisagg.plan.sensitivity import sensitivity_study
+        from simdisagg.plan.target_rate import find_target_budget, target_verdict
+        from simdisagg.plan.traffic_windows import window_study
+
         notes: list[str] = list(self.results.warnings)
         for w in self.results.warnings:
             warnings.warn(w, stacklevel=2)
-        live = [i for i, s in enumerate(screens) if s.reason is None or not spec.prune]
-        # Phase 1: every aggregated baseline and, per family, the split with the highest bound.
-        best_in_family: dict[str, int] = {}
-        for i in live:
-            c = cands[i]
-            fam = c.family
-            if c.aggregated:
-                continue
-            j = best_in_family.get(fam)
-            if j is None or screens[i].rate_bound > screens[j].rate_bound:
-                best_in_family[fam] = i
-        phase1 = [i for i in live if cands[i].aggregated] + sorted(best_in_family.values())
-        phase1 = sorted(set(phase1)) if spec.prune else live
-        results: dict[int, dict[str, Any]] = {}
-        dominated: dict[int, str] = {}
         with Runner(self.traces, self.base_dict, self.slo_dict, backend=self.backend, workers=self.workers,
                     address=self.address, profiles_dir=self.profiles_dir) as runner:
             self.runner = runner
-            jobs = [self._job("sweep", load.fingerprint, cands[i], self._search(self._start(screens[i])))
-                    for i in phase1]
-            for i, res in zip(phase1, self._execute(runner, jobs), strict=True):
-                results[i] = res
-            if spec.prune:
-                best_metric = max(
-                    (self._metric(cands[i], r["goodput_rate_scale"] * load.base_rate_rps) for i, r in results.items()),
-                    default=0.0,
-                )
-                phase2 = []
-                for i in live:
-                    if i in results:
-                        continue
-                    bound_rps = screens[i].rate_bound * load.base_rate_rps
-                    if best_metric > 0 and self._metric(cands[i], bound_rps) < best_metric:
-                        dominated[i] = (
-                            f"dominated: analytic bound {bound_rps:.3g} req/s cannot beat the best "
-                            f"simulated in phase 1"
-                        )
-                    else:
-                        phase2.append(i)
-                seeds = {cands[i].family: i for i in results if not cands[i].aggregated}
-                jobs = [self._job("sweep", load.fingerprint, cands[i],
-                                  self._search(self._start(screens[i], seeds.get(cands[i].family), screens, results)))
-                        for i in phase2]
-                for i, res in zip(phase2, self._execute(runner, jobs), strict=True):
-                    results[i] = res
-            rows = self._rows(cands, screens, results, dominated)
-            result = PlanResult(
-                spec=spec,
-                trace_label=self.trace.source,
-                trace_fingerprint=load.fingerprint,
-                base_rate_rps=load.base_rate_rps,
-                rows=rows,
-                verdict="",
-                why="",
-                pruned_summary=self._pruned_summary(cands, screens, dominated),
-                notes=notes,
-                probes=self._probe_points(cands, results),
-            )
-            result.verdict, result.why = self._verdict(result)
-            self._sensitivity(result, cands, results)
-            self._windows(result, cands, results)
+            target = None
+            spec = self.spec
+            if spec.has_target:
+                target = find_target_budget(self)
+                if target["answer"] is not None:
+                    budget = ({"gpus": target["gpus"], "budget_per_hour_usd": None} if target["objective"] == "gpus"
+                              else {"gpus": None, "budget_per_hour_usd": target["price_per_hour_usd"]})
+                    spec = spec.model_copy(update=budget)
+            if target is not None and target["answer"] is None:
+                result = self._empty_result(notes)
+            else:
+                cands, screens, results, dominated = self._sweep(spec)
+                result = self._result(spec, cands, screens, results, dominated, notes)
+            result.target = target
+            if target is not None:
+                for row in result.rows:
+                    row["sustains_target"] = target["sustains"].get(row["label"],
+                                                                  (row["goodput_rps"] or 0.0) >= target["target_rate_rps"])
+                result.verdict, result.why = target_verdict(self, result)
+            else:
+                result.verdict, result.why = self._verdict(result)
+            result.steady_note = self._steady_note(result)
+            sensitivity_study(self, result)
+            window_study(self, result)
         result.evaluations = self.done
         result.resumed = self.resumed
         result.simulations = self.simulations
         return result
 
-    def _start(
+    def _sweep(
+        self, spec: PlanSpec
+    ) -> tuple[list[Candidate], list[Screening], dict[int, dict[str, Any]], dict[int, str]]:
+        """Enumerate a budget's candidates, screen them, and search their goodput in two
+        phases (see the module docstring)."""
+        load = self.load
+        cands = enumerate_candidates(spec, self.store)
+        screens = [self.screener.screen(c, spec.search) for c in cands]
+        live = [i for i, s in enumerate(screens) if s.reason is None or not spec.prune]
+        # Phase 1: every aggregated baseline and, per family, the split with the highest bound.
+        best_in_family: dict[str, int] = {}
+        for i in live:
+            c = cands[i]
+            if c.aggregated:
+                continue
+            j = best_in_family.get(c.family)
+            if j is None or screens[i].rate_bound > screens[j].rate_bound:
+                best_in_family[c.family] = i
+        phase1 = [i for i in live if cands[i].aggregated] + sorted(best_in_family.values())
+        phase1 = sorted(set(phase1)) if spec.prune else live
+        results: dict[int, dict[str, Any]] = {}
+        dominated: dict[int, str] = {}
+        jobs = [self.job("sweep", load.fingerprint, cands[i], self.search_dict(self.start(screens[i]), screens[i]))
+                for i in phase1]
+        for i, res in zip(phase1, self.execute(jobs), strict=True):
+            results[i] = res
+        if spec.prune:
+            best_metric = max(
+                (self.metric(cands[i], r["goodput_rate_scale"] * load.base_rate_rps) for i, r in results.items()),
+                default=0.0,
+            )
+            phase2 = []
+            for i in live:
+                if i in results:
+                    continue
+                bound_rps = screens[i].rate_bound * load.base_rate_rps
+                if best_metric > 0 and self.metric(cands[i], bound_rps) < best_metric:
+                    dominated[i] = (
+                        f"dominated: analytic bound {bound_rps:.3g} req/s cannot beat the best simulated in phase 1"
+                    )
+                else:
+                    phase2.append(i)
+            seeds = {cands[i].family: i for i in results if not cands[i].aggregated}
+            jobs = [self.job("sweep", load.fingerprint, cands[i],
+                             self.search_dict(self.start(screens[i], seeds.get(cands[i].family), screens, results),
+                                              screens[i]))
+                    for i in phase2]
+            for i, res in zip(phase2, self.execute(jobs), strict=True):
+                results[i] = res
+        return cands, screens, results, dominated
+
+    def _result(
+        self, spec: PlanSpec, cands: list[Candidate], screens: list[Screening], results: dict[int, dict[str, Any]],
+        dominated: dict[int, str], notes: list[str],
+    ) -> PlanResult:
+        result = PlanResult(
+            spec=spec,
+            trace_label=self.trace.source,
+            trace_fingerprint=self.load.fingerprint,
+            base_rate_rps=self.load.base_rate_rps,
+            rows=self._rows(spec, cands, screens, results, dominated),
+            verdict="",
+            why="",
+            pruned_summary=self._pruned_summary(spec, cands, screens, dominated),
+            notes=notes,
+            probes=self._probe_points(cands, results),
+        )
+        self.sweep_results = {cands[i].label: (cands[i], res) for i, res in results.items()}
+        return result
+
+    def _empty_result(self, notes: list[str]) -> PlanResult:
+        self.sweep_results = {}
+        return PlanResult(self.spec, self.trace.source, self.load.fingerprint, self.load.base_rate_rps, [], "", "",
+                          [], notes=notes)
+
+    def start(
         self, screen: Screening, seed: int | None = None, screens: Sequence[Screening] = (),
         results: dict[int, dict[str, Any]] | None = None,
     ) -> float:
@@ -284,8 +394,11 @@ class Planner:
                 return float(g * screen.rate_bound / b_seed)
         return screen.rate_bound / 2.0 if math.isfinite(screen.rate_bound) and screen.rate_bound > 0 else 1.0
 
-    def _row(self, cand: Candidate, screen: Screening | None, res: dict[str, Any] | None) -> dict[str, Any]:
-        rate = self.load.base_rate_rps
+    def row(self, cand: Candidate, screen: Screening | None, res: dict[str, Any] | None, load: TraceLoad | None = None
+            ) -> dict[str, Any]:
+        """One candidate's row: its hardware and price, its bound, and (when evaluated) its
+        goodput with the figures of its long-window probe at that rate."""
+        rate = (load or self.load).base_rate_rps
         row: dict[str, Any] = {k: None for k in CSV_COLUMNS}
         row.update(cand.to_dict())
         price, kw = cand.price_per_hour_usd(self.store), cand.power_kw(self.store)
@@ -306,19 +419,26 @@ class Planner:
             at_ceiling=res["at_ceiling"], bottleneck=bottleneck, why=why, simulations=res["simulations"],
         )
         probe = res.get("pass") or res.get("fail") or {}
-        for key in ("attainment", "mean_ttft_ms", "p90_ttft_ms", "mean_tpot_ms", "p90_tpot_ms",
-                    "output_tok_s_per_gpu", "prefill_busy", "decode_busy", "aggregated_busy",
-                    "prefill_queue_ms", "decode_wait_ms"):
+        for key in _PROBE_COLUMNS:
             row[key] = probe.get(key)
+        window = probe.get("window") or {}
+        row.update(window_requests=window.get("requests"), window_copies=window.get("copies"),
+                   window_head=window.get("head"), window_s=window.get("window_s"))
+        tok_s = probe.get("output_tok_s")
+        if res.get("pass") and tok_s and tok_s > 0:
+            # At the goodput rate: what a million output tokens cost, and the energy of one
+            # token at the GPUs' rated power (W per token/s = J per token).
+            row["usd_per_million_output_tokens"] = price / (tok_s * 3600.0) * 1e6
+            row["joules_per_output_token"] = kw * 1000.0 / tok_s
         return row
 
     def _rows(
-        self, cands: list[Candidate], screens: list[Screening], results: dict[int, dict[str, Any]],
+        self, spec: PlanSpec, cands: list[Candidate], screens: list[Screening], results: dict[int, dict[str, Any]],
         dominated: dict[int, str],
     ) -> list[dict[str, Any]]:
         rows = []
         for i, cand in enumerate(cands):
-            row = self._row(cand, screens[i], results.get(i))
+            row = self.row(cand, screens[i], results.get(i))
             row["_index"] = i
             if i not in results:
                 reason = dominated.get(i) or screens[i].reason or "not evaluated"
@@ -328,7 +448,7 @@ class Planner:
                     row.update(goodput_rate_scale=0.0, goodput_rps=0.0, goodput_per_gpu=0.0,
                                goodput_per_dollar_hour=0.0, goodput_per_kw=0.0)
             rows.append(row)
-        col = RANK_COLUMNS[self.spec.rank_by]
+        col = RANK_COLUMNS[spec.rank_by]
 
         def order(r: dict[str, Any]) -> tuple[int, float, int]:
             value = r[col]
@@ -342,12 +462,12 @@ class Planner:
         return rows
 
     def _pruned_summary(
-        self, cands: list[Candidate], screens: list[Screening], dominated: dict[int, str]
+        self, spec: PlanSpec, cands: list[Candidate], screens: list[Screening], dominated: dict[int, str]
     ) -> list[str]:
         out: list[str] = []
         static: dict[str, list[str]] = {}
         for i, s in enumerate(screens):
-            if s.reason is not None and self.spec.prune:
+            if s.reason is not None and spec.prune:
                 static.setdefault(s.reason, []).append(cands[i].label)
         for reason, labels in static.items():
             out.append(f"{len(labels)} pruned ({reason}): {', '.join(labels[:6])}{' ...' if len(labels) > 6 else ''}")
@@ -355,11 +475,13 @@ class Planner:
             labels = [cands[i].label for i in sorted(dominated)]
             out.append(
                 f"{len(labels)} pruned as dominated (analytic upper bound below the best phase-1 result, "
-                f"ranked by {self.spec.rank_by}): {', '.join(labels[:6])}{' ...' if len(labels) > 6 else ''}"
+                f"ranked by {spec.rank_by}): {', '.join(labels[:6])}{' ...' if len(labels) > 6 else ''}"
             )
         return out
 
     def _probe_points(self, cands: list[Candidate], results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every long-window probe run to the end: its rate, verdict, per-user speed and
+        throughput per GPU (the Pareto plot's points)."""
         pts = []
         for i in sorted(results):
             c = cands[i]
@@ -367,14 +489,35 @@ class Planner:
                 if p.get("stopped_early"):
                     continue  # its figures cover only the part simulated before it failed
                 pts.append({
-                    "label": c.label, "mode": c.mode, "rate_scale": p["rate_scale"],
+                    "label": c.label, "mode": c.mode, "hardware": c.hardware_mix, "rate_scale": p["rate_scale"],
                     "rate_rps": p["rate_scale"] * self.load.base_rate_rps,
                     "attainment": p["attainment"],
-                    "meets_slo": passes_target(p["attainment"], self.spec.slo.attainment),
-                    "tokens_per_s_per_user": 1000.0 / p["mean_tpot_ms"] if p["mean_tpot_ms"] else math.nan,
+                    "meets_slo": bool(p["passed"]),
+                    "tokens_per_s_per_user": p["tokens_per_s_per_user"],
                     "output_tok_s_per_gpu": p["output_tok_s_per_gpu"],
                 })
         return pts
+
+    def _steady_note(self, result: PlanResult) -> str:
+        """How the best candidate's goodput was judged: its window, and whether the trace had
+        to be tiled to reach it."""
+        best = result.best
+        if best is None or not best.get("window_requests"):
+            return ""
+        st = self.spec.search.steady
+        n = self.load.requests
+        copies, requests = int(best["window_copies"]), int(best["window_requests"])
+        rule = (f"each rate passed only at steady state: an arrival window at least {st.window_lifetimes:g}x the "
+                f"p99 end-to-end latency of the run and {st.min_requests:,} requests after a warm-up of its first "
+                f"{st.warmup_fraction:.0%}, with no growing backlog in its second half")
+        span_s = self.load.span_s / best["goodput_rate_scale"]
+        if copies > 1:
+            how = (f"the trace ({n:,} requests, {span_s:.3g} s at the goodput rate) is too short for that, so it was "
+                   f"tiled {copies}x with fresh request ids, sessions and prefix hashes: {requests:,} requests over "
+                   f"{best['window_s']:.3g} s")
+        else:
+            how = f"the trace's {requests:,} requests over {best['window_s']:.3g} s were enough"
+        return (f"{best['label']}: {rule}; {how} (p99 end-to-end latency {best['lifetime_p99_s']:.3g} s).")
 
     def _verdict(self, result: PlanResult) -> tuple[str, str]:
         col = RANK_COLUMNS[self.spec.rank_by]
@@ -385,18 +528,8 @@ class Planner:
                 "or add GPUs."),
                 "",
             )
-        families = {(r["mode"], Candidate.from_dict(_cand_fields(r)).hardware) for r in result.rows}
-        multi = {m: sum(1 for mm, _ in families if mm == m) > 1 for m in ("aggregated", "disaggregated")}
-
-        def name(r: dict[str, Any]) -> str:
-            c = Candidate.from_dict(_cand_fields(r))
-            if c.aggregated:
-                text = f"aggregated x{c.decode_count} ({'chunked prefill' if c.chunked_prefill else 'no chunking'})"
-            else:
-                text = c.ratio
-            return f"{text} [{c.hardware}]" if multi[c.mode] else text
-
         dis, agg = result.best_of("disaggregated"), result.best_of("aggregated")
+        name = self.namer(result)
         why = f"{name(best)}: {best['why']}"
         tol = self.spec.search.rel_tol
         unit = {"goodput": "req/s", "per_gpu": "req/s per GPU", "per_dollar": "req/s per $/h",
@@ -431,169 +564,21 @@ class Planner:
             why,
         )
 
-    # -- sensitivity to the cost model's error -------------------------------------------------
-    def _sensitivity(self, result: PlanResult, cands: list[Candidate], results: dict[int, dict[str, Any]]) -> None:
-        spec = self.spec
-        error = spec.cost_error
-        source = "--cost-error"
-        if error is None:
-            found = [
-                self.screener.cost_error(g, tp)
-                for g in _dedupe(spec.prefill_gpus + spec.decode_gpus) for tp in _dedupe(spec.tps)
-            ]
-            known = [e for e in found if e is not None]
-            if known:
-                error, source = max(known), "the fitted cost model's held-out p95 error"
-        if error is None:
-            result.notes.append(
-                "Sensitivity skipped: the cost model reports no held-out error (the roofline model has none); "
-                "pass --cost-error 0.1 to re-run the top candidates with step times ±10 %."
-            )
-            return
-        if error == 0:
-            return
-        index_of = {cands[i].label: i for i in results}
-        top = [r for r in result.rows if r["status"] == "evaluated" and r["mode"] == "disaggregated"
-               and r["goodput_rps"] > 0][: spec.sensitivity_top]
-        agg = result.best_of("aggregated")
-        chosen = [index_of[r["label"]] for r in top] + ([index_of[agg["label"]]] if agg else [])
-        factors = (1.0 - error, 1.0 + error)
-        jobs, where = [], []
-        for i in chosen:
-            nominal = results[i]["goodput_rate_scale"]
-            for f in factors:
-                jobs.append(self._job("sensitivity", self.load.fingerprint, cands[i], self._search(nominal / f, f)))
-                where.append((i, f))
-        assert self.runner is not None
-        out = self._execute(self.runner, jobs)
-        by: dict[int, dict[float, float]] = {}
-        for (i, f), res in zip(where, out, strict=True):
-            by.setdefault(i, {})[f] = res["goodput_rate_scale"] * self.load.base_rate_rps
-        rows = []
-        for i in chosen:
-            c = cands[i]
-            nominal = results[i]["goodput_rate_scale"] * self.load.base_rate_rps
-            rows.append({
-                "label": c.label, "mode": c.mode, "ratio": c.ratio, "goodput_rps": nominal,
-                **{f"goodput_rps_x{f:g}": by[i][f] for f in factors},
-            })
-        result.sensitivity = rows
-        lines = [(f"Step times scaled by ±{error:.0%} ({source}), top {len(top)} splits"
-                 f"{' and the best aggregated baseline' if agg else ''} re-run:")]
-        def best_by(key: str) -> dict[str, Any]:
-            return max(rows, key=lambda r: self._metric(cands[index_of[r["label"]]], float(r[key])))
+    def namer(self, result: PlanResult) -> Callable[[dict[str, Any]], str]:
+        """Short names of rows (``3P:5D``, ``aggregated x8 (chunked prefill)``), with the
+        hardware when a mode has more than one family."""
+        families = {(r["mode"], Candidate.from_dict(_cand_fields(r)).hardware) for r in result.rows}
+        multi = {m: sum(1 for mm, _ in families if mm == m) > 1 for m in ("aggregated", "disaggregated")}
 
-        nominal_best = best_by("goodput_rps")
-        for f in factors:
-            key = f"goodput_rps_x{f:g}"
-            best = best_by(key)
-            shift = "unchanged" if best["label"] == nominal_best["label"] else f"shifts from {nominal_best['ratio']}"
-            lines.append(
-                f"  steps {'slower' if f > 1 else 'faster'} (x{f:g}): best {best['ratio']} "
-                f"({cands[index_of[best['label']]].family}) at {best[key]:.3g} req/s — {shift}"
-            )
-        result.sensitivity_summary = lines
+        def name(r: dict[str, Any]) -> str:
+            c = Candidate.from_dict(_cand_fields(r))
+            if c.aggregated:
+                text = f"aggregated x{c.decode_count} ({'chunked prefill' if c.chunked_prefill else 'no chunking'})"
+            else:
+                text = c.ratio
+            return f"{text} [{c.hardware}]" if multi[c.mode] else text
 
-    # -- a fixed ratio against windows of the trace ------------------------------------------------
-    def _windows(self, result: PlanResult, cands: list[Candidate], results: dict[int, dict[str, Any]]) -> None:
-        spec = self.spec
-        if spec.windows <= 0:
-            return
-        best = result.best_of("disaggregated")
-        if best is None and spec.window_ratio is None:
-            result.notes.append("Windows skipped: no disaggregated split meets the SLO.")
-            return
-        if best is not None:
-            proto = Candidate.from_dict(_cand_fields(best))
-        else:
-            proto = next(c for c in cands if not c.aggregated)
-        if spec.window_ratio is not None:
-            proto = Candidate(
-                "disaggregated", spec.window_ratio[0], proto.prefill_tp, proto.prefill_gpu, spec.window_ratio[1],
-                proto.decode_tp, proto.decode_gpu, proto.max_batch_size, proto.link,
-            )
-        # The load the ratio was sized for: its goodput on the whole trace.
-        whole = next((r for i, r in results.items() if cands[i] == proto), None)
-        assert self.runner is not None
-        if whole is None:
-            screen = self.screener.screen(proto, spec.search)
-            whole = self._execute(self.runner, [self._job("sweep", self.load.fingerprint, proto,
-                                                          self._search(self._start(screen)))])[0]
-        deploy = whole["goodput_rate_scale"]
-        jobs: list[Job] = []
-        metas: list[tuple[int, float, float, Trace | None, TraceLoad | None]] = []
-        for k, (t0, t1, sub) in enumerate(self.window_parts):
-            if sub is None:
-                metas.append((k, t0, t1, None, None))
-                continue
-            fp = trace_fingerprint(sub)
-            try:
-                sub_load = trace_load(sub, self.caching)
-            except ConfigError:
-                metas.append((k, t0, t1, sub, None))
-                continue
-            start = deploy * self.load.base_rate_rps / sub_load.base_rate_rps if deploy > 0 else 1.0
-            jobs.append(self._job("window", fp, proto, self._search(start, extra=[deploy] if deploy > 0 else [])))
-            metas.append((k, t0, t1, sub, sub_load))
-        out = iter(self._execute(self.runner, jobs))
-        rows = []
-        for k, t0, t1, sub, window_load in metas:
-            wl = window_load
-            row: dict[str, Any] = {"window": k + 1, "start_s": t0, "end_s": t1,
-                                   "requests": 0 if sub is None else len(sub)}
-            if sub is None or wl is None:
-                row["note"] = "too few requests to scale"
-                rows.append(row)
-                continue
-            res = next(out)
-            bottleneck, why = diagnose(res, spec.slo)
-            ok = res.get("pass") or res.get("fail") or {}
-            at_deploy = res["extra"][0] if res["extra"] else None
-            stranded_p = 1.0 - ok.get("prefill_busy", math.nan)
-            stranded_d = 1.0 - ok.get("decode_busy", math.nan)
-            row.update(
-                rate_rps=wl.base_rate_rps,
-                mean_input_tokens=float(sub.input_tokens.mean()),
-                mean_output_tokens=float(sub.output_tokens.mean()),
-                attainment_at_deployed_load=None if at_deploy is None else at_deploy["attainment"],
-                goodput_rps=res["goodput_rate_scale"] * wl.base_rate_rps,
-                limiting_pool=bottleneck,
-                prefill_busy=ok.get("prefill_busy"),
-                decode_busy=ok.get("decode_busy"),
-                stranded_prefill=stranded_p,
-                stranded_decode=stranded_d,
-                why=why,
-            )
-            rows.append(row)
-        result.windows = rows
-        limits = [str(r["limiting_pool"]) for r in rows if r.get("limiting_pool")]
-        ratio_txt = f"{proto.ratio} ({proto.family})"
-        lines = [
-            (f"Fixed ratio {ratio_txt}, sized for {deploy * self.load.base_rate_rps:.3g} req/s on the whole trace, "
-            f"against {len(rows)} consecutive windows:")
-        ]
-        if len(set(limits)) > 1:
-            lines.append(
-                f"  the limiting pool changes across windows ({', '.join(limits)}): a ratio fixed at deployment "
-                "strands capacity in the other pool when the mix moves"
-            )
-        elif limits:
-            lines.append(f"  the {limits[0]} pool limits every window")
-        ev = [r for r in rows if r.get("stranded_prefill") is not None]
-        if ev:
-            worst = max(
-                ev,
-                key=lambda r: max(
-                    r["stranded_prefill"] if r["limiting_pool"] != "prefill" else 0.0,
-                    r["stranded_decode"] if r["limiting_pool"] != "decode" else 0.0,
-                ),
-            )
-            other = "decode" if worst["limiting_pool"] == "prefill" else "prefill"
-            lines.append(
-                f"  worst: window {worst['window']} ({worst['limiting_pool']}-bound) leaves "
-                f"{worst[f'stranded_{other}']:.0%} of the {other} pool idle at its goodput"
-            )
-        result.windows_summary = lines
+        return name
 
 
 def _cand_fields(row: dict[str, Any]) -> dict[str, Any]:
@@ -621,14 +606,23 @@ def plan(
     ).run()
 
 
+def row_window_trace(trace: Trace, row: dict[str, Any]) -> Trace:
+    """The trace window a row's goodput was confirmed on (the trace tiled, or cut)."""
+    copies = int(row.get("window_copies") or 1)
+    head = int(row.get("window_head") or len(trace))
+    window = RunWindow(copies, head, copies * head if copies > 1 else head, math.nan, False)
+    return window_trace(trace, window)
+
+
 def latency_samples(
     trace: Trace, row: dict[str, Any], spec: PlanSpec, store: ProfileStore | None = None
 ) -> dict[str, np.ndarray]:
-    """Per-request TTFT and TPOT (seconds) of a plan row's candidate at its goodput rate."""
+    """Per-request TTFT and TPOT (seconds) of a plan row's candidate at its goodput rate, on
+    the window its goodput was confirmed on."""
     from simdisagg.metrics import request_latencies
     from simdisagg.sim.engine import simulate
 
     cand = Candidate.from_dict(_cand_fields(row))
     cfg = cand.run_config(spec.base).model_copy(update={"rate_scale": row["goodput_rate_scale"]})
-    lat = request_latencies(simulate(cfg, trace, store=store or ProfileStore()))
+    lat = request_latencies(simulate(cfg, row_window_trace(trace, row), store=store or ProfileStore()))
     return {"ttft_s": lat["ttft_s"], "tpot_s": lat["tpot_s"]}

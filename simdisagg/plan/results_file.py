@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 #: Version of the results-file records; bump when a record's meaning changes.
-RESULT_SCHEMA = 1
+RESULT_SCHEMA = 2
 
 
 def job_key(trace_fp: str, candidate: dict[str, Any], base: dict[str, Any], search: dict[str, Any]) -> str:

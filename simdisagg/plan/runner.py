@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from simdisagg.errors import ConfigError
-from simdisagg.plan.goodput_search import evaluate_candidate
+from simdisagg.plan.goodput_search import run_task
 from simdisagg.trace import Trace
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One evaluation to run: a candidate on a trace (by fingerprint) with search settings."""
+    """One evaluation to run: a candidate on a trace (by fingerprint) with search settings
+    (``search["task"]`` names the unit of work, see :data:`~simdisagg.plan.goodput_search.TASKS`)."""
 
     kind: str
     trace_fp: str
@@ -36,7 +37,7 @@ def _run_in_worker(
     trace_fp: str, candidate: dict[str, Any], slo: dict[str, Any], base: dict[str, Any], search: dict[str, Any],
     profiles_dir: str | None,
 ) -> dict[str, Any]:
-    return evaluate_candidate(_WORKER_TRACES[trace_fp], candidate, slo, base, search, profiles_dir)
+    return run_task(_WORKER_TRACES[trace_fp], candidate, slo, base, search, profiles_dir)
 
 
 class Runner:
@@ -86,7 +87,7 @@ class Runner:
             yield from self._run_ray(jobs)
         elif self.workers == 1 or len(jobs) == 1:
             for i, job in enumerate(jobs):
-                yield i, evaluate_candidate(
+                yield i, run_task(
                     self.traces[job.trace_fp], job.candidate, self.slo, self.base, job.search, self.profiles_dir
                 )
         else:
@@ -141,7 +142,7 @@ class Runner:
                     runtime_env={"env_vars": {"PYTHONPATH": path}},
                 )
                 self._ray_owned = True
-            self._remote = ray.remote(num_cpus=1)(evaluate_candidate)
+            self._remote = ray.remote(num_cpus=1)(run_task)
             self._ray_refs = {fp: ray.put(tr) for fp, tr in self.traces.items()}
         refs = {
             self._remote.remote(

@@ -36,6 +36,10 @@ class Screening:
     zero_load_attainment: float  # attainment bound from each request alone on an idle cluster
     limiting: str  # the pool whose work sets the bound
     reason: str | None  # set when the candidate is pruned without simulation
+    #: A guess of the p99 end-to-end latency under load, which sizes the first run window:
+    #: twice the p99 of each request alone on an idle cluster, at most the longest a request
+    #: meeting the SLO may take.
+    lifetime_hint_s: float = math.nan
 
 
 class Screener:
@@ -191,6 +195,10 @@ class Screener:
             ttft, _ = self._alone(cand.prefill_gpu, cand.prefill_tp, "prefill")
             _, tpot = self._alone(cand.decode_gpu, cand.decode_tp, "decode")
             zero = self._zero_load(ttft, tpot, self._kv_tokens(cand.decode_gpu, cand.decode_tp))
+        steps = np.maximum(load.output_tokens - 1, 0)
+        alone_p99 = float(np.percentile(ttft + steps * tpot, 99))
+        slo_p99 = float(np.percentile(slo.ttft_s + steps * slo.tpot_s, 99))
+        hint = min(2.0 * alone_p99, slo_p99)
         limiting = min(bounds, key=lambda k: bounds[k])
         bound = bounds[limiting] * BOUND_MARGIN
         reason = None
@@ -204,4 +212,4 @@ class Screener:
                 f"{limiting} pool cannot keep up even at the lowest rate searched "
                 f"({search.min_rate_scale:g}x the trace): its work exceeds its capacity"
             )
-        return Screening(bound, zero, limiting, reason)
+        return Screening(bound, zero, limiting, reason, hint)

@@ -17,6 +17,7 @@ completed, plus its tool wait. A request that waits for a rejected request is re
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -129,7 +130,8 @@ def simulate(
     it, or completed slower than the TPOT target). A search that only asks whether the SLO
     attainment target holds stops a run that cannot reach it there; the requests still in
     flight stay ``unfinished`` and ``meta["stopped_early_at_s"]`` says when it stopped. The
-    checks only read state, so a run they do not stop is the run without them.
+    checks only read state, so a run they do not stop is the run without them. With
+    ``measure_from_at`` only the requests arriving at or after it count as misses.
 
     ``measure_from_at`` (simulated seconds) asks for a measurement window: every instance's
     counters (busy, KV, batch occupancy, saturated time) are recorded at the first open-loop
@@ -178,7 +180,9 @@ def simulate(
             if children:
                 stack.extend((c, f"waits for rejected request {trace.request_ids[j]}") for c in children[j])
 
-    watch = None if stop_after_misses is None else _MissWatch(env, cfg, trace, rec, stop_after_misses)
+    watch = None if stop_after_misses is None else _MissWatch(
+        env, cfg, trace, rec, stop_after_misses, -math.inf if measure_from_at is None else measure_from_at
+    )
 
     def complete(i: int) -> None:
         t_done[i] = env.now
@@ -440,8 +444,11 @@ class _MissWatch:
     completions (no events of its own, so a run it does not stop is unchanged); once more
     than ``allowed`` have, it empties the event queue and the run ends there."""
 
-    def __init__(self, env: simpy.Environment, cfg: RunConfig, trace: Trace, rec: Recorder, allowed: int) -> None:
+    def __init__(
+        self, env: simpy.Environment, cfg: RunConfig, trace: Trace, rec: Recorder, allowed: int, counted_from_at: float
+    ) -> None:
         self.env, self.rec, self.allowed = env, rec, allowed
+        self.counted_from_at = counted_from_at  # requests arriving earlier (a warm-up) do not count
         self.ttft_s, self.tpot_s = cfg.slo.ttft_s, cfg.slo.tpot_s
         # TPOT as metrics.request_latencies computes it, so that a request exactly at the
         # target is judged the same here and there.
@@ -470,7 +477,8 @@ class _MissWatch:
         with np.errstate(invalid="ignore"):
             late = (first - arrival > self.ttft_s) | (np.isnan(first) & (now - arrival > self.ttft_s))
             slow = (t["completed_at"] - first) / self.gaps > self.tpot_s
-        missed = int(np.count_nonzero(late | slow | (self.rec.status == STATUS_REJECTED)))
+            counted = arrival >= self.counted_from_at
+        missed = int(np.count_nonzero((late | slow | (self.rec.status == STATUS_REJECTED)) & counted))
         if missed > self.allowed:
             self.stopped_at = now
             self.env._queue.clear()

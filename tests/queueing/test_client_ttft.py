@@ -21,9 +21,22 @@ import numpy as np
 import pytest
 from strategies import build_trace
 
-from simdisagg.config import ConstantCost, LinkConfig, MetricsConfig, PoolConfig, RunConfig, SLOConfig
+from simdisagg.config import (
+    ConstantCost,
+    LinkConfig,
+    MetricsConfig,
+    PoolConfig,
+    RunConfig,
+    SLOConfig,
+)
 from simdisagg.hardware import ProfileStore
-from simdisagg.metrics import itl_percentiles, pool_utilisation, request_latencies, slo_met, summarize
+from simdisagg.metrics import (
+    itl_percentiles,
+    pool_utilisation,
+    request_latencies,
+    slo_met,
+    summarize,
+)
 from simdisagg.sim.engine import simulate
 
 STORE = ProfileStore()
