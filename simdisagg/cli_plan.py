@@ -133,6 +133,11 @@ def plan_command(
         float, typer.Option("--max-rate-scale", help="highest rate scale searched")
     ] = 1e4,
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="skip dominated candidates")] = True,
+    check: Annotated[
+        bool,
+        typer.Option("--check/--no-check", help="re-run the best candidate on its window 3x longer, at its goodput "
+                                                "and 1.25x"),
+    ] = True,
     workers: Annotated[int | None, typer.Option("--workers", help="parallel workers (default: CPU count)")] = None,
     backend: Annotated[str, typer.Option("--backend", help="process | ray")] = "process",
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (--backend ray)")] = None,
@@ -194,6 +199,7 @@ def plan_command(
                 window_ratio=_ratio(ratio),
                 target_rate_rps=target_rps,
                 target_rate_scale=target_scale,
+                verify=check,
             )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise ConfigError(f"plan options: {str(exc).splitlines()[-1].strip()}") from None
@@ -342,6 +348,16 @@ def _print(console: Any, result: Any, top: int) -> None:
     console.print(f"[bold]Verdict:[/bold] {escape(result.verdict)}")
     if result.steady_note:
         console.print(f"[bold]Steady state:[/bold] {escape(result.steady_note)}")
+    check = result.verification
+    if check is not None:
+        target = result.spec.slo.attainment
+        console.print(
+            f"[bold]Check:[/bold] re-run on that window made 3x longer ({check['copies']} copies, "
+            f"{check['requests']:,} requests), as simdisagg run would: SLO attainment "
+            f"{check['attainment_at_goodput']:.1%} at the goodput rate, {check['attainment_above']:.1%} at "
+            f"{check['factor']:g}x it (target {target:.0%}): "
+            + ("the answer holds." if check["holds"] else "[red]the answer does not hold[/red].")
+        )
     for line in result.pruned_summary:
         console.print(f"[yellow]pruned:[/yellow] {escape(line)}")
     zero = [

@@ -9,8 +9,9 @@ running) is not used: it reads near 100 % on a nearly idle decode pool.
 The limiting pool of a disaggregated candidate is the one saturated the larger share of the
 time at the failing rate (the KV link when its transfers waited longer than either pool's
 queue); when neither is saturated the decode pool limits by its step time (TPOT). For
-aggregated serving, the phase whose SLO part breaks more (TTFT: prompts queue; TPOT:
-prefills stall the running batches).
+aggregated serving: full batch slots or KV memory when they are (95 % or more), else the
+phase whose SLO part breaks more (TTFT: prompts queue; TPOT: prefills stall the running
+batches).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from simdisagg.plan.steady_state import SteadyState
 
 #: Below this share of saturated time neither pool counts as the one that queues.
 SATURATED_FLOOR = 0.05
+#: A batch or KV occupancy at least this high counts as full.
+FULL = 0.95
 
 
 def _pct(x: Any) -> str:
@@ -81,11 +84,17 @@ def diagnose(res: dict[str, Any], slo: SLOConfig) -> tuple[str, str]:
             f"{bad['ttft_miss']:.0%}, missing TPOT {ok['tpot_miss']:.0%}→{bad['tpot_miss']:.0%}"
         )
         if bad.get("steady") and bad["steady"].get("growing"):
-            head += f" as the {SteadyState(**bad['steady']).growth_text()}"
+            head += f"; the {SteadyState(**bad['steady']).growth_text()}"
     pool = limiting_pool(bad, cand.aggregated)
     if cand.aggregated:
-        where = "prefill phase (prompts queue behind running batches)" if pool == "prefill" else (
-            "decode phase (prefills stall the running batches)")
+        if (bad.get("aggregated_batch_occupancy") or 0.0) >= FULL:
+            pool, where = "decode", f"batch slots full (prompts wait for one of the {cand.max_batch_size} per instance)"
+        elif (bad.get("aggregated_kv_occupancy") or 0.0) >= FULL:
+            pool, where = "decode", "KV memory full (prompts wait for room)"
+        elif pool == "prefill":
+            where = "prefill phase (prompts queue behind running batches)"
+        else:
+            where = "decode phase (prefills stall the running batches)"
         return (
             pool,
             (f"{where}: {head}; there the pool is {pool_figures(bad, 'aggregated')} (at the goodput rate "

@@ -34,6 +34,7 @@ from simdisagg.plan.traffic_windows import split_windows
 from simdisagg.plan.workload import (
     RunWindow,
     TraceLoad,
+    extend_trace,
     trace_fingerprint,
     trace_load,
     window_trace,
@@ -73,6 +74,9 @@ class PlanResult:
     target: dict[str, Any] | None = None
     #: How the best candidate's goodput was judged at steady state (its window, said in words).
     steady_note: str = ""
+    #: The best candidate re-run on its confirming window made three times as long, at its
+    #: goodput rate and 1.25 times it (:meth:`Planner.verify`).
+    verification: dict[str, Any] | None = None
     evaluations: int = 0
     resumed: int = 0
     simulations: int = 0
@@ -122,6 +126,7 @@ class PlanResult:
             "verdict": self.verdict,
             "why": self.why,
             "steady_state": self.steady_note,
+            "verification": self.verification,
             "target": self.target,
             "pruned": self.pruned_summary,
             "sensitivity": self.sensitivity,
@@ -299,6 +304,8 @@ class Planner:
             else:
                 result.verdict, result.why = self._verdict(result)
             result.steady_note = self._steady_note(result)
+            if self.spec.verify:
+                result.verification = self.verify(result)
             sensitivity_study(self, result)
             window_study(self, result)
         result.evaluations = self.done
@@ -518,6 +525,29 @@ class Planner:
         else:
             how = f"the trace's {requests:,} requests over {best['window_s']:.3g} s were enough"
         return (f"{best['label']}: {rule}; {how} (p99 end-to-end latency {best['lifetime_p99_s']:.3g} s).")
+
+    def verify(self, result: PlanResult, longer: int = 3, above: float = 1.25) -> dict[str, Any] | None:
+        """Re-run the best candidate as ``simdisagg run`` would: on the window its goodput was
+        confirmed on, made ``longer`` times as long (more copies of the trace), at the goodput
+        rate and at ``above`` times it; SLO attainment over every request, warm-up included.
+        The answer holds when the first meets the target and the second does not."""
+        from simdisagg.metrics import slo_met
+        from simdisagg.sim.engine import simulate
+
+        best = result.best
+        cfg = result.best_config()
+        if best is None or cfg is None or not best.get("window_requests"):
+            return None
+        copies = longer * int(best.get("window_copies") or 1)
+        trace = extend_trace(self.trace, copies)
+        out: dict[str, Any] = {"label": best["label"], "copies": copies, "requests": len(trace), "factor": above}
+        for key, factor in (("attainment_at_goodput", 1.0), ("attainment_above", above)):
+            run_cfg = cfg.model_copy(update={"rate_scale": best["goodput_rate_scale"] * factor})
+            met = slo_met(simulate(run_cfg, trace, store=self.store), run_cfg.slo)
+            out[key] = float(met.mean())
+        target = self.spec.slo.attainment
+        out["holds"] = out["attainment_at_goodput"] >= target - 1e-12 and out["attainment_above"] < target - 1e-12
+        return out
 
     def _verdict(self, result: PlanResult) -> tuple[str, str]:
         col = RANK_COLUMNS[self.spec.rank_by]

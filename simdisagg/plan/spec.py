@@ -35,8 +35,8 @@ class SteadyStateSettings(_Frozen):
     ``significance``. The search screens on a short window (``screen_window_lifetimes``,
     ``screen_min_requests``) and confirms on the long one."""
 
-    window_lifetimes: float = Field(default=10.0, ge=2, description="confirming window / p99 E2E latency")
-    min_requests: int = Field(default=2000, ge=50, description="requests measured in a confirming run")
+    window_lifetimes: float = Field(default=20.0, ge=2, description="confirming window / p99 E2E latency")
+    min_requests: int = Field(default=5000, ge=50, description="requests measured in a confirming run")
     screen_window_lifetimes: float = Field(default=3.0, ge=1, description="screening window / p99 E2E")
     screen_min_requests: int = Field(default=300, ge=20, description="requests measured in a screening run")
     warmup_fraction: float = Field(default=0.2, ge=0, lt=0.5, description="leading share of the window left out")
@@ -97,6 +97,9 @@ class PlanSpec(_Frozen):
     target_rate_rps: float | None = Field(default=None, gt=0, description="rate to sustain, requests/s")
     target_rate_scale: float | None = Field(default=None, gt=0, description="rate to sustain, x the trace's")
     max_gpus: int = Field(default=1024, ge=2, le=100_000, description="largest GPU count a target search tries")
+    verify: bool = Field(
+        default=True, description="re-run the best candidate on its window made 3x longer, at its goodput and 1.25x"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PlanSpec:

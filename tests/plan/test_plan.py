@@ -4,8 +4,9 @@ Traces are built with :class:`~simdisagg.trace.TraceBuilder`: Poisson arrivals a
 counts drawn from a seeded generator, a few hundred requests each. The cluster is 4-6 H100s
 running llama-3.1-8b on the roofline cost model, with a decode batch of at most 8 so that the
 pools saturate at modest rates. The plans here judge steady state on shorter windows than the
-defaults (``LIGHT``: 600 measured requests, 6 lifetimes), which keeps these tests fast; the
-defaults are exercised in ``test_targets.py`` and ``test_steady_state.py``.
+defaults (``LIGHT``: 600 measured requests, 6 lifetimes) and skip the re-run check of the
+best candidate, which keeps these tests fast; the defaults are exercised in
+``test_targets.py`` and ``test_steady_state.py``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from simdisagg.trace import Trace, TraceBuilder, write_jsonl
 ROOT = Path(__file__).resolve().parents[2]
 BASE = RunConfig(cost=RooflineCost(), slo=SLOConfig(ttft_s=1.0, tpot_s=0.03, attainment=0.9))
 LIGHT = SteadyStateSettings(window_lifetimes=6, min_requests=600, screen_min_requests=150)
-SPEC = PlanSpec(base=BASE, gpus=6, max_batch_sizes=(8,), search=SearchSettings(steady=LIGHT))
+SPEC = PlanSpec(base=BASE, gpus=6, max_batch_sizes=(8,), search=SearchSettings(steady=LIGHT), verify=False)
 
 #: (input token range, output token range) of each load shape.
 SHAPES = {
@@ -327,6 +328,25 @@ def test_enumeration_uses_the_whole_budget() -> None:
     assert {c.decode_gpu for c in mixed if not c.aggregated} == {"h200", "h20"}
     with pytest.raises(ConfigError):
         enumerate_candidates(_spec(links=("no-such-link",)), store)
+
+
+# -- a target rate ----------------------------------------------------------------------------
+def test_target_rate_under_a_budget_finds_the_cheapest_cluster() -> None:
+    """``target_rate`` with a budget per hour: the cheapest cluster within it that sustains the
+    rate. Every cheaper cluster within the budget was checked at the target (or is below it by
+    its analytic bound) and fails; the answer costs no more than the budget."""
+    trace = synthetic(["balanced"])
+    price = ProfileStore().gpu("h100-sxm").price_per_hour_usd.value
+    res = plan(trace, _spec(gpus=None, budget_per_hour_usd=6 * price, target_rate_rps=12.0), workers=2)
+    target = res.target
+    assert target is not None and target["objective"] == "cost"
+    best = res.best
+    assert best is not None and target["sustains"][best["label"]]
+    assert best["price_per_hour_usd"] == pytest.approx(target["price_per_hour_usd"])
+    assert best["price_per_hour_usd"] <= 6 * price + 1e-9
+    cheaper = [c for c in target["checked"] if c["price_per_hour_usd"] < best["price_per_hour_usd"] - 1e-9]
+    assert cheaper and not any(c["sustains"] for c in cheaper)
+    assert res.verdict.startswith("Lowest price per hour that sustain 12 req/s")
 
 
 # -- sensitivity and windows ------------------------------------------------------------------

@@ -88,11 +88,15 @@ def rerun_attainment(tmp: Path, trace: Trace, result: PlanResult, factor: float)
 
 
 def assert_holds_when_deployed(tmp: Path, trace: Trace, result: PlanResult) -> None:
+    """The re-run check with ``simdisagg run``, and the plan's own check agrees with it."""
     target = result.spec.slo.attainment
     at_rate = rerun_attainment(tmp, trace, result, 1.0)
     above = rerun_attainment(tmp, trace, result, 1.25)
     assert at_rate >= target, (result.best["label"], at_rate)
     assert above < target, (result.best["label"], above)
+    check = result.verification
+    assert check is not None and check["holds"]
+    assert check["attainment_at_goodput"] == pytest.approx(at_rate) and check["attainment_above"] == pytest.approx(above)
 
 
 def test_distserve_direction(distserve: dict[str, PlanResult]) -> None:
