@@ -228,6 +228,44 @@ def slo_lifetime_s(trace: Trace, slo: SLOConfig) -> float:
     return float(np.percentile(life, 99))
 
 
+#: Keys of a job's ``search`` that are not :class:`SearchSettings` fields.
+_JOB_OPTIONS = ("start_rate_scale", "cost_scale", "extra_rates", "lifetime_hint_s", "rate_scale")
+
+
+@dataclass(slots=True)
+class _Job:
+    """A unit of work's inputs, resolved: the trace, the candidate's run config, the SLO, the
+    search settings and the options beside them (``_JOB_OPTIONS``)."""
+
+    trace: Trace
+    store: Any
+    slo: SLOConfig
+    candidate: Candidate
+    cfg: RunConfig
+    settings: SearchSettings
+    options: dict[str, Any]
+    cost_scale: float
+    lifetime_hint_s: float
+
+    @classmethod
+    def of(
+        cls, trace: Trace | str | Path, candidate: dict[str, Any], slo: dict[str, Any], base: dict[str, Any],
+        search: dict[str, Any], profiles_dir: str | None,
+    ) -> _Job:
+        tr = trace if isinstance(trace, Trace) else load_trace(trace)
+        slo_cfg = SLOConfig.model_validate(slo)
+        cand = Candidate.from_dict(candidate)
+        options = {k: search[k] for k in _JOB_OPTIONS if k in search}
+        settings = SearchSettings.model_validate({k: v for k, v in search.items() if k not in _JOB_OPTIONS})
+        hint = options.get("lifetime_hint_s")
+        return cls(
+            trace=tr, store=_store_for(profiles_dir), slo=slo_cfg, candidate=cand,
+            cfg=cand.run_config(RunConfig.model_validate({**base, "slo": slo})), settings=settings, options=options,
+            cost_scale=float(options.get("cost_scale", 1.0)),
+            lifetime_hint_s=float(hint) if hint else slo_lifetime_s(tr, slo_cfg),
+        )
+
+
 def evaluate_candidate(
     trace: Trace | str | Path,
     candidate: dict[str, Any],
@@ -248,20 +286,14 @@ def evaluate_candidate(
     and just above it (``fail``, run to the end), every probe sorted by rate (screening ones
     in ``screen_probes``), and how many simulations it took."""
     wall0 = time.perf_counter()
-    tr = trace if isinstance(trace, Trace) else load_trace(trace)
-    store = _store_for(profiles_dir)
-    slo_cfg = SLOConfig.model_validate(slo)
-    base_cfg = RunConfig.model_validate({**base, "slo": slo})
-    cand = Candidate.from_dict(candidate)
-    cfg = cand.run_config(base_cfg)
-    opts = dict(search)
-    start = float(opts.pop("start_rate_scale", 1.0))
-    cost_scale = float(opts.pop("cost_scale", 1.0))
-    extra = [float(x) for x in opts.pop("extra_rates", [])]
-    hint = opts.pop("lifetime_hint_s", None)
-    settings = SearchSettings.model_validate(opts)
+    job = _Job.of(trace, candidate, slo, base, search, profiles_dir)
+    tr, store, slo_cfg, cand, cfg, cost_scale, settings = (
+        job.trace, job.store, job.slo, job.candidate, job.cfg, job.cost_scale, job.settings
+    )
+    start = float(job.options.get("start_rate_scale", 1.0))
+    extra = [float(x) for x in job.options.get("extra_rates", [])]
     steady = settings.steady
-    lifetime = float(hint) if hint else slo_lifetime_s(tr, slo_cfg)
+    lifetime = job.lifetime_hint_s
     seen: dict[tuple[str, float], dict[str, Any]] = {}
     windows: dict[tuple[int, int], Trace] = {}
     runs = 0
@@ -327,31 +359,21 @@ def check_rate(
     a screening probe, then (if it passes) a confirming one on the long window, each at steady
     state (picklable, like :func:`evaluate_candidate`, whose other ``search`` keys it takes)."""
     wall0 = time.perf_counter()
-    tr = trace if isinstance(trace, Trace) else load_trace(trace)
-    store = _store_for(profiles_dir)
-    slo_cfg = SLOConfig.model_validate(slo)
-    cand = Candidate.from_dict(candidate)
-    cfg = cand.run_config(RunConfig.model_validate({**base, "slo": slo}))
-    opts = dict(search)
-    rate = float(opts.pop("rate_scale"))
-    cost_scale = float(opts.pop("cost_scale", 1.0))
-    hint = opts.pop("lifetime_hint_s", None)
-    for unused in ("start_rate_scale", "extra_rates"):
-        opts.pop(unused, None)
-    settings = SearchSettings.model_validate(opts)
+    job = _Job.of(trace, candidate, slo, base, search, profiles_dir)
+    rate = float(job.options["rate_scale"])
     windows: dict[tuple[int, int], Trace] = {}
-    lifetime = float(hint) if hint else slo_lifetime_s(tr, slo_cfg)
+    lifetime = job.lifetime_hint_s
     probes = []
     for kind in ("screen", "confirm"):
-        p = run_probe(cfg, tr, slo_cfg, rate, store, settings.steady, kind=kind,  # type: ignore[arg-type]
-                      lifetime_hint_s=lifetime, cost_scale=cost_scale, stop_when_failed=True, windows=windows)
+        p = run_probe(job.cfg, job.trace, job.slo, rate, job.store, job.settings.steady, kind=kind,  # type: ignore[arg-type]
+                      lifetime_hint_s=lifetime, cost_scale=job.cost_scale, stop_when_failed=True, windows=windows)
         probes.append(p)
         if not p["passed"]:
             break
         lifetime = float(p["lifetime_p99_s"])
     last = probes[-1]
     return {
-        "candidate": cand.to_dict(),
+        "candidate": job.candidate.to_dict(),
         "rate_scale": rate,
         "passed": bool(last["passed"]) and last["kind"] == "confirm",
         "reason": last["reason"],

@@ -130,13 +130,14 @@ def simulate(
     it, or completed slower than the TPOT target). A search that only asks whether the SLO
     attainment target holds stops a run that cannot reach it there; the requests still in
     flight stay ``unfinished`` and ``meta["stopped_early_at_s"]`` says when it stopped. The
-    checks only read state, so a run they do not stop is the run without them. With
-    ``measure_from_at`` only the requests arriving at or after it count as misses.
+    checks only read state, so a run they do not stop is the run without them.
 
-    ``measure_from_at`` (simulated seconds) asks for a measurement window: every instance's
-    counters (busy, KV, batch occupancy, saturated time) are recorded at the first open-loop
-    arrival at or after that instant and at the last open-loop arrival
-    (``recorder.snapshots``), inside those arrivals' own events, so the run is unchanged."""
+    ``measure_from_at`` (simulated seconds) asks for a measurement window that leaves out a
+    warm-up: every instance's counters (busy, KV, batch occupancy, saturated time) are
+    recorded at the first open-loop arrival at or after that instant and at the last
+    open-loop arrival (``recorder.snapshots``), inside those arrivals' own events, so the run
+    is unchanged; and only the requests arriving at or after it count as misses for
+    ``stop_after_misses``."""
     wall0 = time.perf_counter()
     store = store or ProfileStore()
     streams = Streams(cfg.seed)
