@@ -77,7 +77,7 @@ def diagnose(res: dict[str, Any], slo: SLOConfig) -> tuple[str, str]:
     if bad.get("failed_on") == "backlog":
         head = f"{rate - 1:.0%} past the goodput rate the {bad['reason']}"
     elif bad.get("failed_on") == "window":
-        head = f"{rate - 1:.0%} past the goodput rate there is {bad['reason']}"
+        head = f"{rate - 1:.0%} past the goodput rate, {bad['reason']}"
     else:
         head = (
             f"{rate - 1:.0%} past the goodput rate, requests missing TTFT {ok['ttft_miss']:.0%}→"

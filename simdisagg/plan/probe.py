@@ -245,10 +245,14 @@ def run_probe(
         return {**record, "passed": False, "failed_on": "backlog", "sustainable_rate_scale": sustainable,
                 "reason": state.growth_text()}
     if not state.long_enough and not window.capped:
-        return {**record, "passed": False, "failed_on": "window",
-                "reason": (f"no steady state: the p99 end-to-end latency ({state.lifetime_p99_s:.3g} s) kept pace "
-                           f"with the window ({state.window_s:.3g} s, {window.requests} requests) through "
-                           f"{extensions} extension(s); a backlog that outlasts any finite trace")}
+        if state.window_s < lifetimes * state.lifetime_p99_s:
+            reason = (f"no steady state: through {extensions} extension(s) the window ({state.window_s:.3g} s, "
+                      f"{window.requests} requests) stayed shorter than {lifetimes:g}x the p99 end-to-end latency "
+                      f"({state.lifetime_p99_s:.3g} s), which grew with it: a backlog that outlasts any finite trace")
+        else:
+            reason = (f"too few requests measured after the warm-up ({state.measured} of {min_measured}) "
+                      f"through {extensions} extension(s)")
+        return {**record, "passed": False, "failed_on": "window", "reason": reason}
     return {**record, "passed": True, "failed_on": None, "reason": None}
 
 

@@ -20,9 +20,9 @@ shows a steady state, judged from the run itself (times in simulated seconds, ``
   ``max_growth`` seconds per second at a t statistic of ``significance``, and the in-flight
   count rises with them (t of at least ``significance − 1``; batch means). Waits, not the
   in-flight count alone, decide: under a rising arrival rate a stable cluster holds more
-  requests in flight, but they do not wait longer. The in-flight trend is the arrival rate minus the
-  completion rate: the *backlog growth rate* a diagnosis quotes, with the completion/arrival
-  ratio over the second half.
+  requests in flight, but they do not wait longer. The in-flight trend is the arrival rate
+  minus the completion rate: the *backlog growth rate* a diagnosis quotes, with the
+  completion/arrival ratio over the second half.
 * **Where it grows.** The same trend for each queue (prompts waiting for prefill, requests
   waiting for a decode slot and KV memory, transfers waiting for a link) and for the KV
   memory held by the decode (or aggregated) pool, as a share of its capacity.

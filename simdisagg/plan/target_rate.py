@@ -53,7 +53,7 @@ def _level(planner: Planner, gpus: int) -> list[Candidate]:
 
 def _check(planner: Planner, cands: list[Candidate], rate_scale: float) -> tuple[dict[str, bool], list[str]]:
     """Check each candidate at the target (those whose bound reaches it); return verdicts by
-    label (``False`` without a simulation for the others) and the reasons of the pruned."""
+    label (``False`` without a simulation for the others) and the labels of those simulated."""
     verdicts: dict[str, bool] = {}
     viable = []
     for c in cands:

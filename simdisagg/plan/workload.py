@@ -25,6 +25,7 @@ from simdisagg.trace import Trace
 def trace_fingerprint(trace: Trace) -> str:
     """A hash of everything in a trace that changes a simulation (not its file name)."""
     h = hashlib.sha256()
+    hashes: tuple[np.ndarray, ...]
     if trace.prefix_tree_only:  # never make the hash lists just to fingerprint them
         tree = trace.prefix_tree()
         hashes = (tree.parent, tree.blocks, tree.request_segment)
