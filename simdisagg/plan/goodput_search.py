@@ -252,6 +252,7 @@ class _Job:
         cls, trace: Trace | str | Path, candidate: dict[str, Any], slo: dict[str, Any], base: dict[str, Any],
         search: dict[str, Any], profiles_dir: str | None,
     ) -> _Job:
+        """Resolve the arguments every unit of work takes (see :func:`evaluate_candidate`)."""
         tr = trace if isinstance(trace, Trace) else load_trace(trace)
         slo_cfg = SLOConfig.model_validate(slo)
         cand = Candidate.from_dict(candidate)
