@@ -8,8 +8,9 @@ run. Writes a JSON of every figure (``--json``) so that changes can be compared.
 Cases: the agentic generator and the real Mooncake conversation trace (tiled end to end with
 fresh ids and hashes to reach the request count), 10k / 100k / 1M requests, on clusters of 8,
 64 and 512 H100 GPUs, disaggregated (half prefill, half decode) and aggregated; and a capacity
-plan (``simdisagg plan``'s search: 120 candidates on 16 GPUs, each searched for its goodput)
-on the first 10k Mooncake requests, on as many workers as the machine has cores. The open-loop rate is scaled with the cluster so that every case runs at a
+plan (``simdisagg plan``'s search: 120 candidates on 16 GPUs, each searched for the goodput it
+sustains at steady state, then the best one re-run on its window made 3x longer) on the first
+10k Mooncake requests, on as many workers as the machine has cores. The open-loop rate is scaled with the cluster so that every case runs at a
 comparable, realistic load (``--load-per-gpu`` requests/s per GPU).
 
     python benchmarks/run_benchmarks.py --preset quick --json benchmarks/results/latest.json

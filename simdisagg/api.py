@@ -176,7 +176,10 @@ def plan_runs(cfg: RunConfig, store: ProfileStore, *, compare: bool = True) -> R
 
 #: Pools whose keys every summary carries, and the per-pool keys (``None`` where a pool is absent).
 _POOLS = ("prefill", "decode", "aggregated")
-_POOL_KEYS = ("busy_fraction", "kv_mean_fraction", "kv_peak_fraction", "kv_final_blocks")
+_POOL_KEYS = (
+    "busy_fraction", "batch_occupancy", "kv_occupancy", "saturated_fraction", "kv_mean_fraction", "kv_peak_fraction",
+    "kv_final_blocks",
+)
 _CACHES = ("prefill", "aggregated", "decode_retained")
 
 

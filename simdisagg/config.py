@@ -216,6 +216,23 @@ class AggregatedConfig(_Frozen):
     gpu: str | None = Field(default=None, description="GPU type (default: the decode pool's)")
 
 
+TtftDefinition = Literal["client", "prefill_end"]
+
+
+class MetricsConfig(_Frozen):
+    """How latency metrics are defined (the README's metric definitions give them in full).
+
+    ``ttft``: ``client`` (the default) is the first token as the client sees it. A
+    disaggregated cluster streams the answer from the decode instance (vLLM's disaggregated
+    serving, SGLang, Dynamo), so the first token reaches the client when the request, its KV
+    transferred, joins the decode instance's running batch: after prefill, the wait for a
+    decode slot and KV memory, and the KV transfer. ``prefill_end`` is DistServe's definition:
+    the end of prefill. Either way the wait for a decode slot counts against the SLO: in TTFT
+    (``client``) or in TPOT, which then runs from the end of prefill (``prefill_end``)."""
+
+    ttft: TtftDefinition = "client"
+
+
 class RunConfig(_Frozen):
     """Everything that defines one simulation run."""
 
@@ -230,6 +247,7 @@ class RunConfig(_Frozen):
     slo: SLOConfig = SLOConfig()
     cost: CostConfig = AutoCost()
     precision: PrecisionConfig = PrecisionConfig()
+    metrics: MetricsConfig = MetricsConfig()
     framework: Framework = Field(
         default="vllm", description="serving framework whose measured kernels and overheads a measured profile uses"
     )
@@ -278,14 +296,32 @@ class RunConfig(_Frozen):
         return self.model_copy(update={"mode": "aggregated"})
 
 
+#: Keys of the ``config.json`` that ``simdisagg run --out`` writes besides the run config itself
+#: (see :meth:`simdisagg.api.RunSummary.config_record`).
+_RECORD_KEYS = frozenset({"config", "trace", "cost_model", "versions"})
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a dict (validated later, with the overrides).
 
     The dict remembers the line of each key (:class:`~simdisagg.inputs.Settings`), so that a
-    validation error names it; duplicate keys, deep nesting and non-UTF-8 text are refused."""
-    from simdisagg.inputs import load_settings
+    validation error names it; duplicate keys, deep nesting and non-UTF-8 text are refused.
 
-    return load_settings(path, "config")
+    A ``config.json`` written by ``simdisagg run --out`` (the run config under ``config``,
+    beside the trace, cost model and versions that produced it) yields its run config, so a
+    recorded run can be repeated with ``--config``."""
+    from simdisagg.inputs import Settings, load_settings
+
+    data = load_settings(path, "config")
+    if "config" in data and set(data) <= _RECORD_KEYS:
+        inner = data["config"]
+        if not isinstance(inner, dict):
+            raise ConfigError(f"{path}: field 'config' of a recorded run must be a mapping of settings")
+        settings = Settings(inner)
+        settings.source = data.source
+        settings.lines = {key[1:]: line for key, line in data.lines.items() if key[:1] == ("config",) and len(key) > 1}
+        return settings
+    return data
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:

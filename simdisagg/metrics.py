@@ -2,16 +2,31 @@
 
 Definitions (times in seconds inside, milliseconds in the summary keys):
 
-* TTFT  = first token time − arrival (in disaggregated serving the first token comes from the
-  prefill instance, so TTFT does *not* include the KV hand-off).
+* First token: when the client receives it, by the run's ``metrics.ttft`` setting
+  (:func:`first_token_times`). ``client`` (default): a request decoded on a decode instance
+  (more than one output token, disaggregated) gets its first token when it joins that
+  instance's running batch, after prefill, the wait for KV memory and a batch slot, and the
+  KV transfer: the decode instance streams the answer (SGLang, Dynamo, vLLM's disaggregated
+  serving). ``prefill_end`` (DistServe's definition): the end of prefill. In aggregated
+  serving, and for one-token answers, both are the end of prefill.
+* TTFT  = first token − arrival.
 * TPOT  = (completion − first token) / (output tokens − 1), as vLLM's benchmark defines it
   (excludes the first token; undefined for one-token answers, which are left out of TPOT).
+  With ``prefill_end`` it includes the KV hand-off and the wait for a decode slot, so that
+  wait counts against the SLO under either definition.
 * ITL   = each gap between consecutive tokens of a request (one decode iteration, or longer
-  when the request waited: the gap after the first token includes the KV transfer).
+  when the request waited: with ``prefill_end`` the gap after the first token includes the
+  KV transfer and the wait for a decode slot).
 * E2E   = completion − arrival.
 * A request meets the SLO when TTFT <= ``slo.ttft_s`` and (TPOT <= ``slo.tpot_s`` or it has a
   single output token). Goodput = requests meeting the SLO per second of the run.
 * The run lasts from the first arrival to the last completion.
+* Utilisation per pool (:func:`pool_utilisation`), time-weighted means over the run:
+  *batch occupancy* (decode and aggregated: requests decoding / ``max_batch_size``; prefill:
+  prompt tokens of the running iteration / token budget), *KV occupancy* (KV blocks in use /
+  capacity), *saturated* (share of time work waited at an instance that it could not start:
+  see :class:`~simdisagg.sim.recorder.InstanceStats`) and *busy* (a batch running, however
+  small: it reads near 100 % on a nearly idle decode pool, so it explains nothing alone).
 
 No SimPy and no I/O here: everything takes arrays and returns plain dicts.
 """
@@ -66,16 +81,74 @@ def _stats(prefix: str, values_s: np.ndarray, out: dict[str, Any]) -> None:
         out[f"p{p}_{prefix}_ms"] = float(x)
 
 
+def first_token_times(result: RunResult) -> np.ndarray:
+    """When each request's first token reaches the client (seconds; NaN: not yet), by the
+    run's TTFT definition (see the module docstring)."""
+    t = result.recorder.times
+    if result.ttft_definition == "prefill_end":
+        return t["first_token_at"]
+    # A request with more than one output token streams from the batch it decodes in: on a
+    # decode instance from when it joins the batch; in aggregated serving that is the end of
+    # its prefill (the same instant).
+    return np.where(result.output_tokens > 1, t["decode_start_at"], t["first_token_at"])
+
+
 def request_latencies(result: RunResult) -> dict[str, np.ndarray]:
     """Per-request TTFT, TPOT and E2E in seconds (NaN where not defined)."""
     t = result.recorder.times
     done = result.recorder.status == STATUS_COMPLETED
-    ttft = np.where(done, t["first_token_at"] - t["arrival_at"], np.nan)
+    first = first_token_times(result)
+    ttft = np.where(done, first - t["arrival_at"], np.nan)
     e2e = np.where(done, t["completed_at"] - t["arrival_at"], np.nan)
     n_out = result.output_tokens.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(done & (n_out > 1), (t["completed_at"] - t["first_token_at"]) / (n_out - 1), np.nan)
+        tpot = np.where(done & (n_out > 1), (t["completed_at"] - first) / (n_out - 1), np.nan)
     return {"ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e}
+
+
+POOLS = ("prefill", "decode", "aggregated")
+
+
+def pool_utilisation(result: RunResult, window: tuple[int, int] | None = None) -> dict[str, float]:
+    """Per pool, time-weighted means: ``{pool}_batch_occupancy``, ``{pool}_kv_occupancy``,
+    ``{pool}_saturated_fraction`` and ``{pool}_busy_fraction`` (fractions; pools the run
+    does not have are left out).
+
+    Over the whole run (first arrival to last completion) by default; ``window`` names two
+    entries of ``recorder.snapshots`` to measure between them instead (e.g. a measurement
+    window that leaves out a warm-up and the drain after the last arrival)."""
+    rec = result.recorder
+    if window is None:
+        t = rec.times
+        arrivals = t["arrival_at"][~np.isnan(t["arrival_at"])]
+        start = float(arrivals.min()) if len(arrivals) else 0.0
+        done = rec.status == STATUS_COMPLETED
+        end = float(np.nanmax(t["completed_at"])) if done.any() else start
+        # Counters start at zero, and nothing is in use before the first arrival.
+        begin_counters = [(0.0, 0.0, 0.0, 0.0, 0.0)] * len(rec.instances)
+        end_counters = [x.counters_at(rec.end_at) for x in rec.instances]
+        span = max(end - start, 1e-12)
+    else:
+        (t0, begin_counters), (t1, end_counters) = rec.snapshots[window[0]], rec.snapshots[window[1]]
+        span = max(t1 - t0, 1e-12)
+    out: dict[str, float] = {}
+    for pool in POOLS:
+        idx = [k for k, x in enumerate(rec.instances) if x.pool == pool]
+        if not idx:
+            continue
+        diff = np.array([np.subtract(end_counters[k], begin_counters[k]) for k in idx])
+        busy, kv_block_s, batch_request_s, token_share_s, saturated_s = diff.sum(axis=0)
+        kv_capacity = sum(rec.instances[k].kv.capacity for k in idx)
+        batch_capacity = sum(rec.instances[k].batch.capacity for k in idx)
+        n = len(idx)
+        out[f"{pool}_busy_fraction"] = float(busy / (n * span))
+        out[f"{pool}_kv_occupancy"] = float(kv_block_s / (kv_capacity * span)) if kv_capacity else math.nan
+        if pool == "prefill":
+            out[f"{pool}_batch_occupancy"] = float(token_share_s / (n * span))
+        else:
+            out[f"{pool}_batch_occupancy"] = float(batch_request_s / (batch_capacity * span))
+        out[f"{pool}_saturated_fraction"] = float(saturated_s / (n * span))
+    return out
 
 
 def slo_met(result: RunResult, slo: SLOConfig) -> np.ndarray:
@@ -94,7 +167,7 @@ def itl_percentiles(result: RunResult) -> tuple[float, list[float]]:
     rec = result.recorder
     t = rec.times
     has_first = ~np.isnan(rec.first_step_s)
-    first_gap = (t["decode_first_token_at"] - t["first_token_at"])[has_first]
+    first_gap = (t["decode_first_token_at"] - first_token_times(result))[has_first]
     values, w = rec.steps.distribution(
         np.concatenate([rec.first_step_s[has_first], first_gap]),
         np.concatenate([-np.ones(int(has_first.sum()), np.int64), np.ones(len(first_gap), np.int64)]),
@@ -162,12 +235,14 @@ def summarize(result: RunResult, slo: SLOConfig) -> dict[str, Any]:
         d = d[~np.isnan(d)]
         s[f"mean_{name}_ms"] = float(d.mean() * 1000.0) if len(d) else math.nan
         s[f"p99_{name}_ms"] = float(np.percentile(d, 99) * 1000.0) if len(d) else math.nan
-    # Utilisation per pool: busy fraction, KV memory in use (time-weighted mean and peak).
-    for pool in ("prefill", "decode", "aggregated"):
+    # Utilisation per pool: batch and KV occupancy, saturated share, busy fraction
+    # (time-weighted means), KV memory in use (mean and peak).
+    s.update(pool_utilisation(result))
+    s["ttft_definition"] = result.ttft_definition
+    for pool in POOLS:
         inst = [x for x in rec.instances if x.pool == pool]
         if not inst:
             continue
-        s[f"{pool}_busy_fraction"] = float(np.mean([x.busy_s for x in inst]) / duration)
         cap = sum(x.kv.capacity for x in inst)
         span = max(rec.end_at, 1e-12)
         s[f"{pool}_kv_mean_fraction"] = float(sum(x.kv.integral for x in inst) / (cap * span))

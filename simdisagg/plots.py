@@ -33,9 +33,12 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def goodput_vs_prefill_fraction(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
-    """Goodput (req/s within the SLO) of every simulated split against its prefill share of the
-    GPUs, one line per family; aggregated baselines as horizontal lines; the best marked."""
+def goodput_vs_prefill_fraction(
+    rows: Sequence[Mapping[str, Any]], path: Path, title: str = "", target_rps: float | None = None
+) -> Path:
+    """Goodput (req/s sustained within the SLO) of every simulated split against its prefill
+    share of the GPUs, one line per family; aggregated baselines as horizontal lines; the best
+    marked; ``target_rps`` (a target rate) as a dotted line."""
     fig = _figure()
     ax = fig.add_subplot()
     fams: dict[str, list[tuple[float, float]]] = {}
@@ -51,44 +54,59 @@ def goodput_vs_prefill_fraction(rows: Sequence[Mapping[str, Any]], path: Path, t
     for k, r in enumerate(aggs):
         ax.axhline(r["goodput_rps"], color=_AGG_COLOUR, linestyle=styles[k % len(styles)], linewidth=1.2,
                    label=r["label"])
+    if target_rps is not None:
+        ax.axhline(target_rps, color="black", linestyle=":", linewidth=1.5, label=f"target {target_rps:.3g} req/s")
     best = next((r for r in rows if r["status"] == "evaluated" and r["goodput_rps"] > 0), None)
     if best is not None and best["mode"] == "disaggregated":
         ax.plot([best["prefill_fraction"]], [best["goodput_rps"]], marker="*", markersize=16, color="gold",
                 markeredgecolor="black", linestyle="none", label=f"best: {best['ratio']}")
     ax.set_xlabel("prefill share of the GPUs")
-    ax.set_ylabel("goodput (req/s meeting the SLO target)")
+    ax.set_ylabel("goodput (req/s sustained within the SLO)")
     ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.set_title(title or "goodput against the prefill:decode split")
+    ax.set_title(_wrap(title or "goodput against the prefill:decode split"), fontsize=8)
     ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
 
 
+def _wrap(text: str, width: int = 110) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
 def pareto(points: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
-    """Output tokens/s per GPU against tokens/s per user (1 / mean TPOT) over every rate the
-    search simulated, with the Pareto frontier of each mode; filled markers met the SLO target."""
+    """Output tokens/s per GPU against tokens/s per user (1 / mean TPOT) of every rate the
+    search simulated to the end on its long window. Filled markers met the SLO at steady
+    state, hollow ones did not; each link/GPU mix (``hardware``) gets one labelled frontier,
+    drawn only through the points that met the SLO."""
     from simdisagg.plan import pareto_frontier
 
     fig = _figure()
     ax = fig.add_subplot()
-    for mode, colour in (("disaggregated", _DISAGG_COLOUR), ("aggregated", _AGG_COLOUR)):
-        pts = [p for p in points if p["mode"] == mode]
-        if not pts:
-            continue
+    mixes = list(dict.fromkeys(p.get("hardware") or p["mode"] for p in points))
+    cmap = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    for k, mix in enumerate(mixes):
+        colour = cmap[k % len(cmap)]
+        pts = [p for p in points if (p.get("hardware") or p["mode"]) == mix]
         x = np.array([p["tokens_per_s_per_user"] for p in pts], dtype=float)
         y = np.array([p["output_tok_s_per_gpu"] for p in pts], dtype=float)
         met = np.array([bool(p["meets_slo"]) for p in pts])
-        ax.scatter(x[met], y[met], s=14, color=colour, alpha=0.6, label=f"{mode}: meets SLO target")
-        ax.scatter(x[~met], y[~met], s=14, facecolors="none", edgecolors=colour, alpha=0.4,
-                   label=f"{mode}: misses it")
-        front = pareto_frontier(x, y)
+        ax.scatter(x[met], y[met], s=14, color=colour, alpha=0.6)
+        ax.scatter(x[~met], y[~met], s=14, facecolors="none", edgecolors=colour, alpha=0.4)
+        ok = np.flatnonzero(met)
+        front = ok[pareto_frontier(x[ok], y[ok])] if len(ok) else ok
         if len(front):
-            ax.plot(x[front], y[front], color=colour, linewidth=1.8, label=f"{mode} frontier")
+            ax.plot(x[front], y[front], color=colour, linewidth=1.8, marker="o", markersize=3,
+                    label=f"{mix}: frontier of SLO-meeting rates")
+        else:
+            ax.plot([], [], color=colour, label=f"{mix}: no rate met the SLO")
+    ax.scatter([], [], s=14, color="grey", label="meets the SLO (filled) / misses it (hollow)")
     ax.set_xlabel("tokens/s per user (1 / mean TPOT)")
     ax.set_ylabel("output tokens/s per GPU")
     ax.grid(alpha=0.3)
-    ax.set_title(title or "throughput per GPU against per-user speed, all rates simulated")
+    ax.set_title(_wrap(title or "throughput per GPU against per-user speed, rates simulated"), fontsize=8)
     ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
 
@@ -121,30 +139,34 @@ def latency_cdfs(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
         ax.set_xscale("log")
-    fig.suptitle(title or "latency at each configuration's goodput rate")
+    fig.suptitle(_wrap(title or "latency at each configuration's goodput rate"), fontsize=8)
     return _save(fig, path)
 
 
 def window_bars(windows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
-    """Per trace window: busy fraction of each pool at the window's goodput, and the goodput."""
+    """Per trace window: the goodput of the fixed ratio and of the window's own best split, with
+    the share of time each pool of the fixed ratio was saturated at its goodput."""
     fig = _figure()
     ax = fig.add_subplot()
     rows = [w for w in windows if w.get("goodput_rps") is not None]
     x = np.arange(len(rows))
     width = 0.38
-    pb = [w.get("prefill_busy") or math.nan for w in rows]
-    db = [w.get("decode_busy") or math.nan for w in rows]
-    ax.bar(x - width / 2, pb, width, label="prefill busy", color="#ff7f0e")
-    ax.bar(x + width / 2, db, width, label="decode busy", color=_DISAGG_COLOUR)
-    ax.set_xticks(x, [f"w{w['window']}\n{w['limiting_pool']}" for w in rows])
-    ax.set_ylabel("busy fraction at the window's goodput")
-    ax.set_ylim(0, 1.05)
+    ax.bar(x - width / 2, [w["goodput_rps"] for w in rows], width, label="fixed ratio", color=_DISAGG_COLOUR)
+    ax.bar(x + width / 2, [w["best_goodput_rps"] for w in rows], width, label="best split of the window",
+           color="#2ca02c")
+    ax.set_xticks(x, [f"w{w['window']}: {w['best_split']}\n{w['limiting_pool']}" for w in rows])
+    ax.set_ylabel("goodput (req/s sustained within the SLO)")
+    ax.set_ylim(bottom=0)
     ax2 = ax.twinx()
-    ax2.plot(x, [w["goodput_rps"] for w in rows], color="black", marker="o", label="goodput")
-    ax2.set_ylabel("goodput (req/s)")
-    ax2.set_ylim(bottom=0)
+    ax2.plot(x, [w.get("prefill_saturated") or math.nan for w in rows], color="#ff7f0e", marker="o",
+             label="prefill saturated (fixed ratio)")
+    ax2.plot(x, [w.get("decode_saturated") or math.nan for w in rows], color="black", marker="s",
+             label="decode saturated (fixed ratio)")
+    ax2.set_ylabel("share of time saturated at the goodput")
+    ax2.set_ylim(0, 1.05)
     ax.legend(fontsize=7, loc="upper left")
-    ax.set_title(title or "a fixed ratio against consecutive windows of the trace")
+    ax2.legend(fontsize=7, loc="upper right")
+    ax.set_title(_wrap(title or "a fixed ratio against consecutive windows of the trace"), fontsize=8)
     return _save(fig, path)
 
 

@@ -1,5 +1,7 @@
 """``simdisagg plan``: search the prefill:decode split (and the aggregated baseline) of a GPU
-budget by simulation, and write the ranked table, a CSV of every candidate and plots.
+budget by simulation, or the fewest GPUs (lowest $/h) that sustain a target rate, and write the
+ranked table, a CSV of every candidate, plots, and the best candidate's config with the
+``simdisagg run`` command that repeats it.
 
 Thin by design: parse options → :class:`~simdisagg.plan.PlanSpec` → :func:`simdisagg.plan.plan`
 → print and write. Registered by :mod:`simdisagg.cli` as ``simdisagg plan``.
@@ -117,9 +119,25 @@ def _cost_models(
     for name in links:
         store.link(name)
     return [
-        (f"{g} tp{t}", make_cost_model(base.cost, model, store.gpu(g), t, Streams(base.seed), store, role="plan").label)
+        (f"{g} tp{t}", make_cost_model(base.cost, model, store.gpu(g), t, Streams(base.seed), store, role="plan", framework=base.framework).label)
         for g in dict.fromkeys(gpus) for t in dict.fromkeys(tps)
     ]
+
+
+def _target_rate(text: str | None) -> tuple[float | None, float | None]:
+    """``--target-rate``: ``120`` or ``120rps`` (requests/s), or ``2x`` (the trace's rate times 2)."""
+    if text is None:
+        return None, None
+    value = text.strip().lower()
+    scale = value.endswith("x")
+    number = value[:-1] if scale else value.removesuffix("rps").removesuffix("req/s")
+    try:
+        rate = float(number)
+    except ValueError:
+        raise ConfigError(f"--target-rate: '{text}' is not a rate, e.g. 120 (req/s) or 2x (the trace's rate x 2)") from None
+    if not rate > 0 or math.isinf(rate):
+        raise ConfigError("--target-rate: the rate must be a positive number")
+    return (None, rate) if scale else (rate, None)
 
 
 def _fmt(x: Any, spec: str) -> str:
@@ -130,9 +148,17 @@ def _fmt(x: Any, spec: str) -> str:
 
 def plan_command(
     trace: Annotated[Path, typer.Argument(help="request trace (native JSONL, Mooncake, Azure CSV, ...)")],
-    gpus: Annotated[int | None, typer.Option("--gpus", help="GPU budget: split this many GPUs (default: none)")] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option("--gpus", help="GPU budget: split this many GPUs (with --target-rate: the most; default: none)"),
+    ] = None,
     budget_per_hour: Annotated[
         float | None, typer.Option("--budget-per-hour", help="budget in USD per hour, GPU list prices (default: none)")
+    ] = None,
+    target_rate: Annotated[
+        str | None,
+        typer.Option("--target-rate", help="find the fewest GPUs (or lowest $/h) that sustain this rate: "
+                                           "req/s (120) or a rate scale (2x) (default: none)"),
     ] = None,
     slo_ttft: SloTtftOpt = None,
     slo_tpot: SloTpotOpt = None,
@@ -173,6 +199,11 @@ def plan_command(
         float, typer.Option("--max-rate-scale", help="highest rate scale searched")
     ] = 1e4,
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="skip dominated candidates")] = True,
+    check: Annotated[
+        bool,
+        typer.Option("--check/--no-check", help="re-run the best candidate on its window 3x longer, at its goodput "
+                                                "and 1.25x"),
+    ] = True,
     workers: Annotated[int | None, typer.Option("--workers", help="parallel workers (default: CPU count)")] = None,
     backend: Annotated[str, typer.Option("--backend", help="process | ray")] = "process",
     address: Annotated[
@@ -189,8 +220,9 @@ def plan_command(
 ) -> None:
     """Find the best prefill:decode split of a GPU budget under SLOs by simulating the trace:
     every split (and TP, batch size, GPU type and link you list), plus the aggregated baseline
-    with and without chunked prefill; each ranked by goodput, the highest request rate at which
-    the SLO attainment target still holds."""
+    with and without chunked prefill; each ranked by goodput, the highest request rate it
+    sustains at steady state with the SLO attainment target met. With --target-rate, the fewest
+    GPUs (or, with --budget-per-hour, the lowest $/h) that sustain that rate."""
 
     from simdisagg.cli.common import FLAGS, _run_guarded, build_overrides, check_input_file, setting_lines
 
@@ -206,8 +238,12 @@ def plan_command(
             raise ConfigError(f"--backend: '{backend}' is not process or ray")
         if rank_by not in ("goodput", "per_gpu", "per_dollar", "per_kw"):
             raise ConfigError(f"--rank-by: '{rank_by}' is not goodput, per_gpu, per_dollar or per_kw")
-        if (gpus is None) == (budget_per_hour is None):
-            raise ConfigError("give exactly one of --gpus N and --budget-per-hour X")
+        target_rps, target_scale = _target_rate(target_rate)
+        if target_rate is not None:
+            if gpus is not None and budget_per_hour is not None:
+                raise ConfigError("with --target-rate, give at most one of --gpus (a cap) and --budget-per-hour")
+        elif (gpus is None) == (budget_per_hour is None):
+            raise ConfigError("give exactly one of --gpus N and --budget-per-hour X (or a --target-rate)")
         _check_options(
             workers=workers, address=address, backend=backend, ratio=ratio, windows=windows, top=top,
             numbers={"--budget-per-hour": budget_per_hour, "--attainment": attainment, "--cost-error": cost_error,
@@ -236,6 +272,9 @@ def plan_command(
                 sensitivity_top=sensitivity_top,
                 windows=windows,
                 window_ratio=_ratio(ratio),
+                target_rate_rps=target_rps,
+                target_rate_scale=target_scale,
+                verify=check,
             )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise _option_error(exc) from None
@@ -251,7 +290,7 @@ def plan_command(
         n_workers = workers or os.cpu_count() or 1
         result = _run_with_progress(console, tr, spec, out_dir, profiles_dir, backend, n_workers, address)
         _print(console, result, top)
-        _write(console, result, tr, out_dir, plots, profiles_dir)
+        _write(console, result, tr, trace, out_dir, plots, profiles_dir)
 
     _run_guarded(body)
 
@@ -314,46 +353,64 @@ def _family(row: dict[str, Any]) -> str:
     return f"{hw} b{row['max_batch_size']} {row['link']}"
 
 
+def _title(result: Any) -> str:
+    """Trace, model, budget or target, SLO and the trace's rate: what every output is about."""
+    spec = result.spec
+    slo = spec.slo
+    if spec.gpus is not None:
+        budget = f"{spec.gpus} GPUs"
+    elif spec.budget_per_hour_usd is not None:
+        budget = f"${spec.budget_per_hour_usd:g}/h"
+    else:
+        budget = "GPUs to find"
+    if result.target is not None:
+        budget = f"target {result.target['target_rate_rps']:.3g} req/s · {budget}"
+    return (
+        f"{result.trace_label} · {spec.base.model} · {budget} · SLO TTFT {slo.ttft_s * 1e3:g} ms "
+        f"({spec.base.metrics.ttft}), TPOT {slo.tpot_s * 1e3:g} ms for {slo.attainment:.0%} of requests · trace rate "
+        f"{result.base_rate_rps:.3g} req/s"
+    )
+
+
 def _print(console: Any, result: Any, top: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    spec = result.spec
-    slo = spec.slo
-    budget = f"{spec.gpus} GPUs" if spec.gpus is not None else f"${spec.budget_per_hour_usd:g}/h"
-    title = (
-        f"{result.trace_label} · {spec.base.model} · {budget} · SLO TTFT {slo.ttft_s * 1e3:g} ms, "
-        f"TPOT {slo.tpot_s * 1e3:g} ms for {slo.attainment:.0%} of requests · trace rate "
-        f"{result.base_rate_rps:.3g} req/s"
-    )
     fam_d = sorted({_family(r) for r in result.rows if r["mode"] == "disaggregated"})
     fam_a = sorted({_family(r) for r in result.rows if r["mode"] == "aggregated"})
     multi = len(fam_d) > 1 or len(fam_a) > 1
-    table = Table(title=escape(title), title_justify="left")
+    table = Table(title=escape(_title(result)), title_justify="left")
     columns: list[tuple[str, str]] = [("#", "right"), ("config", "left")]
     if multi:
         columns.append(("hardware", "left"))
     columns += [
         ("GPUs", "right"), ("P share", "right"), ("goodput req/s", "right"), ("/GPU", "right"),
-        ("/($/h)", "right"), ("/kW", "right"), ("limit", "left"), ("p90 TTFT ms", "right"), ("p90 TPOT ms", "right"),
+        ("out tok/s /GPU", "right"), ("tok/s /user", "right"), ("$ /M tok", "right"), ("J /tok", "right"),
+        ("limit", "left"), ("p90 TTFT ms", "right"), ("p90 TPOT ms", "right"),
     ]
+    if result.target is not None:
+        columns.append(("sustains target", "left"))
     for col, just in columns:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
+    best = result.best
     for r in result.rows[:top]:
         goodput = _fmt(r["goodput_rps"], "{:.3g}")
         if r["status"] != "evaluated":
             goodput = f"pruned ≤{_fmt(r['bound_rps'], '{:.3g}')}" if r["goodput_rps"] is None else "0 (pruned)"
         elif r.get("at_ceiling"):
             goodput = "≥" + goodput
-        style = "bold green" if r["rank"] == 1 and r["status"] == "evaluated" else None
+        style = "bold green" if best is not None and r["label"] == best["label"] else None
         cells = [str(r["rank"]), _short(r)]
         if multi:
             cells.append(_family(r))
         cells += [
             str(r["gpus"]), _fmt(r["prefill_fraction"], "{:.0%}"), goodput, _fmt(r["goodput_per_gpu"], "{:.3g}"),
-            _fmt(r["goodput_per_dollar_hour"], "{:.3g}"), _fmt(r["goodput_per_kw"], "{:.3g}"),
+            _fmt(r["output_tok_s_per_gpu"], "{:,.0f}"), _fmt(r["tokens_per_s_per_user"], "{:.1f}"),
+            _fmt(r["usd_per_million_output_tokens"], "{:.3g}"), _fmt(r["joules_per_output_token"], "{:.3g}"),
             r["bottleneck"] or "-", _fmt(r["p90_ttft_ms"], "{:.0f}"), _fmt(r["p90_tpot_ms"], "{:.1f}"),
         ]
+        if result.target is not None:
+            cells.append({True: "yes", False: "no"}.get(r.get("sustains_target"), "-"))
         table.add_row(*cells, style=style)
     console.print(table)
     if not multi:
@@ -362,14 +419,24 @@ def _print(console: Any, result: Any, top: int) -> None:
         console.print(f"[dim]hardware: {'; '.join(hw)}[/dim]")
     if len(result.rows) > top:
         console.print(f"[dim]{len(result.rows) - top} more candidates in candidates.csv[/dim]")
-    best = result.best
     if best is not None:
         console.print(f"[bold]Best:[/bold] {escape(_short(best))} on {escape(_family(best))} — "
-                      f"{best['goodput_rps']:.3g} req/s "
-                      "within the SLO "
+                      f"{best['goodput_rps']:.3g} req/s sustained within the SLO "
                       f"({best['goodput_per_gpu']:.3g} per GPU, {best['goodput_per_dollar_hour']:.3g} per $/h).")
         console.print(f"[bold]Why:[/bold] {escape(best['why'])}")
     console.print(f"[bold]Verdict:[/bold] {escape(result.verdict)}")
+    if result.steady_note:
+        console.print(f"[bold]Steady state:[/bold] {escape(result.steady_note)}")
+    check = result.verification
+    if check is not None:
+        target = result.spec.slo.attainment
+        console.print(
+            f"[bold]Check:[/bold] re-run on that window made 3x longer ({check['copies']} copies, "
+            f"{check['requests']:,} requests), as simdisagg run would: SLO attainment "
+            f"{check['attainment_at_goodput']:.1%} at the goodput rate, {check['attainment_above']:.1%} at "
+            f"{check['factor']:g}x it (target {target:.0%}): "
+            + ("the answer holds." if check["holds"] else "[red]the answer does not hold[/red].")
+        )
     for line in result.pruned_summary:
         console.print(f"[yellow]pruned:[/yellow] {escape(line)}")
     zero = [
@@ -381,6 +448,8 @@ def _print(console: Any, result: Any, top: int) -> None:
             f"[yellow]goodput 0:[/yellow] {len(zero)} candidate(s) miss the SLO target even at the lowest rate "
             f"(3-4 simulations each): {escape(', '.join(zero[:8]))}{' ...' if len(zero) > 8 else ''}"
         )
+    if result.target is not None:
+        _print_target(console, result)
     if result.sensitivity:
         _print_sensitivity(console, result)
     if result.windows:
@@ -391,6 +460,22 @@ def _print(console: Any, result: Any, top: int) -> None:
         f"[dim]{result.evaluations} evaluations ({result.resumed} resumed from the results file), "
         f"{result.simulations} simulations run now.[/dim]"
     )
+
+
+def _print_target(console: Any, result: Any) -> None:
+    target = result.target
+    if target["objective"] == "gpus":
+        steps = ", ".join(
+            f"{lv['gpus']} GPUs: {'sustained by ' + str(len(lv['passed'])) if lv['passed'] else 'none sustains'} "
+            f"({lv['simulated']} of {lv['candidates']} candidates simulated)"
+            for lv in target.get("levels", [])
+        )
+        if steps:
+            console.print(f"[dim]target search: {steps}[/dim]", markup=True)
+    else:
+        checked = target.get("checked", [])
+        console.print(f"[dim]target search: {len(checked)} clusters checked cheapest first, "
+                      f"{sum(c['simulated'] for c in checked)} simulated[/dim]")
 
 
 def _print_sensitivity(console: Any, result: Any) -> None:
@@ -414,28 +499,31 @@ def _print_sensitivity(console: Any, result: Any) -> None:
 def _print_windows(console: Any, result: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="fixed ratio against trace windows", title_justify="left")
-    for col in ("window", "time (s)", "req/s", "in/out tokens", "attainment at deployed load", "goodput req/s",
-                "limiting pool", "prefill busy", "decode busy", "stranded prefill", "stranded decode"):
+    table = Table(title="fixed ratio against trace windows, each re-split", title_justify="left")
+    for col in ("window", "time (s)", "req/s", "in/out tokens", "best split", "its goodput", "fixed goodput",
+                "fixed / best", "GPU-h stranded", "attainment at deployed load", "limiting pool",
+                "prefill saturated", "decode saturated"):
         table.add_column(col, justify="right")
     for w in result.windows:
         if "goodput_rps" not in w:
-            table.add_row(str(w["window"]), f"{w['start_s']:.0f}–{w['end_s']:.0f}", "-", "-", "-", "-",
-                          w.get("note", "-"), "-", "-", "-", "-")
+            table.add_row(str(w["window"]), f"{w['start_s']:.0f}–{w['end_s']:.0f}", "-", "-", "-", "-", "-", "-", "-",
+                          "-", w.get("note", "-"), "-", "-")
             continue
         table.add_row(
             str(w["window"]), f"{w['start_s']:.0f}–{w['end_s']:.0f}", f"{w['rate_rps']:.3g}",
-            f"{w['mean_input_tokens']:.0f}/{w['mean_output_tokens']:.0f}",
-            _fmt(w["attainment_at_deployed_load"], "{:.0%}"), f"{w['goodput_rps']:.3g}", w["limiting_pool"],
-            _fmt(w["prefill_busy"], "{:.0%}"), _fmt(w["decode_busy"], "{:.0%}"),
-            _fmt(w["stranded_prefill"], "{:.0%}"), _fmt(w["stranded_decode"], "{:.0%}"),
+            f"{w['mean_input_tokens']:.0f}/{w['mean_output_tokens']:.0f}", w["best_split"],
+            f"{w['best_goodput_rps']:.3g}", f"{w['goodput_rps']:.3g}", _fmt(w["fixed_share_of_best"], "{:.0%}"),
+            _fmt(w["stranded_gpu_hours"], "{:.3g}"), _fmt(w["attainment_at_deployed_load"], "{:.0%}"),
+            w["limiting_pool"], _fmt(w["prefill_saturated"], "{:.0%}"), _fmt(w["decode_saturated"], "{:.0%}"),
         )
     console.print(table)
     for line in result.windows_summary:
         console.print(line, markup=False)
 
 
-def _write(console: Any, result: Any, tr: Any, out_dir: Path, plots: bool, profiles_dir: Path | None) -> None:
+def _write(
+    console: Any, result: Any, tr: Any, trace_path: Path, out_dir: Path, plots: bool, profiles_dir: Path | None
+) -> None:
     import pandas as pd
 
     from simdisagg.output import atomic_write, atomic_write_json
@@ -453,9 +541,44 @@ def _write(console: Any, result: Any, tr: Any, out_dir: Path, plots: bool, profi
         atomic_write(out_dir / "windows.csv", lambda p: win.to_csv(p, index=False))
         written.append("windows.csv")
     atomic_write_json(out_dir / "plan.json", result.record())
+    command, files = _write_best(result, tr, trace_path, out_dir, profiles_dir)
+    written += files
     if plots:
         written += _plots(result, tr, out_dir, profiles_dir)
     console.print(f"wrote {out_dir}/: {', '.join(written)}")
+    if command:
+        console.print(f"[bold]Repeat the best candidate at its goodput rate:[/bold] {command}", markup=True,
+                      soft_wrap=True)
+
+
+def _write_best(
+    result: Any, tr: Any, trace_path: Path, out_dir: Path, profiles_dir: Path | None
+) -> tuple[str, list[str]]:
+    """Write the best candidate's run config (``best-config.json``, which ``simdisagg run --config``
+    takes) and, when its goodput was confirmed on the trace tiled, that window
+    (``best-trace.jsonl``); return the ``simdisagg run`` command that repeats it and the files."""
+    import shlex
+
+    from simdisagg.output import atomic_write, atomic_write_json
+    from simdisagg.plan.planner import row_window_trace
+    from simdisagg.trace import write_jsonl
+
+    cfg = result.best_config()
+    if cfg is None:
+        return "", []
+    best = result.best
+    atomic_write_json(out_dir / "best-config.json", cfg.model_dump(mode="json"))
+    files = ["best-config.json"]
+    replay = trace_path
+    if int(best.get("window_copies") or 1) > 1:
+        window = row_window_trace(tr, best)
+        replay = out_dir / "best-trace.jsonl"
+        atomic_write(replay, lambda p: write_jsonl(window, p))
+        files.append("best-trace.jsonl")
+    words = ["simdisagg", "run", str(replay), "--config", str(out_dir / "best-config.json")]
+    if profiles_dir is not None:
+        words += ["--profiles-dir", str(profiles_dir)]
+    return shlex.join(words), files
 
 
 def _plots(result: Any, tr: Any, out_dir: Path, profiles_dir: Path | None) -> list[str]:
@@ -464,11 +587,14 @@ def _plots(result: Any, tr: Any, out_dir: Path, profiles_dir: Path | None) -> li
     from simdisagg.plan import latency_samples
 
     spec = result.spec
+    title = _title(result)
+    target = None if result.target is None else result.target["target_rate_rps"]
     names = []
-    plots.goodput_vs_prefill_fraction(result.rows, out_dir / "goodput_vs_prefill_fraction.png")
+    plots.goodput_vs_prefill_fraction(result.rows, out_dir / "goodput_vs_prefill_fraction.png", title=title,
+                                      target_rps=target)
     names.append("goodput_vs_prefill_fraction.png")
     if result.probes:
-        plots.pareto(result.probes, out_dir / "pareto.png")
+        plots.pareto(result.probes, out_dir / "pareto.png", title=title)
         names.append("pareto.png")
     store = ProfileStore(profiles_dir)
     samples = {}
@@ -478,9 +604,9 @@ def _plots(result: Any, tr: Any, out_dir: Path, profiles_dir: Path | None) -> li
             name = f"{row['label']} @ {row['goodput_rps']:.3g} req/s"
             samples[name] = latency_samples(tr, row, spec, store)
     if samples:
-        plots.latency_cdfs(samples, out_dir / "latency_cdf.png", spec.slo.ttft_s, spec.slo.tpot_s)
+        plots.latency_cdfs(samples, out_dir / "latency_cdf.png", spec.slo.ttft_s, spec.slo.tpot_s, title=title)
         names.append("latency_cdf.png")
     if result.windows:
-        plots.window_bars(result.windows, out_dir / "windows.png")
+        plots.window_bars(result.windows, out_dir / "windows.png", title=title)
         names.append("windows.png")
     return names

@@ -116,8 +116,17 @@ class AggregatedInstance(ContinuousBatch):
 
     # -- iterations --------------------------------------------------------------------
     def _start_iteration(self) -> bool:
-        if self.chunked:
-            return self._start_chunked()
+        started = self._start_chunked() if self.chunked else self._start_prefill_first()
+        self._mark_saturation()
+        return started
+
+    def _mark_saturation(self) -> None:
+        """At a boundary, once this iteration's prompts are admitted: prompts still waiting
+        cannot start now (KV memory, batch slots or the token budget are full). A prompt that
+        only waits for the running step to end is not counted."""
+        self.stats.saturated.set(self.env.now, bool(self.waiting))
+
+    def _start_prefill_first(self) -> bool:
         # Prefill first (vLLM's default without chunking): the decode batch stalls.
         tokens = 0
         while len(self._prefilling) < self.max_batch_requests and self.waiting:
@@ -268,12 +277,17 @@ class DecodeInstance(AggregatedInstance):
         self.reserved_tokens += self._inp[i] + self._out[i]
         self._try_admit()
 
+    def _mark_saturation(self) -> None:
+        """Saturated while requests wait for KV memory or a batch slot here (a request that
+        fits is admitted at once, so none waits otherwise)."""
+        self.stats.saturated.set(self.env.now, bool(self._admit_queue))
+
     def _try_admit(self) -> None:
         q = self._admit_queue
         while q:
             i, blocks, on_admitted = q[0]
             if self.kv_used_blocks + blocks > self.kv_capacity_blocks or self.slots_used >= self.max_batch_size:
-                return  # head-of-line: later requests wait behind the head
+                break  # head-of-line: later requests wait behind the head
             q.popleft()
             self.queued_blocks -= blocks
             self.kv_used_blocks += blocks
@@ -283,6 +297,7 @@ class DecodeInstance(AggregatedInstance):
             self.stats.kv.change(self.env.now, blocks)
             self._t_admit[i] = self.env.now
             on_admitted(i)
+        self._mark_saturation()
 
     def join(self, i: int) -> None:
         """Request ``i``'s KV has landed: it joins the batch at the next step boundary."""

@@ -142,11 +142,16 @@ class ContinuousBatch:
     def _finish_done(self) -> None:
         s = self.steps_done
         heap = self._finish_heap
+        if not heap or heap[0][0] > s:
+            return
+        before = self.batch_size
         while heap and heap[0][0] <= s:
             _, i = heapq.heappop(heap)
             self.batch_size -= 1
             self._ctx_offset -= self._inp[i] + 1 - self._join_step.pop(i)
             self._on_finished(i)
+        # All at this instant: one change of the occupancy level for every finish.
+        self.stats.batch.change(self.env.now, float(self.batch_size - before))
 
     def _add_joiners(self) -> None:
         if not self._joiners:
@@ -159,6 +164,7 @@ class ContinuousBatch:
             self.batch_size += 1
             self._ctx_offset += self._inp[i] + 1 - s
             self._t_start[i] = now
+        self.stats.batch.change(now, float(len(self._joiners)))
         self._new_members.extend(self._joiners)
         self._joiners = []
 

@@ -17,6 +17,7 @@ completed, plus its tool wait. A request that waits for a rejected request is re
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ def simulate(
     cost_scale: float = 1.0,
     stop_after_misses: int | None = None,
     progress: Callable[[float, int, int], None] | None = None,
+    measure_from_at: float | None = None,
 ) -> RunResult:
     """Simulate ``trace`` on the cluster ``cfg`` describes. Same inputs and seed → same result.
 
@@ -147,7 +149,14 @@ def simulate(
     checks only read state, so a run they do not stop is the run without them.
 
     ``progress(now_s, finished, total)`` is called every so many finished requests (completed
-    or rejected), and at the end; it only reads state, so the run is the same without it."""
+    or rejected), and at the end; it only reads state, so the run is the same without it.
+
+    ``measure_from_at`` (simulated seconds) asks for a measurement window that leaves out a
+    warm-up: every instance's counters (busy, KV, batch occupancy, saturated time) are
+    recorded at the first open-loop arrival at or after that instant and at the last
+    open-loop arrival (``recorder.snapshots``), inside those arrivals' own events, so the run
+    is unchanged; and only the requests arriving at or after it count as misses for
+    ``stop_after_misses``."""
     wall0 = time.perf_counter()
     store = store or ProfileStore()
     streams = Streams(cfg.seed)
@@ -193,7 +202,9 @@ def simulate(
             if children:
                 stack.extend((c, f"waits for rejected request {trace.request_ids[j]}") for c in children[j])
 
-    watch = None if stop_after_misses is None else _MissWatch(env, cfg, trace, rec, stop_after_misses)
+    watch = None if stop_after_misses is None else _MissWatch(
+        env, cfg, trace, rec, stop_after_misses, -math.inf if measure_from_at is None else measure_from_at
+    )
     report_every = max(1, n // 200)
     finished = [0]
 
@@ -240,7 +251,8 @@ def simulate(
             never.setdefault(i, f"needs {int(need[i])} KV blocks, more than an instance's {plan.kv_capacity_blocks}")
         agg: list[AggregatedInstance] = []
         for k in range(pool.count):
-            stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks))
+            stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks),
+                                  batch=LevelIntegral(pool.max_batch_size))
             instances_stats.append(stats)
             agg.append(
                 AggregatedInstance(
@@ -297,7 +309,8 @@ def simulate(
         )
         decode: list[DecodeInstance] = []
         for k in range(cfg.decode.count):
-            stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks))
+            stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks),
+                                  batch=LevelIntegral(cfg.decode.max_batch_size))
             instances_stats.append(stats)
             decode.append(
                 DecodeInstance(
@@ -315,7 +328,7 @@ def simulate(
             KVLink(env, k, bandwidth, link_profile.latency_s.value, cfg.link.sharing, rec)
             for k in range(cfg.prefill.count)
         ]
-        shared = PrefillQueue() if cfg.router.prefill_policy == "shared_queue" else None
+        shared = PrefillQueue(env) if cfg.router.prefill_policy == "shared_queue" else None
         prefill: list[PrefillInstance] = []
         decode_of = rec.decode_instance
 
@@ -341,11 +354,13 @@ def simulate(
             decode[d].submit(i, on_admitted)
 
         for k in range(cfg.prefill.count):
-            stats = InstanceStats("prefill", k, cfg.prefill.tp, LevelIntegral(pplan.kv_capacity_blocks))
+            queue = shared or PrefillQueue(env)
+            stats = InstanceStats("prefill", k, cfg.prefill.tp, LevelIntegral(pplan.kv_capacity_blocks),
+                                  saturated=queue.saturated)
             instances_stats.append(stats)
             prefill.append(
                 PrefillInstance(
-                    env, k, pplan.cost, shared or PrefillQueue(), inp, rec, stats,
+                    env, k, pplan.cost, queue, inp, rec, stats,
                     max_batched_tokens=cfg.prefill.max_batched_tokens,
                     max_batch_requests=cfg.prefill.max_prefill_batch_requests,
                     kv_capacity_blocks=pplan.kv_capacity_blocks,
@@ -412,8 +427,15 @@ def simulate(
     order = open_idx[np.argsort(trace.timestamp_s[open_idx], kind="stable")]
     arrival_s = (trace.timestamp_s[order] / cfg.rate_scale).tolist()
     order_list = order.tolist()
+    # Open-loop arrivals at which the instance counters are recorded (the measurement window).
+    snapshot_at: set[int] = set()
+    if measure_from_at is not None and order_list:
+        first = int(np.searchsorted(np.asarray(arrival_s), measure_from_at, side="left"))
+        snapshot_at = {min(first, len(order_list) - 1), len(order_list) - 1}
 
     def release_open(k: int) -> None:
+        if k in snapshot_at:
+            rec.snapshot(env.now)
         arrive(order_list[k])
         k += 1
         if k < len(order_list):
@@ -453,6 +475,7 @@ def simulate(
         wait_offsets=trace.wait_offsets,
         wait_indices=trace.wait_indices,
         tool_wait_s=trace.tool_wait_s,
+        ttft_definition=cfg.metrics.ttft,
     )
 
 
@@ -466,13 +489,19 @@ class _MissWatch:
     completions (no events of its own, so a run it does not stop is unchanged); once more
     than ``allowed`` have, it empties the event queue and the run ends there."""
 
-    def __init__(self, env: simpy.Environment, cfg: RunConfig, trace: Trace, rec: Recorder, allowed: int) -> None:
+    def __init__(
+        self, env: simpy.Environment, cfg: RunConfig, trace: Trace, rec: Recorder, allowed: int, counted_from_at: float
+    ) -> None:
         self.env, self.rec, self.allowed = env, rec, allowed
+        self.counted_from_at = counted_from_at  # requests arriving earlier (a warm-up) do not count
         self.ttft_s, self.tpot_s = cfg.slo.ttft_s, cfg.slo.tpot_s
         # TPOT as metrics.request_latencies computes it, so that a request exactly at the
         # target is judged the same here and there.
         out = trace.output_tokens
         self.gaps = np.where(out > 1, out.astype(np.float64) - 1.0, np.nan)
+        # The first token as the run's TTFT definition has it (metrics.first_token_times).
+        self.first_column = "decode_start_at" if cfg.metrics.ttft == "client" else "first_token_at"
+        self.streams_from_decode = out > 1
         self.every = max(1, 2 * len(trace) // MISS_CHECKS_PER_RUN)
         self.countdown = self.every
         self.stopped_at: float | None = None
@@ -488,11 +517,13 @@ class _MissWatch:
         """Stop the run if the SLO attainment target is out of reach."""
         now = self.env.now
         t = self.rec.times
-        arrival, first = t["arrival_at"], t["first_token_at"]
+        arrival = t["arrival_at"]
+        first = np.where(self.streams_from_decode, t[self.first_column], t["first_token_at"])
         with np.errstate(invalid="ignore"):
             late = (first - arrival > self.ttft_s) | (np.isnan(first) & (now - arrival > self.ttft_s))
             slow = (t["completed_at"] - first) / self.gaps > self.tpot_s
-        missed = int(np.count_nonzero(late | slow | (self.rec.status == STATUS_REJECTED)))
+            counted = arrival >= self.counted_from_at
+        missed = int(np.count_nonzero((late | slow | (self.rec.status == STATUS_REJECTED)) & counted))
         if missed > self.allowed:
             self.stopped_at = now
             self.env._queue.clear()

@@ -21,7 +21,7 @@ import simpy
 
 from simdisagg.costmodel.base import CostModel
 from simdisagg.sim.clock import call_later
-from simdisagg.sim.recorder import InstanceStats, Recorder
+from simdisagg.sim.recorder import InstanceStats, Recorder, TimeShare
 
 
 class PrefixLookup:
@@ -48,11 +48,17 @@ class PrefixLookup:
 
 
 class PrefillQueue:
-    """A FIFO of waiting prompts, shared by the instances that pull from it."""
+    """A FIFO of waiting prompts, shared by the instances that pull from it.
 
-    def __init__(self) -> None:
+    ``saturated`` holds while prompts wait in it: every instance that pulls from it is busy,
+    or its KV memory is full. Prompts never wait in it while an instance could start them (a
+    push wakes an idle instance at once), so this is the time its instances are saturated."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
         self.items: deque[int] = deque()
         self.idle: deque[PrefillInstance] = deque()
+        self.saturated = TimeShare()
 
     def push(self, i: int) -> None:
         """Add a prompt and wake an idle instance that can take it."""
@@ -62,7 +68,8 @@ class PrefillQueue:
             inst = self.idle.popleft()
             inst.waiting_for_work = False
             if inst.try_start():
-                return
+                break
+        self.saturated.set(self.env.now, bool(self.items))
 
 
 class PrefillInstance:
@@ -148,6 +155,7 @@ class PrefillInstance:
             cached.append(c)
             tokens += n
             need += b
+        self.queue.saturated.set(self.env.now, bool(items))
         if not batch:
             self._park()
             return False
@@ -164,6 +172,8 @@ class PrefillInstance:
         # Blocks found below HBM are read in before the iteration computes on them.
         duration = self.cost.prefill_time_s(new, cached) + load_s
         self.stats.busy_s += duration
+        # A prompt over the budget runs alone and fills its iteration.
+        self.stats.prefill_token_share_s += min(tokens / self.max_batched_tokens, 1.0) * duration
         self.stats.iterations += 1
         self.stats.events += 1
         call_later(self.env, duration, self._done, batch)

@@ -283,17 +283,67 @@ class LevelIntegral:
         self.last_at = now
 
 
+    def integral_at(self, now: float) -> float:
+        """The time integral up to ``now`` (at or after the last change), without closing it."""
+        return self.integral + self.level * (now - self.last_at)
+
+
+@dataclass(slots=True, eq=False)
+class TimeShare:
+    """Time during which a condition holds (e.g. an instance is saturated), accumulated at
+    each switch: no sampling, and a call that does not switch costs one comparison."""
+
+    on: bool = False
+    since_at: float = 0.0
+    total_s: float = 0.0
+
+    def set(self, now: float, on: bool) -> None:
+        """The condition holds (or not) from ``now`` on."""
+        if on != self.on:
+            if self.on:
+                self.total_s += now - self.since_at
+            self.on = on
+            self.since_at = now
+
+    def total_at(self, now: float) -> float:
+        """Seconds the condition held up to ``now``."""
+        return self.total_s + (now - self.since_at if self.on else 0.0)
+
+
 @dataclass(slots=True, eq=False)
 class InstanceStats:
-    """Per-instance counters: busy time, iterations, and KV level."""
+    """Per-instance counters: busy time (a batch running), iterations, KV level, batch
+    occupancy and the time the instance was saturated.
+
+    *Batch occupancy* is what fills the instance's batch against what fits: for decode and
+    aggregated instances the requests decoding (``batch``, out of ``max_batch_size``); for
+    prefill instances the prompt tokens of each iteration out of the token budget, times the
+    iteration's duration (``prefill_token_share_s``). *Saturated*: work waits at the instance
+    that it cannot start now (prefill: prompts in its queue; decode: requests waiting for KV
+    memory or a batch slot; aggregated: prompts left waiting after a boundary's admissions).
+    ``saturated`` may be shared by the instances of one shared queue."""
 
     pool: str
     index: int
     gpus: int
     kv: LevelIntegral
+    batch: LevelIntegral = field(default_factory=lambda: LevelIntegral(math.inf))
+    saturated: TimeShare = field(default_factory=TimeShare)
+    prefill_token_share_s: float = 0.0
     busy_s: float = 0.0
     iterations: int = 0
     events: int = 0
+
+    def counters_at(self, now: float) -> tuple[float, float, float, float, float]:
+        """``(busy_s, kv block-seconds, batch request-seconds, prefill token-share seconds,
+        saturated seconds)`` up to ``now``: differences of two give an interval's figures."""
+        return (
+            self.busy_s,
+            self.kv.integral_at(now),
+            self.batch.integral_at(now),
+            self.prefill_token_share_s,
+            self.saturated.total_at(now),
+        )
 
 
 class Recorder:
@@ -319,6 +369,13 @@ class Recorder:
         self.end_at = 0.0
         # Service time of each request alone on an idle cluster (closed-loop traces only).
         self.unloaded_s: np.ndarray | None = None
+        # Instance counters at the ends of a measurement window: (time, one tuple per instance
+        # from InstanceStats.counters_at), taken at open-loop arrivals (see simulate()).
+        self.snapshots: list[tuple[float, list[tuple[float, float, float, float, float]]]] = []
+
+    def snapshot(self, now: float) -> None:
+        """Record every instance's counters as of ``now``."""
+        self.snapshots.append((now, [x.counters_at(now) for x in self.instances]))
 
     def reject(self, i: int, reason: str) -> None:
         """Mark request ``i`` as rejected with a reason (it will never be served)."""
@@ -344,3 +401,5 @@ class RunResult:
     wait_offsets: np.ndarray | None = None
     wait_indices: np.ndarray | None = None
     tool_wait_s: np.ndarray | None = None
+    #: ``metrics.ttft`` of the run's config: when a request's first token counts as received.
+    ttft_definition: str = "client"
