@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from simdisagg.errors import ConfigError
 
 if TYPE_CHECKING:
-    from simdisagg.hardware import ModelShape, ProfileStore
+    from simdisagg.hardware import ModelShape, Parallelism, ProfileStore
 
 
 #: Sane limits: a value past them is a typo or a unit mistake, never a real setting.
@@ -53,7 +53,16 @@ class PoolConfig(_Frozen):
 
     count: int = _count(default=1, ge=0, le=100_000, description="instances in the pool")
     gpu: str = Field(default="h100-sxm", description="GPU profile name")
-    tp: int = _count(default=1, ge=1, le=64, description="tensor-parallel GPUs per instance")
+    tp: int = _count(default=1, ge=1, le=64, description="tensor-parallel GPUs per instance (per attention rank)")
+    dp: int = _count(
+        default=1, ge=1, le=256,
+        description="attention data-parallel ranks per instance, each of tp GPUs serving its own requests "
+        "(MoE models); the instance has tp x dp GPUs",
+    )
+    ep: int = _count(
+        default=1, ge=1, le=1024,
+        description="expert-parallel degree of the MoE layers across the instance's tp x dp GPUs",
+    )
     max_batch_size: int = _count(default=256, ge=1, le=1_000_000, description="most requests in a decode batch")
     max_batched_tokens: int = _count(
         default=8192, ge=1, le=100_000_000, description="token budget of one prefill (or chunked) iteration"
@@ -69,10 +78,30 @@ class PoolConfig(_Frozen):
         default=None, ge=1, le=10**13, description="override the KV capacity derived from memory (tokens)"
     )
 
+    @model_validator(mode="after")
+    def _check_expert_parallelism(self) -> PoolConfig:
+        if (self.tp * self.dp) % self.ep:
+            raise ValueError(
+                f"ep {self.ep} must divide the instance's tp x dp = {self.tp * self.dp} GPUs (experts are spread over them)"
+            )
+        return self
+
+    @property
+    def gpus_per_instance(self) -> int:
+        """GPUs of one instance: ``tp`` per attention rank, ``dp`` ranks."""
+        return self.tp * self.dp
+
+    @property
+    def parallelism(self) -> Parallelism:
+        """This pool's :class:`~simdisagg.hardware.Parallelism`."""
+        from simdisagg.hardware import Parallelism
+
+        return Parallelism(self.tp, self.dp, self.ep)
+
     @property
     def gpus(self) -> int:
         """GPUs in the whole pool."""
-        return self.count * self.tp
+        return self.count * self.tp * self.dp
 
 
 class LinkConfig(_Frozen):
@@ -203,6 +232,9 @@ class PrecisionConfig(_Frozen):
 
     weights: Literal["bf16", "fp8", "fp8_block", "fp4"] = "bf16"
     kv_cache: Literal["bf16", "fp8"] = "bf16"
+    #: MoE experts in their own format (``None``: as ``weights``): gpt-oss ships MXFP4 experts
+    #: beside BF16 attention; ``int4`` is weight-only INT4 (group 32).
+    experts: Literal["bf16", "fp8", "fp8_block", "fp4", "mxfp4", "int4"] | None = None
 
 
 Framework = Literal["vllm", "sglang", "trtllm"]
@@ -280,16 +312,20 @@ class RunConfig(_Frozen):
         return self.prefill.gpus + self.decode.gpus
 
     def aggregated_pool(self) -> PoolConfig:
-        """The aggregated pool on the same GPUs as the disaggregated prefill + decode pools."""
+        """The aggregated pool on the same GPUs as the disaggregated prefill + decode pools
+        (instances shaped like the decode pool's unless ``aggregated.tp`` says otherwise)."""
         tp = self.aggregated.tp or self.decode.tp
         gpus = self.prefill.gpus + self.decode.gpus
+        per_instance = tp * self.decode.dp
         return self.decode.model_copy(
-            update={"count": gpus // tp, "tp": tp, "gpu": self.aggregated.gpu or self.decode.gpu}
+            update={"count": gpus // per_instance, "tp": tp, "gpu": self.aggregated.gpu or self.decode.gpu}
         )
 
     def model_shape(self, store: ProfileStore) -> ModelShape:
         """The model's shape from ``store``, served at this run's precision."""
-        return store.model(self.model).served_at(self.precision.weights, self.precision.kv_cache)
+        return store.model(self.model).served_at(
+            self.precision.weights, self.precision.kv_cache, self.precision.experts
+        )
 
     def as_aggregated(self) -> RunConfig:
         """The aggregated baseline of this config on the same GPUs."""
@@ -429,11 +465,11 @@ def check_hardware(cfg: RunConfig, store: ProfileStore, where: Mapping[str, str]
     if cfg.aggregated.gpu is not None:
         store.gpu(cfg.aggregated.gpu)
     store.link(cfg.link.preset)
-    pools = [("prefill.tp", cfg.prefill.tp), ("decode.tp", cfg.decode.tp)]
+    pools = [("prefill.tp", cfg.prefill), ("decode.tp", cfg.decode)]
     if cfg.aggregated.tp is not None:
-        pools.append(("aggregated.tp", cfg.aggregated.tp))
-    for key, tp in pools:
-        check_parallelism(model, tp, names.get(key, key))
+        pools.append(("aggregated.tp", cfg.aggregated_pool()))
+    for key, pool in pools:
+        check_parallelism(model, pool.tp, names.get(key, key), dp=pool.dp, ep=pool.ep)
 
 
 def resolve_config(

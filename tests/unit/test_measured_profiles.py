@@ -77,5 +77,5 @@ def test_a_measured_profile_round_trips_through_run(tmp_path: Path) -> None:
     assert summary["completed"] == 40
     assert summary["cost_model"].startswith("measured:h200/llama-3.1-70b-tp4-fp8-kvfp8-vllm")
     config = json.loads((out / "config.json").read_text())
-    assert config["config"]["precision"] == {"weights": "fp8", "kv_cache": "fp8"}
+    assert config["config"]["precision"] == {"weights": "fp8", "kv_cache": "fp8", "experts": None}
     assert config["config"]["framework"] == "vllm"
