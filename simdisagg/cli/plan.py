@@ -487,7 +487,8 @@ def _print_sensitivity(console: Any, result: Any) -> None:
     table.add_column("config")
     table.add_column("nominal", justify="right")
     for k in factors:
-        table.add_column(f"steps x{k.removeprefix('goodput_rps_x')}", justify="right")
+        # The key keeps the factor exactly (%g); the column shows it to three digits.
+        table.add_column(f"steps x{float(k.removeprefix('goodput_rps_x')):.3g}", justify="right")
     for r in rows:
         name = r["ratio"] if r["mode"] == "disaggregated" else r["label"]
         table.add_row(name, f"{r['goodput_rps']:.3g}", *[f"{r[k]:.3g}" for k in factors])

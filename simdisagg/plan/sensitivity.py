@@ -72,7 +72,7 @@ def sensitivity_study(planner: Planner, result: PlanResult) -> None:
         best = best_by(key)
         shift = "unchanged" if best["label"] == nominal_best["label"] else f"shifts from {nominal_best['ratio']}"
         lines.append(
-            f"  steps {'slower' if f > 1 else 'faster'} (x{f:g}): best {best['ratio']} "
+            f"  steps {'slower' if f > 1 else 'faster'} (x{f:.3g}): best {best['ratio']} "
             f"({evaluated[best['label']][0].family}) at {best[key]:.3g} req/s — {shift}"
         )
     result.sensitivity_summary = lines
