@@ -28,10 +28,12 @@ from typer.core import TyperGroup
 
 from simdisagg.errors import ConfigError, Interrupted, describe
 
-try:  # typer vendors click from 0.2x on
-    import click as _click
+# Typer vendors click (``typer._click``) from 0.2x on, and raises that copy's exceptions even
+# when the real click is installed beside it (Ray pulls it in): take typer's own copy first.
+try:
+    from typer import _click  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # pragma: no cover - depends on the typer release
-    from typer import _click  # type: ignore[attr-defined,no-redef,unused-ignore]
+    import click as _click  # type: ignore[no-redef,unused-ignore]
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
