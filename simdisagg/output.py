@@ -3,8 +3,8 @@
 Every file is written to a temporary name in the same folder, flushed and fsynced, then
 renamed over the target, so a crash or Ctrl-C never leaves a half-written file.
 
-A run's folder (``summary.json``, ``requests.parquet``/``.csv``, ``config.json``, the
-baseline's ``baseline_*`` files) is written as one unit by :func:`write_folder`: every file
+A run's folder (``summary.json``, ``requests.parquet``/``.csv``, ``config.json``,
+``timeseries.parquet``, the baseline's ``baseline_*`` files) is written as one unit by :func:`write_folder`: every file
 goes to a staging folder first; then the previous run's ``manifest.json`` is removed, the
 previous run's files that this run does not write are removed, the new files are moved in,
 and ``manifest.json`` (run id, command, versions, wall times, the SHA-256 of every file) is
@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 RUN_FILES = tuple(
     f"{prefix}{name}"
     for prefix in ("", "baseline_")
-    for name in ("summary.json", "requests.parquet", "requests.csv", "config.json")
+    for name in ("summary.json", "requests.parquet", "requests.csv", "config.json", "timeseries.parquet")
 )
 _STAGING_PREFIX = ".simdisagg-staging-"
 
@@ -119,15 +119,20 @@ def write_results(out_dir: Path, summary: dict[str, Any], frame: Any, config: di
 
 
 def result_files(
-    summary: dict[str, Any], frame: Any, config: dict[str, Any], prefix: str = ""
+    summary: dict[str, Any], frame: Any, config: dict[str, Any], prefix: str = "", timeseries: Any = None
 ) -> dict[str, Callable[[Path], None]]:
-    """The writers of one run's files, by file name, for :func:`write_folder`."""
-    return {
+    """The writers of one run's files, by file name, for :func:`write_folder`; with
+    ``timeseries`` (the frame of :func:`simdisagg.sim.timeseries.timeseries_frame`), its
+    ``timeseries.parquet`` too."""
+    files: dict[str, Callable[[Path], None]] = {
         f"{prefix}summary.json": lambda p: p.write_text(json.dumps(_clean(summary), indent=2) + "\n"),
         f"{prefix}requests.parquet": lambda p: frame.to_parquet(p, index=False),
         f"{prefix}requests.csv": lambda p: frame.to_csv(p, index=False),
         f"{prefix}config.json": lambda p: p.write_text(json.dumps(_clean(config), indent=2) + "\n"),
     }
+    if timeseries is not None:
+        files[f"{prefix}timeseries.parquet"] = lambda p: timeseries.to_parquet(p, index=False)
+    return files
 
 
 def _sha256(path: Path) -> str:

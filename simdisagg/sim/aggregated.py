@@ -179,6 +179,7 @@ class AggregatedInstance(ContinuousBatch):
             # The running batch stalls: its next inter-token gap includes this iteration.
             self._stall_s += duration
         self.stats.busy_s += duration
+        self.stats.busy_counted_until_at = self.env.now + duration
         self.stats.iterations += 1
         self.stats.events += 1
         self._run_ends = None

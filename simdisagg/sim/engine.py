@@ -49,6 +49,7 @@ from simdisagg.sim.recorder import (
     RunResult,
 )
 from simdisagg.sim.router import Router
+from simdisagg.sim.timeseries import TimeSeriesCollector, window_width_s
 from simdisagg.trace import Trace
 
 
@@ -443,8 +444,16 @@ def simulate(
 
     if order_list:
         call_later(env, arrival_s[0], release_open, 0)
-    run(env)
+    first_at = arrival_s[0] if arrival_s else 0.0
+    collector = TimeSeriesCollector(
+        rec,
+        {"aggregated": agg} if cfg.mode == "aggregated" else {"prefill": prefill, "decode": decode},
+        first_at,
+        window_width_s(cfg.timeseries.window_s, first_at, arrival_s[-1] if arrival_s else 0.0),
+    )
+    run(env, collector)
     rec.end_at = env.now
+    rec.timeseries = collector.finish(env.now)
     if progress is not None:
         progress(env.now, finished[0], n)
     for stats in instances_stats:

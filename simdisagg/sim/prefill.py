@@ -172,8 +172,11 @@ class PrefillInstance:
         # Blocks found below HBM are read in before the iteration computes on them.
         duration = self.cost.prefill_time_s(new, cached) + load_s
         self.stats.busy_s += duration
+        self.stats.busy_counted_until_at = now + duration
         # A prompt over the budget runs alone and fills its iteration.
-        self.stats.prefill_token_share_s += min(tokens / self.max_batched_tokens, 1.0) * duration
+        share = min(tokens / self.max_batched_tokens, 1.0)
+        self.stats.prefill_token_share_s += share * duration
+        self.stats.iteration_token_share = share
         self.stats.iterations += 1
         self.stats.events += 1
         call_later(self.env, duration, self._done, batch)
