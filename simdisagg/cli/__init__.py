@@ -133,7 +133,7 @@ def run(
     from simdisagg.hardware import ProfileStore
     from simdisagg.importers import TraceImportWarning, load_trace
     from simdisagg.inputs import check_output_dir
-    from simdisagg.output import summary_table
+    from simdisagg.output import summary_table, tenant_table
 
     # Everything is checked before the first simulated event: options, config, profiles, the
     # clusters of both columns, the output folders, then the trace.
@@ -181,6 +181,9 @@ def run(
     main_run = runs[0]
     title = f"{main_run.trace_label} · {cfg.model} · {main_run.summary['gpus']} GPUs"
     console.print(summary_table({r.column: r.summary for r in runs}, title))
+    for r in runs:
+        if r.summary.get("tenants"):
+            console.print(tenant_table(r.summary, f"per tenant · {r.column} (ms; goodput req/s)"))
     for r in runs:
         for note in r.notes:
             console.print(f"[yellow]note:[/yellow] {escape(note)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import simpy
 
@@ -54,9 +55,10 @@ class PrefillQueue:
     or its KV memory is full. Prompts never wait in it while an instance could start them (a
     push wakes an idle instance at once), so this is the time its instances are saturated."""
 
-    def __init__(self, env: simpy.Environment) -> None:
+    def __init__(self, env: simpy.Environment, items: Any = None) -> None:
         self.env = env
-        self.items: deque[int] = deque()
+        # FIFO by default; tenants with priorities pass a PriorityOrder (the same interface).
+        self.items: deque[int] = deque() if items is None else items
         self.idle: deque[PrefillInstance] = deque()
         self.saturated = TimeShare()
 

@@ -440,6 +440,24 @@ class Recorder:
 
 
 @dataclass(slots=True)
+class TenantColumns:
+    """The tenants of a run: names (the config's, in its order, or the trace's when the
+    config lists none), each request's tenant (index into the names, -1: none), each
+    tenant's priority and SLO (``None``: the run's), and when each request passed the quota
+    gate at the router (NaN: never)."""
+
+    names: list[str]
+    index: np.ndarray
+    priority: list[int]
+    slos: list[Any]
+    admitted_at: np.ndarray
+    #: Most requests each tenant had in flight at once, and its requests rejected over a
+    #: quota (``over_quota: reject``); empty when no tenant has a quota.
+    peak_in_flight: list[int] = field(default_factory=list)
+    rejected_over_quota: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class RunResult:
     """Everything a run produced, in columns; :mod:`simdisagg.metrics` summarises it."""
 
@@ -459,3 +477,5 @@ class RunResult:
     tool_wait_s: np.ndarray | None = None
     #: ``metrics.ttft`` of the run's config: when a request's first token counts as received.
     ttft_definition: str = "client"
+    #: The run's tenants (``None``: neither the trace nor the config names any).
+    tenants: TenantColumns | None = None
