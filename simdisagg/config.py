@@ -459,8 +459,10 @@ class TenantConfig(_Frozen):
     on each request's prompt plus answer tokens, holding ``burst_tokens`` (default: one second's
     worth); a request is admitted when the bucket holds its tokens (or is full, for a request
     larger than the bucket, which then owes the difference). Requests over a quota wait at the
-    router in arrival order (``over_quota: queue``) or are rejected (``reject``). Requests of
-    tenants not listed here have priority 0, no quota and the run's SLO."""
+    router in arrival order (``over_quota: queue``) or are rejected (``reject``). When tenants
+    are listed, every tenant a trace names must be among them (an unlisted name is refused,
+    naming its line); requests that name no tenant have priority 0, no quota and the run's
+    SLO. A trace's tenants with none listed here get per-tenant metrics, and nothing else."""
 
     name: str = Field(strict=True, min_length=1, max_length=200)
     priority: int = _count(default=0, ge=-1_000_000, le=1_000_000)
