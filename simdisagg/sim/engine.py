@@ -49,7 +49,7 @@ from simdisagg.sim.recorder import (
     TenantColumns,
 )
 from simdisagg.sim.router import PriorityOrder, Router, TenantAdmission, tenant_indices
-from simdisagg.sim.timeseries import TimeSeriesCollector, window_width_s
+from simdisagg.sim.timeseries import DEFAULT_WINDOWS, MAX_SET_WINDOWS, TimeSeriesCollector, window_width_s
 from simdisagg.trace import Trace
 
 
@@ -481,6 +481,7 @@ def simulate(
         first_at,
         window_width_s(cfg.timeseries.window_s, first_at, arrival_s[-1] if arrival_s else 0.0),
         router_queue=None if gate is None else (lambda: gate.queued),  # type: ignore[union-attr]
+        max_windows=2 * DEFAULT_WINDOWS if cfg.timeseries.window_s is None else MAX_SET_WINDOWS,
     )
     run(env, collector)
     rec.end_at = env.now

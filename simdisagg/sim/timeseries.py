@@ -22,8 +22,10 @@ run of steps counts in the window where it ends; the first gap after a request's
 is its first step, as under ``metrics.ttft: client``).
 
 Windows start at the first open-loop arrival and are ``timeseries.window_s`` wide (default:
-the span of the open-loop arrivals over :data:`DEFAULT_WINDOWS`, so a run that drains long
-after its last arrival has more windows); the last one ends at the run's end.
+the span of the open-loop arrivals over :data:`DEFAULT_WINDOWS`); the last one ends at the
+run's end. A run that outlasts twice that many windows (it drains long after its last
+arrival) merges them in pairs, doubling the width, as often as needed (a set width: past
+:data:`MAX_SET_WINDOWS`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ INSTANCE_STATES = ("serving", "starting", "draining", "failed")
 DEFAULT_WINDOWS = 200
 #: Width of the windows when the open-loop arrivals span no time (one burst), seconds.
 FALLBACK_WINDOW_S = 1.0
+#: The most windows a run keeps with a width set in the config (they merge in pairs past it).
+MAX_SET_WINDOWS = 100_000
 #: Percentiles of TTFT and ITL per window.
 WINDOW_PERCENTILES = (50.0, 95.0)
 
@@ -102,7 +106,9 @@ class TimeSeriesCollector:
 
     ``pools`` maps each pool's name to its list of instances (the live list: instances a
     pool gains later are seen); ``router_queue`` says how many requests wait at the router
-    (over a tenant's quota)."""
+    (over a tenant's quota). When the run reaches ``max_windows`` windows, they merge in
+    pairs and the width doubles, so a run that lasts far beyond its arrivals keeps between
+    ``max_windows / 2`` and ``max_windows`` of them."""
 
     def __init__(
         self,
@@ -111,12 +117,16 @@ class TimeSeriesCollector:
         start_at: float,
         window_s: float,
         router_queue: Callable[[], int] | None = None,
+        max_windows: int = 2 * DEFAULT_WINDOWS,
     ) -> None:
+        if max_windows < 2 or max_windows % 2:
+            raise ValueError(f"max_windows must be even and at least 2, got {max_windows}")
         if not (window_s > 0 and math.isfinite(window_s)):
             raise ValueError(f"window_s must be positive and finite, got {window_s}")
         self.rec, self.pools = rec, pools
         self.start_at, self.window_s = start_at, window_s
         self.router_queue = router_queue
+        self.max_windows = max_windows
         self.series = TimeSeries()
         for name in pools:
             self.series.counters[name] = []
@@ -132,10 +142,22 @@ class TimeSeriesCollector:
         """Sample every boundary at or before ``now``; return the next one."""
         while self.next_at <= now:
             self._sample(self.next_at)
+            if self._k >= self.max_windows and self._k % 2 == 0:
+                self._merge_pairs()
             self._k += 1
             # Multiples of the width from the start, so boundaries do not drift by rounding.
             self.next_at = self.start_at + self._k * self.window_s
         return self.next_at
+
+    def _merge_pairs(self) -> None:
+        """Merge the windows in pairs (keep every other sample; every figure is cumulative or
+        read at a window's end, so the merged windows are exact) and double the width."""
+        s = self.series
+        for column in (s.at_s, s.router_queue, s.step_marks, *s.counters.values(), *s.capacity.values(),
+                       *s.states.values(), *s.queue.values()):  # fmt: skip
+            column[:] = column[::2]
+        self._k //= 2
+        self.window_s *= 2.0
 
     def finish(self, end_at: float) -> TimeSeries:
         """Sample the run's end (the last window, partial) and return the series."""

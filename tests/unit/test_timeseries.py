@@ -5,6 +5,7 @@ has the documented schema, and ``--plots`` draws it."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,9 @@ def test_window_means_give_back_the_run_utilisation() -> None:
             for column in ("busy_fraction", "batch_occupancy", "kv_occupancy"):
                 mean = float((frame[f"{pool}_{column}"].to_numpy() * width).sum() / span)
                 assert mean == pytest.approx(run[f"{pool}_{column}"], rel=1e-9, abs=1e-12), (mode, pool, column)
-        # About DEFAULT_WINDOWS over the arrivals, more for the drain after them.
-        assert DEFAULT_WINDOWS <= len(frame) <= 3 * DEFAULT_WINDOWS
+        # About DEFAULT_WINDOWS over the arrivals, more for the drain after them (at most twice
+        # as many: then they merge in pairs).
+        assert DEFAULT_WINDOWS <= len(frame) <= 2 * DEFAULT_WINDOWS
 
 
 def test_sampling_leaves_the_run_unchanged() -> None:
@@ -105,6 +107,35 @@ def test_sampling_leaves_the_run_unchanged() -> None:
     frame = timeseries_frame(b)
     assert np.allclose(np.diff(frame["window_start_s"].to_numpy()), 0.37)
     _totals_match(frame, b)
+
+
+def test_merged_windows_are_the_wider_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that outlasts its window budget merges windows in pairs: the result is exactly
+    the series sampled with the final, wider width from the start."""
+    import simdisagg.sim.engine as engine
+
+    trace = load_trace(EXAMPLE)
+    cfg = RunConfig(timeseries=TimeSeriesConfig(window_s=0.5))
+    monkeypatch.setattr(engine, "MAX_SET_WINDOWS", 8)
+    merged = timeseries_frame(simulate(cfg, trace, store=STORE))
+    monkeypatch.undo()
+    width = float(merged["window_end_s"].iloc[0] - merged["window_start_s"].iloc[0])
+    assert 4 <= len(merged) <= 8 and width > 0.5 and math.log2(width / 0.5) == int(math.log2(width / 0.5))
+    wide = timeseries_frame(simulate(cfg.model_copy(update={"timeseries": TimeSeriesConfig(window_s=width)}), trace,
+                                     store=STORE))  # fmt: skip
+    pd.testing.assert_frame_equal(merged, wide)
+
+
+def test_a_long_drain_keeps_few_windows() -> None:
+    """Arrivals within 10 ms, a run of minutes: the windows merge instead of numbering
+    tens of thousands."""
+    from strategies import build_trace
+
+    trace = build_trace([(k * 0.001, 4000, 400) for k in range(10)])
+    result = simulate(RunConfig(cost=ConstantCost(prefill_s=5.0, decode_step_s=0.05)), trace, store=STORE)
+    frame = timeseries_frame(result)
+    assert len(frame) <= 2 * DEFAULT_WINDOWS
+    _totals_match(frame, result)
 
 
 def test_window_width() -> None:
