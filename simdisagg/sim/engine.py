@@ -29,6 +29,7 @@ import simpy
 from simdisagg.config import PoolConfig, RunConfig
 from simdisagg.costmodel.base import CostModel
 from simdisagg.costmodel.factory import make_cost_model
+from simdisagg.costmodel.roofline import RooflineCostModel
 from simdisagg.costmodel.scaled import ScaledCostModel
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
@@ -170,21 +171,22 @@ def simulate(
     kv_per_token = float(cfg.model_shape(store).kv_bytes_per_token)
     caches: dict[str, PrefixCache] = {}
     router = Router(cfg.router, streams["router"], trace.session_index)
+    status = rec.status
+    t_arrival = rec.times["arrival_at"]
+    t_enq = rec.times["prefill_enqueued_at"]
+    t_done = rec.times["completed_at"]
     # Tenants: each request's tenant (checked against the config's list), and the queue
     # order when their priorities differ (FIFO otherwise, as without tenants).
     tenant_of = tenant_indices(cfg.tenants, trace)
-    request_priority: list[int] = [cfg.tenants[t].priority if t >= 0 else 0 for t in tenant_of.tolist()] if (
-        len({t.priority for t in cfg.tenants} | ({0} if (tenant_of < 0).any() else set())) > 1
-    ) else []
+    priorities = {t.priority for t in cfg.tenants} | ({0} if (tenant_of < 0).any() else set())
+    request_priority: list[int] = (
+        [cfg.tenants[t].priority if t >= 0 else 0 for t in tenant_of.tolist()] if len(priorities) > 1 else []
+    )
     gate: TenantAdmission | None = None
 
     def new_queue() -> PriorityOrder | None:
         """The order of a new queue: by priority when tenants have different ones."""
         return PriorityOrder(request_priority, t_arrival) if request_priority else None
-    status = rec.status
-    t_arrival = rec.times["arrival_at"]
-    t_enq = rec.times["prefill_enqueued_at"]
-    t_done = rec.times["completed_at"]
 
     # Closed-loop bookkeeping: children of each request and how many parents remain.
     n_waits = np.diff(trace.wait_offsets)
