@@ -95,7 +95,7 @@ def _check_quotas(result: RunResult, cfg: RunConfig, trace: Trace) -> None:
                 assert np.all(taken <= bound * (1 + 1e-9) + 1e-6), (tenant, taken - bound)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(trace=traces(min_requests=4, max_requests=12, max_output=24), cfg=run_configs(), quotas=tenant_settings(NAMES),
        seed=st.integers(0, 1000))  # fmt: skip
 def test_quotas_are_never_exceeded(trace: Trace, cfg: RunConfig, quotas: tuple[TenantConfig, ...], seed: int) -> None:
@@ -130,7 +130,7 @@ def _same_run(a: RunResult, b: RunResult) -> None:
     assert a.events == b.events
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(trace=traces(max_requests=12), cfg=run_configs(), priority=st.integers(-5, 5),
        roomy=st.booleans())  # fmt: skip
 def test_a_lone_tenant_runs_as_no_tenants(trace: Trace, cfg: RunConfig, priority: int, roomy: bool) -> None:

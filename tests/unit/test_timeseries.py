@@ -49,7 +49,7 @@ def _totals_match(frame: pd.DataFrame, result: object) -> None:
     assert frame["window_end_s"].iloc[-1] == rec.end_at
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(trace=traces(max_requests=10), cfg=run_configs())
 def test_window_counts_add_up_to_the_run(trace: Trace, cfg: RunConfig) -> None:
     """Arrivals, completions and rejections per window sum to the run's totals, for any
