@@ -187,7 +187,7 @@ def tenant_indices(tenants: Sequence[TenantConfig], trace: Trace) -> np.ndarray:
         raise TraceError(
             trace.source, line, "tenant",
             f"tenant {trace.tenant_of(i)!r} is not in the config's tenants ({listed}); list it there "
-            f"({int(len(unknown))} requests name unlisted tenants)",
+            f"({len(unknown)} requests name unlisted tenants)",
         )  # fmt: skip
     return index
 
@@ -283,8 +283,7 @@ class TenantAdmission:
         self.admitted_at[i] = self.env.now
         if t >= 0:
             self.in_flight[t] += 1
-            if self.in_flight[t] > self.peak_in_flight[t]:
-                self.peak_in_flight[t] = self.in_flight[t]
+            self.peak_in_flight[t] = max(self.peak_in_flight[t], self.in_flight[t])
             if self.rate[t] is not None:
                 self.level[t] -= self._tokens[i]
         self._admit_next(i)

@@ -194,8 +194,8 @@ def test_priority_orders_aggregated_waiting_prompts() -> None:
     trace = _labelled([(0.0, "low"), (0.1, "low"), (0.2, "high")])
     cfg = _one_server(low=TenantConfig(name="low"), high=TenantConfig(name="high", priority=1)).model_copy(
         update={"mode": "aggregated", "prefill": PoolConfig(count=0),
-                "decode": PoolConfig(count=1, max_prefill_batch_requests=1)}  # fmt: skip
-    )
+                "decode": PoolConfig(count=1, max_prefill_batch_requests=1)}
+    )  # fmt: skip
     start = simulate(cfg, trace, store=STORE).recorder.times["prefill_start_at"]
     assert start[2] < start[1]
 

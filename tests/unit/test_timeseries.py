@@ -112,7 +112,7 @@ def test_sampling_leaves_the_run_unchanged() -> None:
 def test_merged_windows_are_the_wider_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that outlasts its window budget merges windows in pairs: the result is exactly
     the series sampled with the final, wider width from the start."""
-    import simdisagg.sim.engine as engine
+    from simdisagg.sim import engine
 
     trace = load_trace(EXAMPLE)
     cfg = RunConfig(timeseries=TimeSeriesConfig(window_s=0.5))
