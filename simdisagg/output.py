@@ -5,11 +5,12 @@ renamed over the target, so a crash or Ctrl-C never leaves a half-written file.
 
 A run's folder (``summary.json``, ``requests.parquet``/``.csv``, ``config.json``,
 ``timeseries.parquet``, the baseline's ``baseline_*`` files) is written as one unit by
-:func:`write_folder`: every file goes to a staging folder first; then the previous run's ``manifest.json`` is removed, the
-previous run's files that this run does not write are removed, the new files are moved in,
-and ``manifest.json`` (run id, command, versions, wall times, the SHA-256 of every file) is
-written last. A folder with a manifest holds exactly the files it lists, all from one run; a
-folder without one was interrupted mid-write, and the next run into it clears it.
+:func:`write_folder`: every file goes to a staging folder first; then the previous run's
+``manifest.json`` is removed, the previous run's files that this run does not write are
+removed, the new files are moved in, and ``manifest.json`` (run id, command, versions, wall
+times, the SHA-256 of every file) is written last. A folder with a manifest holds exactly the
+files it lists, all from one run; a folder without one was interrupted mid-write, and the
+next run into it clears it.
 """
 
 from __future__ import annotations
