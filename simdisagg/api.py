@@ -52,6 +52,12 @@ class RunSummary:
 
         return requests_frame(self.result, self.cfg.slo)
 
+    def timeseries(self) -> Any:
+        """Per-window time series (pandas; see :mod:`simdisagg.sim.timeseries`)."""
+        from simdisagg.sim.timeseries import timeseries_frame
+
+        return timeseries_frame(self.result)
+
     def config_record(self) -> dict[str, Any]:
         """The resolved config plus the versions and inputs that produced the results."""
         return {

@@ -13,6 +13,7 @@ flag that set it.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -265,6 +266,225 @@ class MetricsConfig(_Frozen):
     ttft: TtftDefinition = "client"
 
 
+# -- dynamic clusters: autoscaling, faults, tenants, time series ---------------------------
+
+PoolName = Literal["prefill", "decode", "aggregated"]
+
+
+class ColdStartConfig(_Frozen):
+    """How long a new instance takes before it serves: the model's weights (at the run's
+    precision) read from a named source at its bandwidth (``hardware_profiles/weight_sources/``,
+    each figure with its source), then the engine's warm-up.
+
+    ``warmup_s`` is an assumption, not a measurement made here: 35 s is vLLM's engine
+    initialisation (memory profiling, torch.compile loaded from its cache, CUDA graph capture,
+    KV cache allocation) reported as 34.1 s in vllm-project/vllm#20264 for an 8B-class model
+    with the compile cache reused; without that cache it was 91 s in
+    run-ai/runai-model-streamer#67."""
+
+    weight_source: str = Field(default="nvme-gen4", description="weight source profile name")
+    warmup_s: float = _number(default=35.0, ge=0, le=3600, description="engine warm-up after the weights load, s")
+
+
+class LoadScaling(_Frozen):
+    """Scale on load thresholds, measured over the last decision interval: prompts or requests
+    waiting per serving instance (instantaneous), KV occupancy and batch occupancy (time
+    means over the serving instances). A metric above its threshold scales out to the count
+    that brings the highest metric back to its threshold (``ceil(n * metric / threshold)``);
+    when every metric is below ``scale_in_below`` times its threshold, one instance drains.
+    ``None`` leaves a metric out."""
+
+    kind: Literal["load"] = "load"
+    queue_per_instance: float | None = _number(default=4.0, gt=0, le=1e9, description="waiting requests per instance")
+    kv_occupancy: float | None = _number(default=0.85, gt=0, le=1, description="KV blocks in use / capacity")
+    batch_occupancy: float | None = _number(default=0.85, gt=0, le=1, description="batch (or token budget) in use")
+    scale_in_below: float = _number(default=0.5, gt=0, lt=1, description="fraction of every threshold")
+
+    @model_validator(mode="after")
+    def _some_metric(self) -> LoadScaling:
+        if self.queue_per_instance is None and self.kv_occupancy is None and self.batch_occupancy is None:
+            raise ValueError("the load policy needs at least one of queue_per_instance, kv_occupancy, batch_occupancy")
+        return self
+
+
+class SLOScaling(_Frozen):
+    """Scale on observed latency: a percentile of TTFT (requests whose first token came in the
+    last ``window_s``, plus those still waiting for it, at their age so far) and of ITL (decode
+    steps of that window) against the run's SLO targets (``slo.ttft_s``; ``slo.tpot_s`` for
+    ITL). Above ``scale_out_above`` times the target: one instance more (two when over the
+    target itself); below ``scale_in_below`` times it: one instance drains. ``metric``
+    ``auto`` watches TTFT for prefill pools, ITL for decode pools and both for aggregated ones."""
+
+    kind: Literal["slo"] = "slo"
+    metric: Literal["auto", "ttft", "itl"] = "auto"
+    percentile: float = _number(default=90.0, gt=0, lt=100)
+    window_s: float = _number(default=60.0, gt=0, le=86_400)
+    scale_out_above: float = _number(default=0.8, gt=0, le=100, description="fraction of the SLO target")
+    scale_in_below: float = _number(default=0.3, ge=0, le=100, description="fraction of the SLO target")
+
+    @model_validator(mode="after")
+    def _band(self) -> SLOScaling:
+        if self.scale_in_below >= self.scale_out_above:
+            raise ValueError(
+                f"scale_in_below ({self.scale_in_below:g}) must be below scale_out_above ({self.scale_out_above:g})"
+            )
+        return self
+
+
+class PredictiveScaling(_Frozen):
+    """Provision for a forecast: a least-squares line through the arrival rates of the last
+    ``history_windows`` windows of ``window_s`` is evaluated one cold start plus one decision
+    interval ahead (never below zero), and the pool gets the instances that rate needs at
+    ``target_utilisation``: prefill, the forecast rate times the busy seconds per prompt the
+    pool has measured; decode and aggregated, by Little's law, the forecast rate times the
+    measured time a request spends in the batch, over ``max_batch_size``."""
+
+    kind: Literal["predictive"] = "predictive"
+    history_windows: int = _count(default=6, ge=2, le=10_000)
+    window_s: float = _number(default=60.0, gt=0, le=86_400)
+    target_utilisation: float = _number(default=0.7, gt=0, le=1)
+
+
+ScalingPolicy = Annotated[LoadScaling | SLOScaling | PredictiveScaling, Field(discriminator="kind")]
+
+
+class PoolScaling(_Frozen):
+    """Autoscaling of one pool: bounds, the time between two scaling actions, the policy."""
+
+    min_instances: int = _count(default=1, ge=0, le=100_000)
+    max_instances: int = _count(default=16, ge=1, le=100_000)
+    cooldown_s: float = _number(default=60.0, ge=0, le=86_400, description="between two actions on this pool")
+    policy: ScalingPolicy = LoadScaling()
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PoolScaling:
+        if self.min_instances > self.max_instances:
+            raise ValueError(f"min_instances ({self.min_instances}) is above max_instances ({self.max_instances})")
+        return self
+
+
+class AutoscaleConfig(_Frozen):
+    """Pools that scale independently. Every ``interval_s`` each pool with a scaling setting
+    asks its policy for a count; a pool grows by starting instances (serving after the cold
+    start) and shrinks by draining them (an instance takes no new work and leaves when its
+    work is done). An aggregated run without an ``aggregated`` setting scales like the decode
+    pool, with bounds of as many GPUs as the prefill and decode bounds together."""
+
+    interval_s: float = _number(default=10.0, gt=0, le=86_400, description="between two decisions")
+    prefill: PoolScaling | None = None
+    decode: PoolScaling | None = None
+    aggregated: PoolScaling | None = None
+    cold_start: ColdStartConfig = ColdStartConfig()
+
+
+class InstanceFailure(_Frozen):
+    """An instance of ``pool`` (its ``index``: the initial instances are 0, 1, ..., later ones
+    numbered on in the order they start) fails at ``at_s``; after ``repair_s`` (``None``:
+    never) a replacement starts, with a cold start."""
+
+    kind: Literal["instance"] = "instance"
+    pool: PoolName
+    index: int = _count(ge=0, le=100_000)
+    at_s: float = _number(ge=0, le=1e9)
+    repair_s: float | None = _number(default=None, gt=0, le=1e9)
+
+
+class LinkFault(_Frozen):
+    """The KV link of prefill instance ``prefill_instance`` (``None``: every link) runs at
+    ``bandwidth_scale`` of its bandwidth from ``at_s`` for ``duration_s``; 0 is an outage
+    (transfers stop, and resume when it ends)."""
+
+    kind: Literal["link"] = "link"
+    prefill_instance: int | None = _count(default=None, ge=0, le=100_000)
+    at_s: float = _number(ge=0, le=1e9)
+    duration_s: float = _number(gt=0, le=1e9)
+    bandwidth_scale: float = _number(default=0.0, ge=0, lt=1)
+
+
+FaultEvent = Annotated[InstanceFailure | LinkFault, Field(discriminator="kind")]
+
+
+class RandomInstanceFaults(_Frozen):
+    """Every instance of ``pool`` (``all``: of every pool) fails after an exponential time of
+    mean ``mtbf_s`` from its start, and its replacement starts after an exponential repair of
+    mean ``mttr_s`` (then cold-starts). Drawn from the run's ``faults`` random stream."""
+
+    kind: Literal["instance"] = "instance"
+    pool: PoolName | Literal["all"] = "all"
+    mtbf_s: float = _number(gt=0, le=1e12)
+    mttr_s: float = _number(gt=0, le=1e12)
+
+
+class RandomLinkFaults(_Frozen):
+    """Every KV link degrades (``bandwidth_scale``; 0 is an outage) after exponential times of
+    mean ``mtbf_s``, for exponential times of mean ``mttr_s``."""
+
+    kind: Literal["link"] = "link"
+    mtbf_s: float = _number(gt=0, le=1e12)
+    mttr_s: float = _number(gt=0, le=1e12)
+    bandwidth_scale: float = _number(default=0.0, ge=0, lt=1)
+
+
+RandomFaults = Annotated[RandomInstanceFaults | RandomLinkFaults, Field(discriminator="kind")]
+
+
+class FaultsConfig(_Frozen):
+    """Instance failures and link faults, scheduled (``events``) or random (``random``).
+
+    Nothing is lost: prompts queued or running on a failed prefill instance are routed again;
+    prompts whose KV waited there for a transfer are prefilled again; requests whose KV
+    was on a failed decode instance go back to prefill with their context so far (the prompt
+    and the tokens already streamed; prefix-cache tiers that still hold the prompt's blocks
+    serve them), and requests whose KV had not yet landed there are sent to another decode
+    instance. ``fallback`` decides what happens while a whole pool is down:
+
+    ``wait``        requests wait for an instance of that pool (rejected at the end if none returns);
+    ``reject``      requests that need that pool are rejected, saying why;
+    ``aggregated``  the other pool serves both phases: decode instances prefill prompts
+                    themselves, and prefill instances switch role to serve decode as well
+                    (after ``role_switch_s``, the warm-up by default: the weights stay in memory),
+                    switching back once the pool has an instance again."""
+
+    events: tuple[FaultEvent, ...] = ()
+    random: tuple[RandomFaults, ...] = ()
+    fallback: Literal["wait", "reject", "aggregated"] = "wait"
+    role_switch_s: float | None = _number(default=None, ge=0, le=3600)
+
+
+class TenantConfig(_Frozen):
+    """One tenant (the ``tenant`` field of trace lines): priority in every queue (higher first,
+    arrival order within a priority), quotas enforced at the router and its own SLO.
+
+    ``max_in_flight``: requests admitted and not finished. ``max_tokens_per_s``: a token bucket
+    on each request's prompt plus answer tokens, holding ``burst_tokens`` (default: one second's
+    worth); a request is admitted when the bucket holds its tokens (or is full, for a request
+    larger than the bucket, which then owes the difference). Requests over a quota wait at the
+    router in arrival order (``over_quota: queue``) or are rejected (``reject``). When tenants
+    are listed, every tenant a trace names must be among them (an unlisted name is refused,
+    naming its line); requests that name no tenant have priority 0, no quota and the run's
+    SLO. A trace's tenants with none listed here get per-tenant metrics, and nothing else."""
+
+    name: str = Field(strict=True, min_length=1, max_length=200)
+    priority: int = _count(default=0, ge=-1_000_000, le=1_000_000)
+    max_in_flight: int | None = _count(default=None, ge=1, le=10**9)
+    max_tokens_per_s: float | None = _number(default=None, gt=0, le=1e12)
+    burst_tokens: float | None = _number(default=None, gt=0, le=1e15)
+    over_quota: Literal["queue", "reject"] = "queue"
+    slo: SLOConfig | None = None
+
+    @model_validator(mode="after")
+    def _burst_needs_rate(self) -> TenantConfig:
+        if self.burst_tokens is not None and self.max_tokens_per_s is None:
+            raise ValueError("burst_tokens applies only with max_tokens_per_s")
+        return self
+
+
+class TimeSeriesConfig(_Frozen):
+    """Per-window time series of a run (``--out``'s ``timeseries.parquet``, ``--plots``)."""
+
+    window_s: float | None = _number(default=None, gt=0, le=1e9, description="window width; None: about 200 windows")
+
+
 class RunConfig(_Frozen):
     """Everything that defines one simulation run."""
 
@@ -288,6 +508,10 @@ class RunConfig(_Frozen):
         default=1.0, gt=0, le=MAX_RATE_SCALE, description="replay open-loop arrivals this many times faster"
     )
     exact_steps: Switch = Field(default=False, description="one event per decode iteration (reference mode)")
+    autoscale: AutoscaleConfig | None = Field(default=None, description="pools that scale (none: a fixed cluster)")
+    faults: FaultsConfig | None = Field(default=None, description="instance failures and link faults")
+    tenants: tuple[TenantConfig, ...] = ()
+    timeseries: TimeSeriesConfig = TimeSeriesConfig()
 
     @model_validator(mode="after")
     def _check_counts(self) -> RunConfig:
@@ -302,7 +526,51 @@ class RunConfig(_Frozen):
                 f"aggregated mode needs at least one instance: {self.prefill.gpus + self.decode.gpus} GPUs "
                 f"(prefill.count x prefill.tp + decode.count x decode.tp) do not make one TP-{pool.tp} instance"
             )
+        self._check_dynamic()
         return self
+
+    def _check_dynamic(self) -> None:
+        """Autoscaling bounds that hold the initial counts, faults on pools the mode has, and
+        tenant names given once."""
+        pools = ("aggregated",) if self.mode == "aggregated" else ("prefill", "decode")
+        counts = {"prefill": self.prefill.count, "decode": self.decode.count,
+                  "aggregated": self.aggregated_pool().count}  # fmt: skip
+        if self.autoscale is not None:
+            for name in ("prefill", "decode", "aggregated"):
+                scaling = getattr(self.autoscale, name)
+                if scaling is None or name not in pools:
+                    continue
+                if not scaling.min_instances <= counts[name] <= scaling.max_instances:
+                    raise ValueError(
+                        f"autoscale.{name}: the pool starts with {counts[name]} instances, outside "
+                        f"min_instances {scaling.min_instances} .. max_instances {scaling.max_instances}"
+                    )
+        if self.faults is not None:
+            for k, event in enumerate(self.faults.events):
+                if isinstance(event, InstanceFailure) and event.pool not in pools:
+                    raise ValueError(
+                        f"faults.events.{k}: a {self.mode} cluster has no {event.pool} pool "
+                        f"(its pools: {', '.join(pools)})"
+                    )
+                if isinstance(event, LinkFault) and self.mode == "aggregated":
+                    raise ValueError(f"faults.events.{k}: an aggregated cluster has no KV links")
+            for k, random in enumerate(self.faults.random):
+                if isinstance(random, RandomInstanceFaults) and random.pool not in (*pools, "all"):
+                    raise ValueError(f"faults.random.{k}: a {self.mode} cluster has no {random.pool} pool")
+        seen: set[str] = set()
+        for k, tenant in enumerate(self.tenants):
+            if tenant.name in seen:
+                raise ValueError(f"tenants.{k}: tenant '{tenant.name}' is listed twice")
+            seen.add(tenant.name)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the run needs the dynamic cluster: autoscaling, faults or tenants."""
+        return self.autoscale is not None or self.faults is not None or bool(self.tenants)
+
+    def fixed(self) -> RunConfig:
+        """This config without autoscaling, faults and tenants (a fixed cluster)."""
+        return self.model_copy(update={"autoscale": None, "faults": None, "tenants": ()})
 
     @property
     def total_gpus(self) -> int:
@@ -372,25 +640,48 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _known_fields(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
-    """The setting names the model accepts at ``path`` (for did-you-mean hints)."""
-    fields: dict[str, Any] = dict(model.model_fields)
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models an annotation holds: itself, or the members of an optional, a
+    union, an annotated type or a tuple of them."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        out.extend(m for m in _models_in(arg) if m not in out)
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and not getattr(annotation, "__args__", None):
+        out.extend(m for m in _models_in(origin) if m not in out)
+    return out
+
+
+def _known_fields(model: type[BaseModel], path: tuple[str, ...], data: Any = None) -> list[str]:
+    """The setting names the model accepts at ``path`` (for did-you-mean hints). List positions
+    in the path are stepped over; in a union of config models, the member the input's ``kind``
+    names, else the names any member accepts."""
+    models: list[type[BaseModel]] = [model]
+    node = data
     for part in path:
-        info = fields.get(part)
-        if info is None:
+        if isinstance(node, list | tuple) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if part.isdigit() and node is None:
+            continue
+        infos = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not infos:
             return []
-        annotation = info.annotation
-        sub = getattr(annotation, "model_fields", None)
-        if sub is None:
-            # A union of config models (cost): the names any member accepts.
-            names: dict[str, Any] = {}
-            for arg in getattr(annotation, "__args__", ()):
-                names.update(getattr(arg, "model_fields", {}))
-            if not names:
-                return []
-            sub = names
-        fields = dict(sub)
-    return list(fields)
+        node = node.get(part) if isinstance(node, Mapping) else None
+        models = [m for info in infos for m in _models_in(info.annotation)]
+        if isinstance(node, list | tuple):
+            continue
+        if not models:
+            return []
+    if isinstance(node, Mapping) and len(models) > 1:
+        tagged = [m for m in models if "kind" in m.model_fields and m.model_fields["kind"].default == node.get("kind")]
+        models = tagged or models
+    names: dict[str, None] = {}
+    for m in models:
+        names.update(dict.fromkeys(m.model_fields))
+    return list(names)
 
 
 def _setting_path(loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[str, ...]:
@@ -408,10 +699,15 @@ def _setting_path(loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[str, .
             out.append(key)
             node = node[int(key)]
         elif isinstance(node, Mapping):
-            # A key pydantic names that the input lacks: a missing field, or a union member's tag.
-            if key not in ("roofline", "auto", "constant", "exponential"):
+            # A key pydantic names that the input lacks: a missing field, or a union member's
+            # tag (the value of the input's "kind").
+            if key not in ("roofline", "auto", "constant", "exponential") and node.get("kind") != key:
                 out.append(key)
     return tuple(out)
+
+
+#: A message that starts with the dotted setting it is about.
+_NAMED_SETTING = re.compile(r"^([a-z_]+(?:\.[a-z0-9_]+)+): (.+)$", re.DOTALL)
 
 
 def config_error(
@@ -428,13 +724,18 @@ def config_error(
     dotted = ".".join(path)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        known = _known_fields(model or RunConfig, path[:-1])
+        known = _known_fields(model or RunConfig, path[:-1], data)
         close = difflib.get_close_matches(path[-1], known, n=1, cutoff=0.6) if path else []
         msg = f"unknown setting{f' (did you mean {close[0]!r}?)' if close else ''}; known: {', '.join(known)}"
     elif err["type"] == "missing":
         msg = "is missing"
     elif err["type"] in ("int_type", "bool_type", "float_type", "string_type") and "input" in err:
         msg = f"{msg}, got {err['input']!r}"
+    named = _NAMED_SETTING.match(msg) if not dotted else None
+    if named is not None and named.group(1).split(".")[0] in RunConfig.model_fields:
+        # A check across settings that names the one it refuses ("autoscale.decode: ...").
+        dotted, msg = named.group(1), named.group(2)
+        path = tuple(dotted.split("."))
     for key, flag in (flags or {}).items():
         if key == dotted or (not dotted and key in msg):
             return ConfigError(f"{flag}: {msg}")

@@ -53,6 +53,10 @@ Hash ids are renumbered 0, 1, 2, ... in order of first appearance once a trace i
 Randomness: ``seed`` → ``SeedSequence(seed, spawn_key=(0,))`` for arrivals and
 ``SeedSequence(seed, spawn_key=(1, k))`` for session ``k``, so adding sessions or changing the
 arrival process never changes the content of the other sessions.
+
+Tenants (``tenants={"a": 0.7, "b": 0.3}``): each session (agentic) or request (open-loop
+kinds) is drawn a tenant with those weights from ``SeedSequence(seed, spawn_key=(2,))``, so a
+tenant mix leaves arrivals, lengths and hashes exactly as they are without one.
 """
 
 from __future__ import annotations
@@ -621,6 +625,31 @@ def _dense_hash_ids(trace: Trace) -> Trace:
     return trace
 
 
+def assign_tenants(trace: Trace, weights: Mapping[str, float], seed: int) -> Trace:
+    """Label ``trace``'s requests with tenants drawn with ``weights`` (every request of one
+    session gets its session's tenant), from a stream of their own (see the module docstring).
+    Weights must be positive and finite; they are normalised."""
+    names = list(weights)
+    if not names:
+        return trace
+    w = np.asarray([float(weights[k]) for k in names], dtype=np.float64)
+    if not np.all(np.isfinite(w) & (w > 0)):
+        raise ConfigError(f"tenant weights must be positive and finite, got {dict(weights)}")
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+    sessions = trace.session_index
+    n_units = int(sessions.max()) + 1 if (sessions >= 0).any() else 0
+    # One draw per session (in session order), then one per request without a session.
+    per_session = rng.choice(len(names), size=n_units, p=w / w.sum()) if n_units else np.zeros(0, dtype=np.int64)
+    loose = np.flatnonzero(sessions < 0)
+    per_loose = rng.choice(len(names), size=len(loose), p=w / w.sum())
+    index = np.empty(len(trace), dtype=np.int64)
+    has = sessions >= 0
+    index[has] = per_session[sessions[has]]
+    index[loose] = per_loose
+    trace.tenant_index, trace.tenant_names = index, names
+    return trace
+
+
 def generate_trace(
     kind: Kind,
     *,
@@ -629,6 +658,7 @@ def generate_trace(
     seed: int = 0,
     horizon_s: float | None = None,
     params: Any | None = None,
+    tenants: Mapping[str, float] | None = None,
     **overrides: Any,
 ) -> Trace:
     """Generate a synthetic trace of ``kind``; deterministic for a given ``seed``.
@@ -644,6 +674,8 @@ def generate_trace(
     horizon are cut there; since a request always comes after the requests it waits for, no
     kept request waits for a dropped one. (A replay times closed-loop requests by simulated
     completions, so it may stretch or shrink the window a little.)
+
+    ``tenants`` labels requests with tenants drawn with these weights (:func:`assign_tenants`).
     """
     p = make_params(kind, overrides, base=params)
     if num_sessions is not None and num_requests is not None and kind == "agentic":
@@ -660,6 +692,8 @@ def generate_trace(
     else:
         count = num_requests or num_sessions or 1000
         trace = _generate_rag(p, count, seed) if kind == "rag" else _generate_open_loop(kind, p, count, seed)
+    if tenants:
+        trace = assign_tenants(trace, tenants, seed)
     if horizon_s is not None:
         keep = np.flatnonzero(trace.timestamp_s <= trace.timestamp_s.min() + horizon_s)
         trace = trace.subset(keep)

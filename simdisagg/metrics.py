@@ -258,9 +258,74 @@ def summarize(result: RunResult, slo: SLOConfig) -> dict[str, Any]:
                 s[f"{pool}_{k}"] = v
     if result.recorder.unloaded_s is not None:
         s.update(session_summary(session_metrics(result)))
+    if result.tenants is not None:
+        s["tenants"] = tenant_metrics(result, slo, lat, duration)
     s["events"] = result.events
     s["wall_s"] = result.wall_s
     return s
+
+
+#: The group of requests that name no tenant, in :func:`tenant_metrics`.
+NO_TENANT = "(none)"
+
+
+def tenant_metrics(
+    result: RunResult, slo: SLOConfig, latencies: dict[str, np.ndarray] | None = None, duration_s: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per tenant (and :data:`NO_TENANT` for requests that name none, when there are any):
+    requests, completed, rejected (and of those, over a quota at the router), TTFT, TPOT and
+    E2E statistics (ms), the wait at the router for the quota (ms), and SLO attainment and
+    goodput under the tenant's own SLO (the run's when it has none), goodput per second of
+    the whole run (so tenants' goodputs add up)."""
+    tenants = result.tenants
+    if tenants is None:
+        return {}
+    lat = latencies if latencies is not None else request_latencies(result)
+    rec = result.recorder
+    t = rec.times
+    if duration_s is None:
+        arrivals = t["arrival_at"][~np.isnan(t["arrival_at"])]
+        done_any = rec.status == STATUS_COMPLETED
+        start = float(arrivals.min()) if len(arrivals) else 0.0
+        duration_s = max((float(np.nanmax(t["completed_at"])) if done_any.any() else start) - start, 1e-12)
+    wait = tenants.admitted_at - t["arrival_at"]
+    groups: list[tuple[str, int]] = [(name, k) for k, name in enumerate(tenants.names)]
+    if (tenants.index < 0).any():
+        groups.append((NO_TENANT, -1))
+    out: dict[str, dict[str, Any]] = {}
+    for name, k in groups:
+        mine = tenants.index == k
+        status = rec.status[mine]
+        done = status == STATUS_COMPLETED
+        target = (tenants.slos[k] if k >= 0 else None) or slo
+        ttft, tpot = lat["ttft_s"][mine], lat["tpot_s"][mine]
+        met = done & (ttft <= target.ttft_s) & (np.isnan(tpot) | (tpot <= target.tpot_s))
+        n = int(mine.sum())
+        row: dict[str, Any] = {
+            "priority": tenants.priority[k] if k >= 0 else 0,
+            "requests": n,
+            "completed": int(done.sum()),
+            "rejected": int((status == STATUS_REJECTED).sum()),
+            "rejected_over_quota": tenants.rejected_over_quota[k] if k >= 0 and tenants.rejected_over_quota else 0,
+            "output_tokens": int(result.output_tokens[mine][done].sum()),
+        }
+        _stats("ttft", ttft, row)
+        _stats("tpot", tpot, row)
+        _stats("e2el", lat["e2e_s"][mine], row)
+        w = wait[mine]
+        w = w[~np.isnan(w)]
+        row["mean_quota_wait_ms"] = float(w.mean() * 1000.0) if len(w) else math.nan
+        row["p99_quota_wait_ms"] = float(np.percentile(w, 99) * 1000.0) if len(w) else math.nan
+        if k >= 0 and tenants.peak_in_flight:
+            row["peak_in_flight"] = tenants.peak_in_flight[k]
+        row["slo_ttft_ms"] = target.ttft_s * 1000.0
+        row["slo_tpot_ms"] = target.tpot_s * 1000.0
+        row["slo_attainment"] = float(met.sum() / n) if n else math.nan
+        row["slo_attainment_target"] = target.attainment
+        row["request_goodput"] = float(met.sum()) / duration_s
+        row["output_throughput"] = row["output_tokens"] / duration_s
+        out[name] = row
+    return out
 
 
 def session_metrics(result: RunResult) -> Any:

@@ -3,13 +3,14 @@
 Every file is written to a temporary name in the same folder, flushed and fsynced, then
 renamed over the target, so a crash or Ctrl-C never leaves a half-written file.
 
-A run's folder (``summary.json``, ``requests.parquet``/``.csv``, ``config.json``, the
-baseline's ``baseline_*`` files) is written as one unit by :func:`write_folder`: every file
-goes to a staging folder first; then the previous run's ``manifest.json`` is removed, the
-previous run's files that this run does not write are removed, the new files are moved in,
-and ``manifest.json`` (run id, command, versions, wall times, the SHA-256 of every file) is
-written last. A folder with a manifest holds exactly the files it lists, all from one run; a
-folder without one was interrupted mid-write, and the next run into it clears it.
+A run's folder (``summary.json``, ``requests.parquet``/``.csv``, ``config.json``,
+``timeseries.parquet``, the baseline's ``baseline_*`` files) is written as one unit by
+:func:`write_folder`: every file goes to a staging folder first; then the previous run's
+``manifest.json`` is removed, the previous run's files that this run does not write are
+removed, the new files are moved in, and ``manifest.json`` (run id, command, versions, wall
+times, the SHA-256 of every file) is written last. A folder with a manifest holds exactly the
+files it lists, all from one run; a folder without one was interrupted mid-write, and the
+next run into it clears it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ MANIFEST = "manifest.json"
 RUN_FILES = tuple(
     f"{prefix}{name}"
     for prefix in ("", "baseline_")
-    for name in ("summary.json", "requests.parquet", "requests.csv", "config.json")
+    for name in ("summary.json", "requests.parquet", "requests.csv", "config.json", "timeseries.parquet")
 )
 _STAGING_PREFIX = ".simdisagg-staging-"
 
@@ -107,7 +108,34 @@ def requests_frame(result: Any, slo: Any) -> Any:
     cols["prefill_instance"] = rec.prefill_instance
     cols["decode_instance"] = rec.decode_instance
     cols["kv_bytes_sent"] = rec.kv_bytes_sent
+    tenants = getattr(result, "tenants", None)
+    if tenants is not None:
+        import numpy as np
+
+        # Requests that name no tenant get an empty name (index -1: the last entry).
+        names = np.array([*tenants.names, ""], dtype=object)
+        cols["tenant"] = names[tenants.index]
+        cols["admitted_at"] = tenants.admitted_at
+        cols["quota_wait_s"] = tenants.admitted_at - rec.times["arrival_at"]
+        cols["tenant_slo_met"] = tenant_slo_met(result, slo)
     return pd.DataFrame(cols)
+
+
+def tenant_slo_met(result: Any, slo: Any) -> Any:
+    """Per request: completed within its tenant's SLO (the run's ``slo`` for tenants without
+    one and requests without a tenant)."""
+    import numpy as np
+
+    from simdisagg.metrics import request_latencies
+    from simdisagg.sim.recorder import STATUS_COMPLETED
+
+    tenants = result.tenants
+    lat = request_latencies(result)
+    targets = [s or slo for s in tenants.slos] + [slo]
+    ttft_s = np.array([x.ttft_s for x in targets])[tenants.index]
+    tpot_s = np.array([x.tpot_s for x in targets])[tenants.index]
+    ok_tpot = np.isnan(lat["tpot_s"]) | (lat["tpot_s"] <= tpot_s)
+    return (result.recorder.status == STATUS_COMPLETED) & (lat["ttft_s"] <= ttft_s) & ok_tpot
 
 
 def write_results(out_dir: Path, summary: dict[str, Any], frame: Any, config: dict[str, Any], prefix: str = "") -> None:
@@ -119,15 +147,20 @@ def write_results(out_dir: Path, summary: dict[str, Any], frame: Any, config: di
 
 
 def result_files(
-    summary: dict[str, Any], frame: Any, config: dict[str, Any], prefix: str = ""
+    summary: dict[str, Any], frame: Any, config: dict[str, Any], prefix: str = "", timeseries: Any = None
 ) -> dict[str, Callable[[Path], None]]:
-    """The writers of one run's files, by file name, for :func:`write_folder`."""
-    return {
+    """The writers of one run's files, by file name, for :func:`write_folder`; with
+    ``timeseries`` (the frame of :func:`simdisagg.sim.timeseries.timeseries_frame`), its
+    ``timeseries.parquet`` too."""
+    files: dict[str, Callable[[Path], None]] = {
         f"{prefix}summary.json": lambda p: p.write_text(json.dumps(_clean(summary), indent=2) + "\n"),
         f"{prefix}requests.parquet": lambda p: frame.to_parquet(p, index=False),
         f"{prefix}requests.csv": lambda p: frame.to_csv(p, index=False),
         f"{prefix}config.json": lambda p: p.write_text(json.dumps(_clean(config), indent=2) + "\n"),
     }
+    if timeseries is not None:
+        files[f"{prefix}timeseries.parquet"] = lambda p: timeseries.to_parquet(p, index=False)
+    return files
 
 
 def _sha256(path: Path) -> str:
@@ -270,4 +303,27 @@ def summary_table(columns: dict[str, dict[str, Any]], title: str) -> Any:
         if all(c == "-" for c in cells):
             continue
         table.add_row(label, *cells)
+    return table
+
+
+def tenant_table(summary: dict[str, Any], title: str) -> Any:
+    """A rich table of one run's per-tenant figures (``summary["tenants"]``), a row each
+    (times in ms, goodput in requests/s within the tenant's SLO)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), title_justify="left")
+    for name in ("tenant", "prio", "done/rej (quota)", "TTFT p50/p99", "TPOT p99", "quota wait", "SLO met (target)",
+                 "goodput"):  # fmt: skip
+        table.add_column(name, justify="left" if name == "tenant" else "right")
+    for tenant, t in (summary.get("tenants") or {}).items():
+        table.add_row(
+            escape(tenant), str(t["priority"]),
+            f"{t['completed']:,d}/{t['rejected']:,d} ({t['rejected_over_quota']:,d})",
+            f"{_fmt(t['median_ttft_ms'], '{:.0f}')}/{_fmt(t['p99_ttft_ms'], '{:.0f}')}",
+            _fmt(t["p99_tpot_ms"]),
+            _fmt(t["mean_quota_wait_ms"], "{:.0f}"),
+            f"{_fmt(t['slo_attainment'], '{:.1%}')} ({t['slo_attainment_target']:.0%})",
+            _fmt(t["request_goodput"], "{:.2f}"),
+        )  # fmt: skip
     return table

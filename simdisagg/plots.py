@@ -282,3 +282,63 @@ def run_timelines(runs: Sequence[tuple[str, Any, Any]], path: Path, bins: int = 
         ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(title or "pools over simulated time")
     return _save(fig, path)
+
+
+_STATE_STYLES = {"serving": "-", "starting": ":", "draining": "--", "failed": "-."}
+_POOL_COLOURS = {"prefill": "#ff7f0e", "decode": _DISAGG_COLOUR, "aggregated": _AGG_COLOUR}
+
+
+def timeseries(runs: Sequence[tuple[str, Any]], path: Path, title: str = "") -> Path:
+    """A run's per-window time series (``runs``: ``(label, frame)`` with the frames of
+    :func:`simdisagg.sim.timeseries.timeseries_frame`), one panel each on a shared time axis:
+    arrivals and completions per second; instances per pool by state; busy fraction and
+    batch occupancy; KV occupancy; requests waiting; P50/P95 TTFT; P50/P95 ITL."""
+    fig = _figure(9.0, 15.0)
+    axes = fig.subplots(7, 1, sharex=True)
+    ax_rate, ax_inst, ax_busy, ax_kv, ax_queue, ax_ttft, ax_itl = axes
+    styles = ["-", "--"]
+    for k, (label, frame) in enumerate(runs):
+        if len(frame) == 0:
+            continue
+        style = styles[k % len(styles)]
+        mid = 0.5 * (frame["window_start_s"].to_numpy() + frame["window_end_s"].to_numpy())
+        width = np.maximum(frame["window_end_s"].to_numpy() - frame["window_start_s"].to_numpy(), 1e-12)
+        ax_rate.plot(mid, frame["arrivals"] / width, style, color="black", label=f"{label}: arrivals")
+        ax_rate.plot(mid, frame["completions"] / width, style, color="#2ca02c", label=f"{label}: completions")
+        for pool, colour in _POOL_COLOURS.items():
+            if f"{pool}_serving" not in frame:
+                continue
+            for state, state_style in _STATE_STYLES.items():
+                counts = frame[f"{pool}_{state}"]
+                if state == "serving" or counts.any():
+                    ax_inst.step(mid, counts, state_style, where="mid", color=colour, label=f"{label}: {pool} {state}")
+            ax_busy.plot(mid, frame[f"{pool}_busy_fraction"], style, color=colour, label=f"{label}: {pool} busy")
+            ax_busy.plot(mid, frame[f"{pool}_batch_occupancy"], style, color=colour, alpha=0.5,
+                         label=f"{label}: {pool} batch occupancy")
+            ax_kv.plot(mid, frame[f"{pool}_kv_occupancy"], style, color=colour, label=f"{label}: {pool}")
+            ax_queue.plot(mid, frame[f"{pool}_queue_length"], style, color=colour, label=f"{label}: {pool}")
+        if frame["router_queue_length"].any():
+            ax_queue.plot(mid, frame["router_queue_length"], style, color="grey", label=f"{label}: router (quota)")
+        for q, alpha in (("p50", 1.0), ("p95", 0.5)):
+            ax_ttft.plot(mid, frame[f"{q}_ttft_ms"] / 1000.0, style, color="#9467bd", alpha=alpha,
+                         label=f"{label}: {q.upper()}")
+            ax_itl.plot(mid, frame[f"{q}_itl_ms"], style, color="#8c564b", alpha=alpha, label=f"{label}: {q.upper()}")
+    ax_rate.set_ylabel("requests / s")
+    ax_inst.set_ylabel("instances")
+    ax_busy.set_ylabel("busy, batch\noccupancy")
+    ax_busy.set_ylim(0, 1.05)
+    ax_kv.set_ylabel("KV occupancy")
+    ax_kv.set_ylim(0, 1.05)
+    ax_queue.set_ylabel("requests waiting")
+    ax_ttft.set_ylabel("TTFT (s)")
+    ax_itl.set_ylabel("ITL (ms)")
+    if ax_itl.has_data():
+        ax_itl.set_yscale("log")  # a stalled step is orders of magnitude above the others
+    ax_itl.set_xlabel("simulated time (s)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        handles, _ = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(fontsize=6, loc="upper right", ncol=2)
+    fig.suptitle(title or "per-window time series")
+    return _save(fig, path)

@@ -13,6 +13,8 @@ Fields (``timestamp`` in milliseconds from the trace start; lengths in tokens):
                    (512 for Mooncake, the default); equal ids mean reusable KV blocks.
 ``request_id``     string or integer id (default: the 1-based line number).
 ``session_id``     the agent session or conversation the request belongs to.
+``tenant``         the tenant (customer, application) the request is served for: its
+                   priority, quotas and SLO come from the run's ``tenants`` settings.
 ``wait_for``       ids of *earlier* requests this one waits for (closed loop).
 ``tool_wait_ms``   tool or think time after all of ``wait_for`` completed, ms (default 0).
 
@@ -95,6 +97,7 @@ class TraceLine(BaseModel):
     hash_ids: list[_HashId] | None = None
     request_id: _Id | None = None
     session_id: _Id | None = None
+    tenant: _Id | None = None
     wait_for: list[_Id] | None = None
     tool_wait_ms: float = Field(default=0.0, ge=0, le=MAX_TIME_MS, allow_inf_nan=False)
 
@@ -160,6 +163,9 @@ class Trace:
     hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS
     line_numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     _prefix_tree: PrefixTree | None = field(default=None, repr=False)
+    #: int64 per request, -1 when the request names no tenant; empty when no request does.
+    tenant_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    tenant_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -169,10 +175,22 @@ class Trace:
         sessions = len(self.session_names)
         closed = int(self.closed_loop.sum()) if n else 0
         hashes = f"{self.hash_block_tokens}-token hash blocks" if self.has_hashes else "no prefix hashes"
+        tenants = f"{len(self.tenant_names):,} tenants, " if self.has_tenants else ""
         return (
-            f"Trace({self.source!r}: {n:,} requests, {sessions:,} sessions, {closed:,} closed-loop, "
+            f"Trace({self.source!r}: {n:,} requests, {sessions:,} sessions, {tenants}{closed:,} closed-loop, "
             f"{int(self.input_tokens.sum()):,} input / {int(self.output_tokens.sum()):,} output tokens, {hashes})"
         )
+
+    @property
+    def has_tenants(self) -> bool:
+        """Whether any request names a tenant."""
+        return len(self.tenant_index) == len(self) and bool(self.tenant_names)
+
+    def tenant_of(self, i: int) -> str | None:
+        """The tenant request ``i`` names (``None``: none)."""
+        if not self.has_tenants or self.tenant_index[i] < 0:
+            return None
+        return self.tenant_names[int(self.tenant_index[i])]
 
     @property
     def closed_loop(self) -> np.ndarray:
@@ -274,6 +292,8 @@ class Trace:
             wait_indices=_concat(wait_lists),
             hash_block_tokens=self.hash_block_tokens,
             line_numbers=self.line_numbers[idx].copy() if len(self.line_numbers) else self.line_numbers,
+            tenant_index=self.tenant_index[idx].copy() if self.has_tenants else np.zeros(0, dtype=np.int64),
+            tenant_names=self.tenant_names if self.has_tenants else [],
             **hashes,
         )
 
@@ -314,7 +334,7 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
         msg = f"is not a field of a trace line{hint}; the fields are {', '.join(FIELDS)}"
     elif loc == ["wait_for"] and kind.endswith("_type"):
         msg = f"must be a list of request ids, got {_brief(err.get('input'))}"
-    elif loc and loc[0] in ("request_id", "session_id", "wait_for") and kind.endswith("_type"):
+    elif loc and loc[0] in ("request_id", "session_id", "tenant", "wait_for") and kind.endswith("_type"):
         msg = f"must be a string or an integer, got {_brief(err.get('input'))}"
     elif kind.endswith("_type") and "input" in err:
         msg = f"{msg}, got {_brief(err['input'])}"
@@ -366,6 +386,7 @@ class _Columns:
     ids: list[str | None] | None = None
     sessions: list[str | None] | None = None
     waits: dict[int, list[str]] = field(default_factory=dict)
+    tenants: list[str | None] | None = None
 
 
 def _parse_line(raw: bytes, source: str, lineno: int) -> Any:
@@ -411,6 +432,7 @@ def _read_checked(handle: Any, source: str, block_override: int | None) -> tuple
     hashes: list[Sequence[int] | np.ndarray] = []
     ids: list[str | None] = []
     sessions: list[str | None] = []
+    tenants: list[str | None] = []
     waits: dict[int, list[str]] = {}
     validate = TraceLine.model_validate
     first_line = True
@@ -448,6 +470,7 @@ def _read_checked(handle: Any, source: str, block_override: int | None) -> tuple
         hashes.append(np.asarray(req.hash_ids, dtype=np.int64) if req.hash_ids else ())
         ids.append(None if req.request_id is None else str(req.request_id))
         sessions.append(None if req.session_id is None else str(req.session_id))
+        tenants.append(None if req.tenant is None else str(req.tenant))
         seen_request = True
     if not seen_request:
         raise TraceError(source, None, None, "the trace has no requests")
@@ -462,6 +485,7 @@ def _read_checked(handle: Any, source: str, block_override: int | None) -> tuple
         ids=ids if any(i is not None for i in ids) else None,
         sessions=sessions if any(s is not None for s in sessions) else None,
         waits=waits,
+        tenants=tenants if any(t is not None for t in tenants) else None,
     )
     return columns, block
 
@@ -479,6 +503,7 @@ _COLUMNAR_LINE = re.compile(
     rb'^\{(?:"request_id": ?(' + _STR + rb"), ?)?"
     rb'"timestamp": ?(' + _NUM + rb'), ?"input_length": ?(' + _INT + rb'), ?"output_length": ?(' + _INT + rb")"
     rb'(?:, ?"session_id": ?(' + _STR + rb"))?"
+    rb'(?:, ?"tenant": ?(' + _STR + rb"))?"
     rb'(?:, ?"wait_for": ?\[((?:' + _STR + rb"(?:, ?" + _STR + rb')*)?)\], ?"tool_wait_ms": ?(' + _NUM + rb"))?"
     rb'(?:, ?"hash_ids": ?\[([^\]]*)\])?'
     rb"\}\r?$",
@@ -494,10 +519,10 @@ _MOONCAKE_LINE = re.compile(
 #: Where each column sits in a match of each pattern (``None``: the pattern has no such field).
 #: Strings are captured with their quotes, so that an empty string is told from an absent key.
 _GROUPS_ALL: dict[str, int | None] = {
-    "rid": 0, "ts": 1, "inp": 2, "out": 3, "sess": 4, "wait": 5, "tool": 6, "hash": 7,
+    "rid": 0, "ts": 1, "inp": 2, "out": 3, "sess": 4, "tenant": 5, "wait": 6, "tool": 7, "hash": 8,
 }  # fmt: skip
 _GROUPS_MOONCAKE: dict[str, int | None] = {
-    "rid": None, "ts": 0, "inp": 1, "out": 2, "sess": None, "wait": None, "tool": None, "hash": 3,
+    "rid": None, "ts": 0, "inp": 1, "out": 2, "sess": None, "tenant": None, "wait": None, "tool": None, "hash": 3,
 }  # fmt: skip
 _WAIT_SEPARATOR = re.compile(rb'", ?"')
 _POWERS_OF_10 = 10 ** np.arange(1, 19, dtype=np.int64)
@@ -537,7 +562,7 @@ def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: in
         return list(map(itemgetter(k), matches))
 
     hash_seg = column("hash") or [b""] * n
-    rid_seg, sess_seg, tool_seg = column("rid"), column("sess"), column("tool")
+    rid_seg, sess_seg, tool_seg, tenant_seg = column("rid"), column("sess"), column("tool"), column("tenant")
     ts_at, inp_at, out_at = itemgetter(groups["ts"]), itemgetter(groups["inp"]), itemgetter(groups["out"])
     try:
         joined = b",".join(map(ts_at, matches))
@@ -550,6 +575,7 @@ def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: in
         out = np.fromstring(b",".join(map(out_at, matches)), dtype=np.int64, sep=",")
         ids = _strings(rid_seg) if rid_seg else None
         sessions = _strings(sess_seg) if sess_seg else None
+        tenants = _strings(tenant_seg) if tenant_seg else None
     except (ValueError, OverflowError, UnicodeDecodeError):
         return None
     if not (np.all(ts_ms <= MAX_TIME_MS) and np.all((inp >= 1) & (inp <= MAX_TOKENS))
@@ -611,6 +637,7 @@ def _columnar_chunk(buf: bytearray | bytes, start: int, end: int, first_line: in
         ids=ids,
         sessions=sessions,
         waits=waits,
+        tenants=tenants,
     )
 
 
@@ -621,6 +648,7 @@ def _join(parts: list[_Columns]) -> _Columns:
     hash_shift = np.cumsum([0] + [int(p.hash_offsets[-1]) for p in parts[:-1]])
     any_ids = any(p.ids is not None for p in parts)
     any_sessions = any(p.sessions is not None for p in parts)
+    any_tenants = any(p.tenants is not None for p in parts)
     return _Columns(
         lines=np.concatenate([p.lines for p in parts]),
         ts_ms=np.concatenate([p.ts_ms for p in parts]),
@@ -634,6 +662,7 @@ def _join(parts: list[_Columns]) -> _Columns:
         ids=[x for p in parts for x in (p.ids or [None] * len(p.lines))] if any_ids else None,
         sessions=[x for p in parts for x in (p.sessions or [None] * len(p.lines))] if any_sessions else None,
         waits={i + int(s): w for p, s in zip(parts, shift, strict=True) for i, w in p.waits.items()},
+        tenants=[x for p in parts for x in (p.tenants or [None] * len(p.lines))] if any_tenants else None,
     )
 
 
@@ -716,15 +745,10 @@ def _finish(source: str, block: int, c: _Columns) -> Trace:
         wait_lists.append(targets)
     wait_offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     wait_indices = np.asarray([j for t in wait_lists for j in t], dtype=np.int64)
-    if c.sessions is None:
-        session_index = np.full(n, -1, dtype=np.int64)
-        session_names: list[str] = []
-    else:
-        order: dict[str, int] = {}
-        session_index = np.fromiter(
-            (-1 if s is None else order.setdefault(s, len(order)) for s in c.sessions), dtype=np.int64, count=n
-        )
-        session_names = list(order)
+    session_index, session_names = _name_index(c.sessions, n)
+    tenant_index, tenant_names = _name_index(c.tenants, n)
+    if not tenant_names:
+        tenant_index = np.zeros(0, dtype=np.int64)
     return Trace(
         source=source,
         request_ids=ids,
@@ -740,7 +764,19 @@ def _finish(source: str, block: int, c: _Columns) -> Trace:
         _hash_values=c.hash_values,
         hash_block_tokens=block,
         line_numbers=c.lines,
+        tenant_index=tenant_index,
+        tenant_names=tenant_names,
     )
+
+
+def _name_index(names: list[str | None] | None, n: int) -> tuple[np.ndarray, list[str]]:
+    """Names per request (``None``: none) as indices into the names in order of first
+    appearance, -1 for none."""
+    if names is None:
+        return np.full(n, -1, dtype=np.int64), []
+    order: dict[str, int] = {}
+    index = np.fromiter((-1 if s is None else order.setdefault(s, len(order)) for s in names), dtype=np.int64, count=n)
+    return index, list(order)
 
 
 class TraceBuilder:
@@ -764,6 +800,7 @@ class TraceBuilder:
         self._sess: list[int] = []
         self._sess_names: list[str] = []
         self._sess_index: dict[str, int] = {}
+        self._tenants: list[str | None] = []
         self._tool: list[float] = []
         self._waits: list[list[int]] = []
         self._hashes: list[Sequence[int]] = []
@@ -782,6 +819,7 @@ class TraceBuilder:
         tool_wait_s: float = 0.0,
         hash_ids: Sequence[int] | None = None,
         prefix_segment: int = -1,
+        tenant: str | None = None,
     ) -> int:
         """Add one request; returns its index. Raises :class:`TraceError` naming the line.
 
@@ -822,6 +860,7 @@ class TraceBuilder:
                 self._sess_names.append(key)
             self._sess.append(s)
         self._tool.append(float(tool_wait_s))
+        self._tenants.append(None if tenant is None else str(tenant))
         self._waits.append(waits)
         if self.tree is None:
             self._hashes.append(hash_ids if hash_ids is not None else ())
@@ -848,6 +887,8 @@ class TraceBuilder:
             "hash_block_tokens": self.hash_block_tokens,
             "line_numbers": np.asarray(self._lines, dtype=np.int64),
         }
+        if any(t is not None for t in self._tenants):
+            columns["tenant_index"], columns["tenant_names"] = _name_index(self._tenants, len(self._ids))
         if self.tree is not None:
             return Trace.from_prefix_tree(self.tree.build(self._segments), **columns)
         trace = Trace(_hash_offsets=_offsets(self._hashes), _hash_values=_concat(self._hashes), **columns)
@@ -912,6 +953,9 @@ def write_jsonl(trace: Trace, path: str | Path, header: dict[str, Any] | None = 
         }
         if trace.session_index[i] >= 0:
             row["session_id"] = trace.session_names[int(trace.session_index[i])]
+        tenant = trace.tenant_of(i)
+        if tenant is not None:
+            row["tenant"] = tenant
         waits = trace.waits_of(i)
         if len(waits):
             row["wait_for"] = [trace.request_ids[int(j)] for j in waits]

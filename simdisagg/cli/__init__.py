@@ -69,7 +69,7 @@ def _root(version: VersionOpt = False) -> None:
 
 
 #: Files ``run --plots`` writes.
-PLOT_FILES = ("latency_cdf.png", "timeline.png")
+PLOT_FILES = ("latency_cdf.png", "timeline.png", "timeseries.png")
 
 
 @app.command(
@@ -110,13 +110,15 @@ def run(
         Path | None,
         typer.Option(
             "--out", "-o",
-            help="Write summary.json, requests.parquet/.csv, config.json and manifest.json here (default: none).",
+            help="Write summary.json, requests.parquet/.csv, timeseries.parquet, config.json and manifest.json "
+            "here (default: none).",
         ),  # fmt: skip
     ] = None,
     plots: Annotated[
         Path | None,
         typer.Option(
-            "--plots", help="Write latency CDFs and per-pool utilisation, queue and KV over time here (default: none)."
+            "--plots", help="Write latency CDFs, per-pool utilisation, queue and KV over time, and the per-window "
+            "time series (timeseries.png) here (default: none)."
         ),
     ] = None,
     profiles_dir: ProfilesOpt = None,
@@ -131,7 +133,7 @@ def run(
     from simdisagg.hardware import ProfileStore
     from simdisagg.importers import TraceImportWarning, load_trace
     from simdisagg.inputs import check_output_dir
-    from simdisagg.output import summary_table
+    from simdisagg.output import summary_table, tenant_table
 
     # Everything is checked before the first simulated event: options, config, profiles, the
     # clusters of both columns, the output folders, then the trace.
@@ -180,6 +182,9 @@ def run(
     title = f"{main_run.trace_label} · {cfg.model} · {main_run.summary['gpus']} GPUs"
     console.print(summary_table({r.column: r.summary for r in runs}, title))
     for r in runs:
+        if r.summary.get("tenants"):
+            console.print(tenant_table(r.summary, f"per tenant · {r.column} (ms; goodput req/s)"))
+    for r in runs:
         for note in r.notes:
             console.print(f"[yellow]note:[/yellow] {escape(note)}")
     if len(runs) > 1:
@@ -204,7 +209,9 @@ def _write_outputs(console: Any, runs: list[Any], out: Path | None, plots: Path 
     if out is not None:
         files: dict[str, Any] = {}
         for k, r in enumerate(runs):
-            files.update(result_files(r.summary, r.frame(), r.config_record(), "" if k == 0 else "baseline_"))
+            files.update(
+                result_files(r.summary, r.frame(), r.config_record(), "" if k == 0 else "baseline_", r.timeseries())
+            )
         if same:
             files.update(plot_files)
         write_folder(out, files, record, known=RUN_FILES + (PLOT_FILES if same else ()))
@@ -226,6 +233,7 @@ def _plot_writers(runs: list[Any]) -> dict[str, Any]:
             samples, p, slo.ttft_s, slo.tpot_s, title="latency of every completed request"
         ),
         "timeline.png": lambda p: figures.run_timelines(series, p),
+        "timeseries.png": lambda p: figures.timeseries([(r.column, r.timeseries()) for r in runs], p),
     }
 
 

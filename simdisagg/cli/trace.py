@@ -160,6 +160,28 @@ def _parse_params(items: list[str] | None) -> dict[str, str]:
     return params
 
 
+def _parse_tenants(text: str | None) -> dict[str, float]:
+    """``a=0.7,b=0.3`` → tenant weights (positive, finite, each name once)."""
+    if text is None:
+        return {}
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--tenants: '{item.strip()}' is not NAME=WEIGHT, e.g. a=0.7,b=0.3")
+        if name in weights:
+            raise ConfigError(f"--tenants: tenant '{name}' is given twice")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ConfigError(f"--tenants: the weight of '{name}' is not a number: '{value.strip()}'") from None
+        if not (math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"--tenants: the weight of '{name}' must be positive and finite, got {value.strip()}")
+        weights[name] = weight
+    return weights
+
+
 @trace_app.command(
     "generate", epilog="Example: simdisagg trace generate --kind agentic --sessions 50 --out agentic.jsonl"
 )
@@ -183,6 +205,13 @@ def generate(
         list[str] | None,
         typer.Option("--param", help="set a generator parameter, key=value, repeatable (default: the fitted ones)"),
     ] = None,
+    tenants: Annotated[
+        str | None,
+        typer.Option(
+            "--tenants", help="label requests (agentic: sessions) with tenants drawn with weights, e.g. a=0.7,b=0.3 "
+            "(default: no tenant field)",
+        ),
+    ] = None,
 ) -> None:
     """Generate a synthetic trace; the parameters used are recorded in the file's header line."""
     from simdisagg.generate import KINDS, generate_trace, make_params
@@ -201,6 +230,7 @@ def generate(
     if horizon_s is not None and not (0 < horizon_s <= 1e9):
         raise ConfigError(f"--horizon-s: must be above 0 and at most 1e9 seconds, got {horizon_s}")
     params = make_params(kind, _parse_params(param))
+    tenant_weights = _parse_tenants(tenants)
     check_output_file(out, "--out")
     trace = generate_trace(
         kind,  # type: ignore[arg-type]  # checked against KINDS above
@@ -209,6 +239,7 @@ def generate(
         seed=seed,
         horizon_s=horizon_s,
         params=params,
+        tenants=tenant_weights,
     )
     header = {
         "generator": {
@@ -218,6 +249,7 @@ def generate(
             "requests": requests,
             "horizon_s": horizon_s,
             "params": params.model_dump(mode="json"),
+            **({"tenants": tenant_weights} if tenant_weights else {}),
         }
     }
     write_jsonl(trace, out, header=header)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import simpy
@@ -54,6 +55,7 @@ class AggregatedInstance(ContinuousBatch):
         chunked_prefill: bool,
         prefix: PrefixLookup,
         on_complete: Callable[[int], None],
+        waiting: Any = None,
     ) -> None:
         super().__init__(env, index, cost, input_tokens, output_tokens, rec, stats, exact_steps)
         self.max_batch_size = max_batch_size
@@ -64,7 +66,8 @@ class AggregatedInstance(ContinuousBatch):
         self.chunked = chunked_prefill
         self.prefix = prefix
         self._on_complete = on_complete
-        self.waiting: deque[int] = deque()
+        # FIFO by default; tenants with priorities pass a PriorityOrder (the same interface).
+        self.waiting: deque[int] = deque() if waiting is None else waiting
         self.waiting_blocks = 0  # KV blocks the waiting prompts will need
         self._prefilling: list[list[int]] = []  # [request, tokens done, cached at admission]
         self.kv_used_blocks = 0
@@ -179,6 +182,7 @@ class AggregatedInstance(ContinuousBatch):
             # The running batch stalls: its next inter-token gap includes this iteration.
             self._stall_s += duration
         self.stats.busy_s += duration
+        self.stats.busy_counted_until_at = self.env.now + duration
         self.stats.iterations += 1
         self.stats.events += 1
         self._run_ends = None

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, Protocol
 
 import simpy
 from simpy.events import NORMAL, URGENT
@@ -34,7 +34,7 @@ from simpy.events import NORMAL, URGENT
 EARLY = URGENT
 LATE = NORMAL + 1
 
-__all__ = ["EARLY", "LATE", "NORMAL", "call_at", "call_later", "run"]
+__all__ = ["EARLY", "LATE", "NORMAL", "Sampler", "call_at", "call_later", "run"]
 
 
 def call_later(env: simpy.Environment, delay_s: float, callback: Callable[[Any], None], value: Any = None) -> None:
@@ -63,9 +63,37 @@ def nothing_else_now(env: simpy.Environment) -> bool:
     return not queue or queue[0][0] > env._now
 
 
-def run(env: simpy.Environment) -> None:
-    """Run until no event is left (or until the queue is emptied to stop the run)."""
+class Sampler(Protocol):
+    """Something that samples the state at fixed instants (a time series), with no events of
+    its own: the run loop calls :meth:`sample_until` before the first event at or after
+    ``next_at``."""
+
+    next_at: float
+
+    def sample_until(self, now: float) -> float:
+        """Sample every instant at or before ``now``; return the next one."""
+        ...
+
+
+def run(env: simpy.Environment, sampler: Sampler | None = None) -> None:
+    """Run until no event is left (or until the queue is emptied to stop the run).
+
+    With a ``sampler``, each of its instants is sampled before the first event at or after
+    it, so the sample sees the state that held up to that instant; the run is unchanged."""
     queue = env._queue
+    if sampler is not None:
+        next_at = sampler.next_at
+        while queue:
+            entry = heappop(queue)
+            if entry[0] >= next_at:
+                next_at = sampler.sample_until(entry[0])
+            if len(entry) == 5:
+                env._now = entry[0]
+                entry[3](entry[4])
+            else:
+                heappush(queue, entry)
+                env.step()
+        return
     while queue:
         entry = heappop(queue)
         if len(entry) == 5:

@@ -47,8 +47,10 @@ from simdisagg.sim.recorder import (
     LevelIntegral,
     Recorder,
     RunResult,
+    TenantColumns,
 )
-from simdisagg.sim.router import Router
+from simdisagg.sim.router import PriorityOrder, Router, TenantAdmission, tenant_indices
+from simdisagg.sim.timeseries import DEFAULT_WINDOWS, MAX_SET_WINDOWS, TimeSeriesCollector, window_width_s
 from simdisagg.trace import Trace
 
 
@@ -173,6 +175,18 @@ def simulate(
     t_arrival = rec.times["arrival_at"]
     t_enq = rec.times["prefill_enqueued_at"]
     t_done = rec.times["completed_at"]
+    # Tenants: each request's tenant (checked against the config's list), and the queue
+    # order when their priorities differ (FIFO otherwise, as without tenants).
+    tenant_of = tenant_indices(cfg.tenants, trace)
+    priorities = {t.priority for t in cfg.tenants} | ({0} if (tenant_of < 0).any() else set())
+    request_priority: list[int] = (
+        [cfg.tenants[t].priority if t >= 0 else 0 for t in tenant_of.tolist()] if len(priorities) > 1 else []
+    )
+    gate: TenantAdmission | None = None
+
+    def new_queue() -> PriorityOrder | None:
+        """The order of a new queue: by priority when tenants have different ones."""
+        return PriorityOrder(request_priority, t_arrival) if request_priority else None
 
     # Closed-loop bookkeeping: children of each request and how many parents remain.
     n_waits = np.diff(trace.wait_offsets)
@@ -197,6 +211,8 @@ def simulate(
             if status[j] == STATUS_REJECTED:
                 continue
             rec.reject(j, why)
+            if gate is not None:
+                gate.finished(j)
             if progress is not None:
                 report()
             if children:
@@ -218,6 +234,8 @@ def simulate(
     def complete(i: int) -> None:
         t_done[i] = env.now
         status[i] = STATUS_COMPLETED
+        if gate is not None:
+            gate.finished(i)
         if children:
             release_children(i)
         if watch is not None:
@@ -265,6 +283,7 @@ def simulate(
                     chunked_prefill=cfg.aggregated.chunked_prefill,
                     prefix=prefix,
                     on_complete=complete,
+                    waiting=new_queue(),
                 )
             )
         if cfg.router.prefill_policy == "shared_queue":
@@ -322,13 +341,14 @@ def simulate(
                     kv_block_tokens=dplan.kv_block_tokens,
                     prefix=held,
                     on_complete=complete,
+                    waiting=new_queue(),
                 )
             )
         links = [
             KVLink(env, k, bandwidth, link_profile.latency_s.value, cfg.link.sharing, rec)
             for k in range(cfg.prefill.count)
         ]
-        shared = PrefillQueue(env) if cfg.router.prefill_policy == "shared_queue" else None
+        shared = PrefillQueue(env, new_queue()) if cfg.router.prefill_policy == "shared_queue" else None
         prefill: list[PrefillInstance] = []
         decode_of = rec.decode_instance
 
@@ -354,7 +374,7 @@ def simulate(
             decode[d].submit(i, on_admitted)
 
         for k in range(cfg.prefill.count):
-            queue = shared or PrefillQueue(env)
+            queue = shared or PrefillQueue(env, new_queue())
             stats = InstanceStats("prefill", k, cfg.prefill.tp, LevelIntegral(pplan.kv_capacity_blocks),
                                   saturated=queue.saturated)
             instances_stats.append(stats)
@@ -404,6 +424,16 @@ def simulate(
         t_enq[i] = env.now
         route(i)
 
+    def admitted(i: int) -> None:
+        if frontend is None:
+            enter(i)
+        else:
+            call_later(env, frontend.frontend_s, enter, i)
+
+    if any(t.max_in_flight is not None or t.max_tokens_per_s is not None for t in cfg.tenants):
+        gate = TenantAdmission(env, cfg.tenants, tenant_of, (trace.input_tokens + trace.output_tokens).tolist(),
+                               admitted, reject_chain)  # fmt: skip
+
     def arrive(i: int) -> None:
         now = env.now
         t_arrival[i] = now
@@ -414,6 +444,9 @@ def simulate(
         reason = never.get(i)
         if reason is not None:
             reject_chain(i, reason)
+            return
+        if gate is not None:
+            gate.offer(i)  # the tenant's quotas: admitted, queued at the router or rejected
             return
         if frontend is None:
             enter(i)
@@ -443,8 +476,18 @@ def simulate(
 
     if order_list:
         call_later(env, arrival_s[0], release_open, 0)
-    run(env)
+    first_at = arrival_s[0] if arrival_s else 0.0
+    collector = TimeSeriesCollector(
+        rec,
+        {"aggregated": agg} if cfg.mode == "aggregated" else {"prefill": prefill, "decode": decode},
+        first_at,
+        window_width_s(cfg.timeseries.window_s, first_at, arrival_s[-1] if arrival_s else 0.0),
+        router_queue=None if gate is None else (lambda: gate.queued),  # type: ignore[union-attr]
+        max_windows=2 * DEFAULT_WINDOWS if cfg.timeseries.window_s is None else MAX_SET_WINDOWS,
+    )
+    run(env, collector)
     rec.end_at = env.now
+    rec.timeseries = collector.finish(env.now)
     if progress is not None:
         progress(env.now, finished[0], n)
     for stats in instances_stats:
@@ -476,7 +519,29 @@ def simulate(
         wait_indices=trace.wait_indices,
         tool_wait_s=trace.tool_wait_s,
         ttft_definition=cfg.metrics.ttft,
+        tenants=_tenant_columns(cfg, trace, tenant_of, gate, rec),
     )
+
+
+def _tenant_columns(
+    cfg: RunConfig, trace: Trace, tenant_of: np.ndarray, gate: TenantAdmission | None, rec: Recorder
+) -> TenantColumns | None:
+    """The run's tenants for the metrics (``None`` when neither the config nor the trace
+    names any). Without quotas a request passes the router when it arrives."""
+    if not cfg.tenants and not trace.has_tenants:
+        return None
+    if cfg.tenants:
+        names = [t.name for t in cfg.tenants]
+        priority = [t.priority for t in cfg.tenants]
+        slos: list[Any] = [t.slo for t in cfg.tenants]
+    else:
+        names, priority, slos = list(trace.tenant_names), [0] * len(trace.tenant_names), [None] * len(trace.tenant_names)
+    if gate is not None:
+        return TenantColumns(names, tenant_of, priority, slos, gate.admitted_at, list(gate.peak_in_flight),
+                             list(gate.rejected))  # fmt: skip
+    t = rec.times
+    admitted_at = np.where(np.isnan(t["prefill_enqueued_at"]), np.nan, t["arrival_at"])
+    return TenantColumns(names, tenant_of, priority, slos, admitted_at)
 
 
 #: How often ``stop_after_misses`` checks, in arrivals and completions: each check costs a

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import simpy
 
@@ -54,9 +55,10 @@ class PrefillQueue:
     or its KV memory is full. Prompts never wait in it while an instance could start them (a
     push wakes an idle instance at once), so this is the time its instances are saturated."""
 
-    def __init__(self, env: simpy.Environment) -> None:
+    def __init__(self, env: simpy.Environment, items: Any = None) -> None:
         self.env = env
-        self.items: deque[int] = deque()
+        # FIFO by default; tenants with priorities pass a PriorityOrder (the same interface).
+        self.items: deque[int] = deque() if items is None else items
         self.idle: deque[PrefillInstance] = deque()
         self.saturated = TimeShare()
 
@@ -172,8 +174,11 @@ class PrefillInstance:
         # Blocks found below HBM are read in before the iteration computes on them.
         duration = self.cost.prefill_time_s(new, cached) + load_s
         self.stats.busy_s += duration
+        self.stats.busy_counted_until_at = now + duration
         # A prompt over the budget runs alone and fills its iteration.
-        self.stats.prefill_token_share_s += min(tokens / self.max_batched_tokens, 1.0) * duration
+        share = min(tokens / self.max_batched_tokens, 1.0)
+        self.stats.prefill_token_share_s += share * duration
+        self.stats.iteration_token_share = share
         self.stats.iterations += 1
         self.stats.events += 1
         call_later(self.env, duration, self._done, batch)

@@ -14,9 +14,12 @@ import math
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from simdisagg.sim.timeseries import TimeSeries
 
 STATUS_UNFINISHED = 0
 STATUS_COMPLETED = 1
@@ -153,6 +156,12 @@ class StepLog:
         # Run records, flat: cost key, batch size, starting total context, steps.
         self._runs = array("q")
         self.entries = 0  # steps and entries ever logged
+        # Per-window reading (:meth:`steps_between`): the entries logged as they are (kept
+        # apart, since the main buffer may fold them), and the first run record to read.
+        # Off (None) until a time series asks for it.
+        self._window_values: GrowableArray | None = None
+        self._window_weights: GrowableArray | None = None
+        self._window_runs_from = 0
 
     @property
     def exact(self) -> bool:
@@ -177,13 +186,51 @@ class StepLog:
         """Log steps that each produced ``weight`` tokens."""
         self._values.extend(durations_s)
         self._weights.extend(weight, count=len(durations_s))
+        if self._window_values is not None:
+            self._window_values.extend(durations_s)
+            self._window_weights.extend(weight, count=len(durations_s))  # type: ignore[union-attr]
         self._after_add(len(durations_s))
 
     def add_weighted(self, durations_s: np.ndarray, weights: np.ndarray) -> None:
         """Log durations with a weight each (weights may be negative, see the class)."""
         self._values.extend(durations_s)
         self._weights.extend(weights)
+        if self._window_values is not None:
+            self._window_values.extend(durations_s)
+            self._window_weights.extend(weights)  # type: ignore[union-attr]
         self._after_add(len(durations_s))
+
+    def track_windows(self) -> None:
+        """From now on, keep the entries logged as they are (beside the main buffer, which
+        folds them past its limit) so that :meth:`steps_between` can read any stretch of the
+        log. Runs of steps are always kept; entries are few (one per mixed iteration or
+        stall), so this costs memory in proportion to them, not to the decode steps."""
+        self._window_values = GrowableArray(np.float64, 256)
+        self._window_weights = GrowableArray(np.int64, 256)
+        self._window_runs_from = len(self._runs) // 4
+
+    def mark(self) -> tuple[int, int]:
+        """The position reached in the log (runs logged, entries kept since
+        :meth:`track_windows`): two marks delimit a stretch for :meth:`steps_between`."""
+        return len(self._runs) // 4 - self._window_runs_from, len(self._window_values or ())
+
+    def steps_between(self, start: tuple[int, int], end: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The step durations and weights logged between two :meth:`mark` positions: the runs
+        of steps that ended in between, recomputed from the cost model, and the entries logged
+        as they are. The log is unchanged."""
+        if self._window_values is None or self._window_weights is None:
+            raise RuntimeError("steps_between() needs track_windows() first")
+        base = self._window_runs_from
+        runs = np.frombuffer(self._runs, dtype=np.int64).reshape(-1, 4)[base + start[0] : base + end[0]]
+        parts_v = [self._window_values.view()[start[1] : end[1]]]
+        parts_w = [self._window_weights.view()[start[1] : end[1]]]
+        for key, cost in enumerate(self._costs):
+            mine = runs[runs[:, 0] == key]
+            if len(mine):
+                values, weights = _run_step_times(cost, mine)
+                parts_v.append(values)
+                parts_w.append(weights)
+        return np.concatenate(parts_v), np.concatenate(parts_w)
 
     def _after_add(self, count: int) -> None:
         self.entries += count
@@ -331,6 +378,13 @@ class InstanceStats:
     saturated: TimeShare = field(default_factory=TimeShare)
     prefill_token_share_s: float = 0.0
     busy_s: float = 0.0
+    #: An iteration's time is added to ``busy_s`` when it starts (prefill, aggregated prefill
+    #: iterations): the instant up to which ``busy_s`` already counts (time series subtract
+    #: the part after their sample).
+    busy_counted_until_at: float = 0.0
+    #: The token share of that prefill iteration (its ``prefill_token_share_s`` is counted
+    #: ahead likewise).
+    iteration_token_share: float = 0.0
     iterations: int = 0
     events: int = 0
 
@@ -372,6 +426,8 @@ class Recorder:
         # Instance counters at the ends of a measurement window: (time, one tuple per instance
         # from InstanceStats.counters_at), taken at open-loop arrivals (see simulate()).
         self.snapshots: list[tuple[float, list[tuple[float, float, float, float, float]]]] = []
+        # Samples at the window boundaries (simdisagg.sim.timeseries), when the run kept them.
+        self.timeseries: TimeSeries | None = None
 
     def snapshot(self, now: float) -> None:
         """Record every instance's counters as of ``now``."""
@@ -381,6 +437,24 @@ class Recorder:
         """Mark request ``i`` as rejected with a reason (it will never be served)."""
         self.status[i] = STATUS_REJECTED
         self.reject_reason[i] = reason
+
+
+@dataclass(slots=True)
+class TenantColumns:
+    """The tenants of a run: names (the config's, in its order, or the trace's when the
+    config lists none), each request's tenant (index into the names, -1: none), each
+    tenant's priority and SLO (``None``: the run's), and when each request passed the quota
+    gate at the router (NaN: never)."""
+
+    names: list[str]
+    index: np.ndarray
+    priority: list[int]
+    slos: list[Any]
+    admitted_at: np.ndarray
+    #: Most requests each tenant had in flight at once, and its requests rejected over a
+    #: quota (``over_quota: reject``); empty when no tenant has a quota.
+    peak_in_flight: list[int] = field(default_factory=list)
+    rejected_over_quota: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -403,3 +477,5 @@ class RunResult:
     tool_wait_s: np.ndarray | None = None
     #: ``metrics.ttft`` of the run's config: when a request's first token counts as received.
     ttft_definition: str = "client"
+    #: The run's tenants (``None``: neither the trace nor the config names any).
+    tenants: TenantColumns | None = None

@@ -176,7 +176,7 @@ def test_output_folder_is_one_unit(tmp_path: Path) -> None:
     assert _run("run", EXAMPLE, "--no-compare", "--out", out).exit_code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     files = set(manifest["files"])
-    assert files == {"summary.json", "requests.parquet", "requests.csv", "config.json"}
+    assert files == {"summary.json", "requests.parquet", "requests.csv", "config.json", "timeseries.parquet"}
     assert {p.name for p in out.iterdir()} == files | {"manifest.json", "notes.txt"}
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
@@ -205,7 +205,7 @@ def test_a_write_killed_midway_leaves_no_manifest_and_the_next_run_clears_it(tmp
     monkeypatch.setattr(os, "replace", real_replace)
     assert _run("run", EXAMPLE, "--no-compare", "--out", out).exit_code == 0
     assert {p.name for p in out.iterdir()} == {"summary.json", "requests.parquet", "requests.csv", "config.json",
-                                               "manifest.json"}  # fmt: skip
+                                               "timeseries.parquet", "manifest.json"}  # fmt: skip
     assert not list(out.glob(".simdisagg-staging-*"))
 
 
@@ -214,10 +214,12 @@ def test_plots_are_written(tmp_path: Path) -> None:
     into the --out folder, they join its unit."""
     res = _run("run", EXAMPLE, "--plots", tmp_path / "fig")
     assert res.exit_code == 0, res.output
-    assert {p.name for p in (tmp_path / "fig").iterdir()} == {"latency_cdf.png", "timeline.png", "manifest.json"}
+    assert {p.name for p in (tmp_path / "fig").iterdir()} == {
+        "latency_cdf.png", "timeline.png", "timeseries.png", "manifest.json"
+    }
     res = _run("run", EXAMPLE, "--no-compare", "--out", tmp_path / "o", "--plots", tmp_path / "o")
     assert res.exit_code == 0, res.output
-    assert {"latency_cdf.png", "timeline.png", "summary.json"} <= set(json.loads((tmp_path / "o" / "manifest.json").read_text())["files"])
+    assert {"latency_cdf.png", "timeline.png", "timeseries.png", "timeseries.parquet", "summary.json"} <= set(json.loads((tmp_path / "o" / "manifest.json").read_text())["files"])
 
 
 def test_labels_keep_their_brackets(tmp_path: Path) -> None:
