@@ -49,6 +49,7 @@ from simdisagg.sim.recorder import (
     RunResult,
 )
 from simdisagg.sim.router import Router
+from simdisagg.sim.speculative import make_speculator
 from simdisagg.trace import Trace
 
 
@@ -250,6 +251,7 @@ def simulate(
         for i in np.flatnonzero(need > plan.kv_capacity_blocks).tolist():
             never.setdefault(i, f"needs {int(need[i])} KV blocks, more than an instance's {plan.kv_capacity_blocks}")
         agg: list[AggregatedInstance] = []
+        speculator = make_speculator(cfg, pool, "aggregated", plan.cost, store, streams)
         for k in range(pool.count):
             stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks),
                                   batch=LevelIntegral(pool.max_batch_size))
@@ -265,6 +267,7 @@ def simulate(
                     chunked_prefill=cfg.aggregated.chunked_prefill,
                     prefix=prefix,
                     on_complete=complete,
+                    speculator=speculator,
                 )
             )
         if cfg.router.prefill_policy == "shared_queue":
@@ -308,6 +311,7 @@ def simulate(
             * cfg.link.bandwidth_scale
         )
         decode: list[DecodeInstance] = []
+        speculator = make_speculator(cfg, cfg.decode, "decode", dplan.cost, store, streams)
         for k in range(cfg.decode.count):
             stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks),
                                   batch=LevelIntegral(cfg.decode.max_batch_size))
@@ -322,6 +326,7 @@ def simulate(
                     kv_block_tokens=dplan.kv_block_tokens,
                     prefix=held,
                     on_complete=complete,
+                    speculator=speculator,
                 )
             )
         links = [
@@ -578,10 +583,12 @@ def check_cluster(cfg: RunConfig, store: ProfileStore) -> dict[str, str]:
     if cfg.mode == "aggregated":
         if cfg.router.prefill_policy == "shared_queue":
             raise ConfigError("router.prefill_policy 'shared_queue' applies to disaggregated prefill pools only")
-        return {"aggregated": _plan_pool(cfg, cfg.aggregated_pool(), "aggregated", store, streams, 1.0).cost.label}
+        cost = _plan_pool(cfg, cfg.aggregated_pool(), "aggregated", store, streams, 1.0).cost
+        make_speculator(cfg, cfg.aggregated_pool(), "aggregated", cost, store, streams)
+        return {"aggregated": cost.label}
     store.link(cfg.link.preset)
-    return {
-        "prefill": _plan_pool(cfg, cfg.prefill, "prefill", store, streams, 1.0).cost.label,
-        "decode": _plan_pool(cfg, cfg.decode, "decode", store, streams, 1.0).cost.label,
-    }
+    prefill_label = _plan_pool(cfg, cfg.prefill, "prefill", store, streams, 1.0).cost.label
+    decode_cost = _plan_pool(cfg, cfg.decode, "decode", store, streams, 1.0).cost
+    make_speculator(cfg, cfg.decode, "decode", decode_cost, store, streams)
+    return {"prefill": prefill_label, "decode": decode_cost.label}
 

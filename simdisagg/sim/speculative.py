@@ -1,0 +1,209 @@
+"""Speculative decoding: how many tokens each decode step emits, and what a step costs.
+
+Each decode iteration of a speculating batch (vLLM's and SGLang's scheme, with one chain of
+draft tokens, no trees):
+
+1. the draft proposes ``k`` tokens per request, one after the other: ``k`` passes of the
+   model's MTP layers (method ``mtp``) or ``k`` decode steps of a separate draft model
+   (method ``draft``);
+2. the target verifies them in one step of ``k + 1`` query tokens per request
+   (:func:`~simdisagg.costmodel.base.verify_times_bulk_s`);
+3. each request emits its accepted draft tokens plus the target's own next token: ``1 + a``
+   tokens, ``a`` in ``0..k``, never more than it still owes (the last step emits only what
+   remains).
+
+Step time = draft time + verify time. The batch's total context then grows by the tokens
+emitted, not by the batch size.
+
+**Draws.** A request's accepted counts are drawn once, when it joins a batch, for all its
+steps (:meth:`Speculator.emissions`), from the pool's seeded stream: the number of steps it
+needs is then known at once and the decode instance keeps its finish-step heap and its
+fast-forward runs. ``P(a >= j)`` is the product of the first ``j`` position acceptance
+probabilities (all ``alpha`` for an i.i.d. rate: a geometric count truncated at ``k``).
+
+**Draft cost.** ``mtp``: one MTP pass per draft token, timed as the pool's own decode step
+scaled to the MTP layers (``mtp_layers / num_layers`` of a step of the same batch and
+context), so a measured profile times its MTP passes as it times its layers. ``draft``: the
+draft model's own cost model (same GPU, TP and precision as the pool) gives ``k`` decode
+steps of the batch, the context growing by one token per request each.
+
+**Not modelled** (the README's speculative-decoding section lists them): the draft's weights
+and KV in HBM, the KV slots of rejected tokens, draft trees (EAGLE top-k > 1), acceptance that
+depends on the request or on its position in the answer, and the draft catching up on the
+tokens it did not propose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simdisagg.config import PoolConfig, RunConfig, SpeculativeConfig
+from simdisagg.costmodel.base import (
+    CostModel,
+    decode_times_bulk_s,
+    spread_evenly,
+    verify_times_bulk_s,
+)
+from simdisagg.errors import ConfigError
+from simdisagg.hardware import ModelShape, ProfileStore
+from simdisagg.rng import Streams
+
+
+def mean_length_of_rate(rate: float, draft_tokens: int) -> float:
+    """Mean tokens a step emits when each of ``draft_tokens`` drafts is accepted with the
+    i.i.d. chance ``rate`` (given the earlier ones were): ``(1 - rate^(k+1)) / (1 - rate)``."""
+    return float(sum(rate**j for j in range(draft_tokens + 1)))
+
+
+def rate_of_mean_length(length: float, draft_tokens: int) -> float:
+    """The i.i.d. acceptance rate whose mean tokens per step is ``length`` (inverse of
+    :func:`mean_length_of_rate`, by bisection; the mean rises strictly with the rate)."""
+    if draft_tokens == 0 or length <= 1.0:
+        return 0.0
+    if length >= draft_tokens + 1:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if mean_length_of_rate(mid, draft_tokens) < length:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def acceptance_survival(cfg: SpeculativeConfig) -> np.ndarray:
+    """``P(a >= j)`` for ``j = 1..k``: the chance that at least ``j`` drafts are accepted."""
+    k = cfg.draft_tokens
+    if cfg.position_acceptance is not None:
+        per_position = np.array(cfg.position_acceptance, dtype=np.float64)
+    else:
+        rate = cfg.acceptance_rate if cfg.acceptance_rate is not None else rate_of_mean_length(
+            float(cfg.acceptance_length or 1.0), k
+        )
+        per_position = np.full(k, rate, dtype=np.float64)
+    return np.cumprod(per_position)
+
+
+def mtp_fraction(model: ModelShape) -> float:
+    """An MTP pass as a share of a decode step of the whole model: its layers over the model's."""
+    return model.mtp_layers / model.num_layers
+
+
+class Speculator:
+    """A pool's speculative decoding: draws each request's emitted tokens per step, and times
+    speculative decode steps of the pool's target cost model plus its draft."""
+
+    def __init__(
+        self,
+        cfg: SpeculativeConfig,
+        target: CostModel,
+        rng: np.random.Generator,
+        *,
+        draft: CostModel | None = None,
+        mtp_fraction: float = 0.0,
+    ) -> None:
+        self.cfg = cfg
+        self.draft_tokens = cfg.draft_tokens
+        self.target, self.draft, self.mtp_fraction = target, draft, mtp_fraction
+        self._rng = rng
+        # Ascending P(a >= j), so that a = #{j : u < P(a >= j)} is one binary search.
+        self._survival_ascending = acceptance_survival(cfg)[::-1].copy()
+        self.mean_acceptance_length = 1.0 + float(self._survival_ascending.sum())
+
+    def emissions(self, tokens: int) -> np.ndarray:
+        """Tokens emitted at each decode step of a request that still owes ``tokens`` tokens:
+        ``1 + accepted`` per step, the last step only what remains (sum = ``tokens``)."""
+        k = self.draft_tokens
+        if k == 0 or tokens <= 0:
+            return np.ones(max(tokens, 0), dtype=np.int64)
+        # At most one step per token: draw that many and cut where the tokens run out.
+        u = self._rng.random(tokens)
+        emitted = 1 + k - np.searchsorted(self._survival_ascending, u, side="right")
+        total = np.cumsum(emitted)
+        steps = int(np.searchsorted(total, tokens, side="left")) + 1
+        out = emitted[:steps].astype(np.int64)
+        out[-1] -= int(total[steps - 1]) - tokens
+        return out
+
+    def draft_times_s(self, batch_size: int, context_tokens: np.ndarray) -> np.ndarray:
+        """Time the draft takes to propose ``k`` tokens per request, per step."""
+        k = self.draft_tokens
+        contexts = np.asarray(context_tokens, dtype=np.float64)
+        out = np.zeros(len(contexts), dtype=np.float64)
+        if k == 0:
+            return out
+        batch = np.full(len(contexts), float(batch_size))
+        if self.draft is not None:
+            # k decode steps of the draft model; each adds one token per request.
+            for m in range(k):
+                out = out + decode_times_bulk_s(self.draft, batch, contexts + float(m * batch_size))
+            return out
+        # k MTP passes, each a share of a target decode step at the same batch and context.
+        for m in range(k):
+            out = out + self.mtp_fraction * decode_times_bulk_s(self.target, batch, contexts + float(m * batch_size))
+        return out
+
+    def step_times_s(self, batch_size: int, context_tokens: np.ndarray) -> np.ndarray:
+        """Durations of speculative decode steps of ``batch_size`` requests whose contexts sum
+        to ``context_tokens[j]`` at step ``j``: the draft's proposals, then the verify step.
+        With no draft tokens, a plain decode step, bit for bit."""
+        verify = verify_times_bulk_s(self.target, batch_size, context_tokens, self.draft_tokens)
+        if self.draft_tokens == 0:
+            return verify
+        return self.draft_times_s(batch_size, context_tokens) + verify
+
+    def mixed_step_time_s(
+        self, new_tokens: np.ndarray, cached_tokens: np.ndarray, decode_batch_size: int, decode_context_tokens: int
+    ) -> float:
+        """A chunked-prefill iteration whose decode requests speculate: their draft tokens ride
+        in the iteration as chunks of ``k`` tokens on top of each request's context, and the
+        draft's proposals come first."""
+        k = self.draft_tokens
+        if k == 0 or decode_batch_size == 0:
+            return self.target.mixed_step_time_s(new_tokens, cached_tokens, decode_batch_size, decode_context_tokens)
+        b = decode_batch_size
+        new = np.concatenate([np.asarray(new_tokens, dtype=np.int64), np.full(b, k, dtype=np.int64)])
+        cached = np.concatenate([np.asarray(cached_tokens, dtype=np.int64), spread_evenly(decode_context_tokens, b)])
+        verify = self.target.mixed_step_time_s(new, cached, b, decode_context_tokens)
+        draft = float(self.draft_times_s(b, np.array([float(decode_context_tokens)]))[0])
+        return draft + verify
+
+
+def make_speculator(
+    cfg: RunConfig,
+    pool: PoolConfig,
+    role: str,
+    target: CostModel,
+    store: ProfileStore,
+    streams: Streams,
+) -> Speculator | None:
+    """The speculator of a pool (``None`` when the pool does not speculate). Refuses MTP on a
+    model without MTP layers and an unknown draft model, naming the setting."""
+    spec = pool.speculative
+    if spec is None:
+        return None
+    from simdisagg.costmodel.factory import make_cost_model
+
+    model = cfg.model_shape(store)
+    key = "decode.speculative" if role != "aggregated" else "decode.speculative (aggregated pool)"
+    rng = streams[f"speculative:{role}"]
+    if spec.method == "mtp":
+        if spec.draft_tokens and model.mtp_layers == 0:
+            raise ConfigError(
+                f"{key}: method 'mtp' needs a model with MTP layers; {model.display_name} has none "
+                "(use method 'draft' with a draft_model)"
+            )
+        return Speculator(spec, target, rng, mtp_fraction=mtp_fraction(model))
+    assert spec.draft_model is not None
+    try:
+        draft_model = store.model(spec.draft_model).served_at(
+            cfg.precision.weights, cfg.precision.kv_cache, cfg.precision.experts
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{key}.draft_model: {exc}") from None
+    gpu = store.gpu(pool.gpu)
+    draft = make_cost_model(
+        cfg.cost, draft_model, gpu, pool.tp, streams, store, role=f"{role}-draft", framework=cfg.framework
+    )
+    return Speculator(spec, target, rng, draft=draft)

@@ -1,0 +1,334 @@
+"""Speculative decoding: acceptance draws, step times, and what a speculating decode pool does.
+
+* settings: bad values are refused in one line naming the field;
+* draws: every request emits exactly the tokens it owes, at most ``k + 1`` a step, the last
+  step only what remains; the mean tokens per step match the closed form;
+* no drafts: a pool that speculates with ``draft_tokens: 0`` (acceptance length 1, no draft
+  cost) runs exactly as one that does not speculate, timestamp for timestamp;
+* hand-computed scenarios: with a deterministic acceptance of ``a`` tokens, TPOT is the
+  step time over ``1 + a``;
+* fast-forward: a speculating batch gives the same timestamps with and without
+  ``exact_steps``, and the same run twice gives the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from strategies import Req, build_trace
+
+from simdisagg.config import (
+    ConstantCost,
+    PoolConfig,
+    RunConfig,
+    SpeculativeConfig,
+    resolve_config,
+)
+from simdisagg.costmodel.base import decode_times_bulk_s, verify_times_bulk_s
+from simdisagg.costmodel.reference import ConstantCostModel
+from simdisagg.errors import ConfigError
+from simdisagg.hardware import ProfileStore
+from simdisagg.metrics import request_latencies, summarize
+from simdisagg.sim.engine import check_cluster, pool_cost_model, simulate
+from simdisagg.sim.recorder import STATUS_COMPLETED, TIME_COLUMNS, RunResult
+from simdisagg.sim.speculative import (
+    Speculator,
+    acceptance_survival,
+    mean_length_of_rate,
+    rate_of_mean_length,
+)
+from simdisagg.trace import Trace
+
+STORE = ProfileStore()
+
+#: Summary keys that measure the simulator rather than the simulated system.
+NOT_MODELLED = {"events", "wall_s"}
+
+
+def spec(**kw: object) -> SpeculativeConfig:
+    return SpeculativeConfig.model_validate(kw)
+
+
+def small_trace(seed: int = 3, n: int = 40) -> Trace:
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(0.05, n))
+    inp = rng.integers(50, 3000, n)
+    out = rng.integers(1, 300, n)
+    return build_trace([Req(float(a), int(i), int(o)) for a, i, o in zip(t, inp, out, strict=True)])
+
+
+def same_run(a: RunResult, b: RunResult, summary_rel: float = 0.0) -> None:
+    """Same timestamps and statuses, bit for bit; the same summary (to ``summary_rel``: a
+    step log filled in another order sums its mean in another order)."""
+    for name in TIME_COLUMNS:
+        assert np.array_equal(a.recorder.times[name], b.recorder.times[name], equal_nan=True), name
+    assert np.array_equal(a.recorder.status, b.recorder.status)
+    sa, sb = summarize(a, RunConfig().slo), summarize(b, RunConfig().slo)
+    for key in sa.keys() - NOT_MODELLED:
+        va, vb = sa[key], sb[key]
+        if isinstance(va, float) and math.isnan(va):
+            assert isinstance(vb, float) and math.isnan(vb), key
+        elif summary_rel and isinstance(va, float):
+            assert vb == pytest.approx(va, rel=summary_rel), key
+        else:
+            assert va == vb, key
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"acceptance_rate": 0.5, "acceptance_length": 1.5}, "give exactly one of"),
+        ({"draft_tokens": 2}, "give exactly one of"),
+        ({"draft_tokens": 2, "acceptance_length": 3.5}, "more than draft_tokens + 1 = 3"),
+        ({"draft_tokens": 2, "acceptance_length": 0.5}, "greater than or equal to 1"),
+        ({"acceptance_rate": 1.5}, "less than or equal to 1"),
+        ({"acceptance_rate": -0.1}, "greater than or equal to 0"),
+        ({"acceptance_rate": ".nan"}, "finite number"),
+        ({"draft_tokens": 2, "position_acceptance": [0.9]}, "needs one per draft token (2)"),
+        ({"draft_tokens": 1, "position_acceptance": [1.2]}, "less than or equal to 1"),
+        ({"draft_tokens": -1, "acceptance_rate": 0.5}, "greater than or equal to 0"),
+        ({"draft_tokens": 99, "acceptance_rate": 0.5}, "less than or equal to 16"),
+        ({"draft_tokens": True, "acceptance_rate": 0.5}, "valid integer"),
+        ({"method": "draft", "acceptance_rate": 0.5}, "draft_model is missing"),
+        ({"method": "mtp", "draft_model": "llama-3.1-8b", "acceptance_rate": 0.5}, "applies to method 'draft' only"),
+        ({"method": "eagle", "acceptance_rate": 0.5}, "'mtp' or 'draft'"),
+        ({"acceptance_rate": 0.5, "draft_token": 2}, "did you mean 'draft_tokens'"),
+    ],
+)
+def test_bad_settings_are_refused_in_one_line_naming_the_field(tmp_path: Path, setting: dict, message: str) -> None:
+    path = tmp_path / "run.yaml"
+    # JSON is YAML's flow style; YAML spells NaN .nan.
+    flow = json.dumps(setting).replace('".nan"', ".nan")
+    path.write_text(f"decode:\n  speculative: {flow}\n")
+    with pytest.raises(ConfigError) as err:
+        resolve_config(path, {})
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith(f"{path}:2: field 'decode.speculative"), text
+    assert message in text, text
+
+
+def test_a_prefill_pool_cannot_speculate() -> None:
+    with pytest.raises(ConfigError, match=r"field 'prefill': speculative decoding applies to the decode pool"):
+        resolve_config(None, {"prefill.speculative": {"acceptance_rate": 0.5}})
+
+
+def test_mtp_needs_mtp_layers_and_draft_needs_a_known_model() -> None:
+    no_mtp = RunConfig(decode=PoolConfig(speculative=spec(method="mtp", draft_tokens=2, acceptance_rate=0.6)))
+    with pytest.raises(ConfigError, match=r"decode.speculative: method 'mtp' needs a model with MTP layers; Llama"):
+        check_cluster(no_mtp, STORE)
+    unknown = RunConfig(
+        decode=PoolConfig(speculative=spec(method="draft", draft_model="tiny-nonesuch", acceptance_rate=0.6))
+    )
+    with pytest.raises(ConfigError, match=r"decode.speculative.draft_model: .*tiny-nonesuch"):
+        check_cluster(unknown, STORE)
+    with pytest.raises(ConfigError, match="method 'mtp' needs a model with MTP layers"):
+        simulate(no_mtp.as_aggregated(), small_trace(n=2), store=STORE)
+
+
+# -- acceptance draws ------------------------------------------------------------------
+
+
+def test_mean_length_and_rate_are_inverse() -> None:
+    assert mean_length_of_rate(0.0, 3) == 1.0
+    assert mean_length_of_rate(1.0, 3) == 4.0
+    assert mean_length_of_rate(0.5, 2) == pytest.approx(1.75)
+    for k in (1, 2, 4, 7):
+        for length in (1.0, 1.3, 1.9, k + 0.5, k + 1.0):
+            if length <= k + 1:
+                assert mean_length_of_rate(rate_of_mean_length(length, k), k) == pytest.approx(length, abs=1e-12)
+    # A named length gives the i.i.d. survival of its rate; positions give their products.
+    assert acceptance_survival(spec(draft_tokens=2, position_acceptance=[0.8, 0.5])) == pytest.approx([0.8, 0.4])
+    assert acceptance_survival(spec(draft_tokens=3, acceptance_length=4.0)) == pytest.approx([1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"draft_tokens": 3, "acceptance_rate": 0.7},
+        {"draft_tokens": 4, "acceptance_length": 2.4},
+        {"draft_tokens": 2, "position_acceptance": [0.9, 0.3]},
+        {"draft_tokens": 5, "acceptance_rate": 1.0},
+        {"draft_tokens": 5, "acceptance_rate": 0.0},
+    ],
+)
+def test_every_owed_token_is_emitted_once_and_the_last_step_emits_only_what_remains(setting: dict) -> None:
+    cfg = spec(**setting)
+    k = cfg.draft_tokens
+    speculator = Speculator(cfg, ConstantCostModel(0.1, 0.02), np.random.default_rng(7))
+    for tokens in [0, 1, 2, 3, k, k + 1, k + 2, 17, 100, 1001]:
+        emitted = speculator.emissions(tokens)
+        assert emitted.sum() == tokens
+        assert np.all(emitted >= 1) and np.all(emitted <= k + 1)
+        # Every step but the last emitted a full draw; the last one what remained.
+        assert len(emitted) == 0 or emitted[-1] == tokens - emitted[:-1].sum()
+
+
+def test_tokens_per_step_match_the_acceptance_distribution() -> None:
+    # Long answers, so that few steps are cut short at the end: the mean of the uncut steps
+    # is 1 + sum_j P(a >= j); the tolerance is 4 standard errors of the sample mean.
+    for setting in ({"draft_tokens": 3, "acceptance_rate": 0.7}, {"draft_tokens": 2, "position_acceptance": [0.9, 0.3]}):
+        cfg = spec(**setting)
+        speculator = Speculator(cfg, ConstantCostModel(0.1, 0.02), np.random.default_rng(11))
+        steps = np.concatenate([speculator.emissions(5000)[:-1] for _ in range(20)])
+        expected = 1.0 + float(acceptance_survival(cfg).sum())
+        se = steps.std() / math.sqrt(len(steps))
+        assert abs(steps.mean() - expected) <= 4 * se, (steps.mean(), expected, se)
+        assert speculator.mean_acceptance_length == pytest.approx(expected)
+
+
+# -- step costs --------------------------------------------------------------------------
+
+
+def test_verify_with_no_drafts_is_a_decode_step_and_drafts_cost_more() -> None:
+    cfg = RunConfig()
+    cost = pool_cost_model(cfg, cfg.decode, STORE)
+    contexts = np.array([1000.0, 5000.0, 123456.0])
+    plain = decode_times_bulk_s(cost, np.full(3, 8.0), contexts)
+    assert np.array_equal(verify_times_bulk_s(cost, 8, contexts, 0), plain)
+    verify = verify_times_bulk_s(cost, 8, contexts, 3)
+    assert np.all(verify > plain)
+    # Decode at this size is memory-bound: verifying 4 tokens per request costs far less than
+    # 4 decode steps (the point of speculation).
+    assert np.all(verify < 2 * plain)
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+def with_speculation(cfg: RunConfig, setting: SpeculativeConfig | None) -> RunConfig:
+    return cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"speculative": setting})})
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        RunConfig(prefill=PoolConfig(count=2), decode=PoolConfig(count=2, max_batch_size=16)),
+        RunConfig(mode="aggregated", prefill=PoolConfig(count=1), decode=PoolConfig(count=2, max_batch_size=16)),
+        RunConfig(
+            mode="aggregated",
+            aggregated={"chunked_prefill": True},
+            prefill=PoolConfig(count=1),
+            decode=PoolConfig(count=1, max_batched_tokens=2048),
+        ),
+        RunConfig(
+            prefill=PoolConfig(count=1),
+            decode=PoolConfig(count=1, max_batch_size=8),
+            router={"conditional_prefill_tokens": 600},
+        ),
+        RunConfig(prefill=PoolConfig(count=1), decode=PoolConfig(count=1), exact_steps=True),
+    ],
+    ids=["disaggregated", "aggregated", "chunked", "conditional", "exact-steps"],
+)
+def test_speculation_with_no_draft_tokens_is_no_speculation_exactly(base: RunConfig) -> None:
+    # Acceptance length 1 and no draft cost: the speculative code path (emission draws,
+    # context bookkeeping, finish steps) must reproduce the plain run bit for bit.
+    trace = small_trace()
+    plain = simulate(base, trace, store=STORE)
+    spec_cfg = with_speculation(base, spec(method="mtp", draft_tokens=0, acceptance_length=1.0))
+    speculating = simulate(spec_cfg, trace, store=STORE)
+    assert (plain.recorder.status == STATUS_COMPLETED).sum() > 30
+    same_run(plain, speculating)
+
+
+def one_request(out_tokens: int, setting: SpeculativeConfig | None, model: str = "llama-3.1-8b") -> RunResult:
+    cfg = RunConfig(
+        model=model,
+        cost=ConstantCost(prefill_s=0.1, decode_step_s=0.02),
+        decode=PoolConfig(count=1, kv_capacity_tokens=100_000, speculative=setting),
+        prefill=PoolConfig(count=1, kv_capacity_tokens=100_000),
+    )
+    return simulate(cfg, build_trace([Req(0.0, 100, out_tokens)]), store=STORE)
+
+
+@pytest.mark.parametrize(("out_tokens", "steps"), [(13, 4), (12, 4), (2, 1), (4, 1), (5, 2)])
+def test_deterministic_acceptance_gives_tpot_of_step_over_tokens_per_step(out_tokens: int, steps: int) -> None:
+    # A draft model proposes k = 3 tokens; positions 1 and 2 are always accepted, position 3
+    # never: each full step emits 1 + a = 3 tokens. On the constant cost model a draft decode
+    # step takes 0.02 s (three per step: 0.06 s) and the verify step, a prefill iteration of
+    # 4 tokens per request, 0.1 s: a step takes 0.16 s. After the first token the request
+    # owes out - 1 tokens: 12 -> 4 steps of 3; 11 -> 3 + 3 + 3 + 2 (4 steps, the last emits
+    # only what remains); 1 -> 1 step; 3 -> 1 step; 4 -> 3 + 1.
+    setting = spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=3, position_acceptance=[1.0, 1.0, 0.0])
+    result = one_request(out_tokens, setting)
+    t = result.recorder.times
+    step_s = 3 * 0.02 + 0.1
+    assert t["completed_at"][0] - t["decode_start_at"][0] == pytest.approx(steps * step_s, abs=1e-12)
+    assert t["decode_first_token_at"][0] - t["decode_start_at"][0] == pytest.approx(step_s, abs=1e-12)
+    tpot = request_latencies(result)["tpot_s"][0]
+    assert tpot == pytest.approx(steps * step_s / (out_tokens - 1), abs=1e-12)
+    if (out_tokens - 1) % 3 == 0:
+        assert tpot == pytest.approx(step_s / (1 + 2), abs=1e-12)
+    # One inter-token gap per step (the tokens of a step arrive together).
+    summary = summarize(result, RunConfig().slo)
+    assert summary["mean_itl_ms"] == pytest.approx(step_s * 1000, abs=1e-9)
+
+
+def test_mtp_draft_costs_its_share_of_a_decode_step() -> None:
+    # DeepSeek-V3 has 1 MTP layer over 61 layers: each of k = 2 MTP passes costs 1/61 of a
+    # 0.02 s decode step; every draft accepted (rate 1): 3 tokens per step. 30 tokens owed
+    # after the first -> 10 steps of 0.1 + 2 * 0.02 / 61 s.
+    setting = spec(method="mtp", draft_tokens=2, acceptance_rate=1.0)
+    result = one_request(31, setting, model="deepseek-v3")
+    t = result.recorder.times
+    step_s = 2 * (0.02 * (1 / 61)) + 0.1
+    assert t["completed_at"][0] - t["decode_start_at"][0] == pytest.approx(10 * step_s, abs=1e-12)
+
+
+def test_rejecting_every_draft_costs_time_and_saves_no_steps() -> None:
+    # Acceptance rate 0: one token per step, as without speculation, but each step pays for
+    # the drafts and the wider verify step.
+    plain = one_request(21, None)
+    rejected = one_request(21, spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=2, acceptance_rate=0.0))
+    tp, tr = plain.recorder.times, rejected.recorder.times
+    assert tp["completed_at"][0] - tp["decode_start_at"][0] == pytest.approx(20 * 0.02)
+    assert tr["completed_at"][0] - tr["decode_start_at"][0] == pytest.approx(20 * (2 * 0.02 + 0.1))
+
+
+@pytest.mark.parametrize("mode", ["disaggregated", "aggregated", "chunked"])
+def test_speculating_runs_are_deterministic_and_fast_forward_matches_step_by_step(mode: str) -> None:
+    base = RunConfig(
+        mode="aggregated" if mode != "disaggregated" else "disaggregated",
+        aggregated={"chunked_prefill": mode == "chunked"},
+        prefill=PoolConfig(count=1),
+        decode=PoolConfig(
+            count=2,
+            max_batch_size=12,
+            speculative=spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=3, acceptance_rate=0.7),
+        ),
+        model="llama-3.1-70b",
+    )
+    base = base.model_copy(
+        update={"prefill": base.prefill.model_copy(update={"tp": 4}), "decode": base.decode.model_copy(update={"tp": 4})}
+    )
+    trace = small_trace(seed=5, n=50)
+    fast = simulate(base, trace, store=STORE)
+    again = simulate(base, trace, store=STORE)
+    exact = simulate(base.model_copy(update={"exact_steps": True}), trace, store=STORE)
+    assert (fast.recorder.status == STATUS_COMPLETED).all()
+    same_run(fast, again)
+    same_run(fast, exact, summary_rel=1e-12)
+    # Every pool's KV is back to zero: nothing leaked.
+    assert all(stats.kv.level == 0 for stats in fast.recorder.instances)
+
+
+def test_speculation_shortens_tpot_when_drafts_are_cheap_and_mostly_accepted() -> None:
+    cfg = RunConfig(
+        model="llama-3.1-70b",
+        prefill=PoolConfig(count=2, tp=4),
+        decode=PoolConfig(count=1, tp=4, max_batch_size=8),
+    )
+    trace = small_trace(seed=9, n=30)
+    plain = request_latencies(simulate(cfg, trace, store=STORE))["tpot_s"]
+    fast = with_speculation(
+        cfg, spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=3, acceptance_length=3.0)
+    )
+    quick = request_latencies(simulate(fast, trace, store=STORE))["tpot_s"]
+    assert np.nanmean(quick) < 0.75 * np.nanmean(plain)
