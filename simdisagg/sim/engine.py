@@ -49,7 +49,7 @@ from simdisagg.sim.recorder import (
     RunResult,
 )
 from simdisagg.sim.router import Router
-from simdisagg.sim.speculative import make_speculator
+from simdisagg.sim.speculative import draft_memory, make_speculator
 from simdisagg.trace import Trace
 
 
@@ -78,12 +78,13 @@ def _plan_pool(
     cost = make_cost_model(cfg.cost, model, gpu, pool.tp, streams, store, role=role, framework=cfg.framework)
     if cost_scale != 1.0:
         cost = ScaledCostModel(cost, cost_scale)
+    draft_weight_bytes, draft_kv_bytes_per_token = draft_memory(cfg, pool, store)
     blocks = kv_capacity_blocks(
         gpu.hbm_capacity_bytes.value,
         pool.tp,
         pool.gpu_memory_utilisation,
-        model.weight_bytes,
-        model.kv_bytes_per_token,
+        model.weight_bytes + draft_weight_bytes,
+        model.kv_bytes_per_token + draft_kv_bytes_per_token,
         pool.kv_block_tokens,
         pool.kv_capacity_tokens,
     )

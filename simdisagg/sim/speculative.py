@@ -27,8 +27,11 @@ context), so a measured profile times its MTP passes as it times its layers. ``d
 draft model's own cost model (same GPU, TP and precision as the pool) gives ``k`` decode
 steps of the batch, the context growing by one token per request each.
 
-**Not modelled** (the README's speculative-decoding section lists them): the draft's weights
-and KV in HBM, the KV slots of rejected tokens, draft trees (EAGLE top-k > 1), acceptance that
+**Memory.** The draft's weights and KV per token come out of each instance's KV memory
+(:func:`draft_memory`).
+
+**Not modelled** (the README's speculative-decoding section lists them): the KV slots of
+rejected tokens, draft trees (EAGLE top-k > 1), acceptance that
 depends on the request or on its position in the answer, and the draft catching up on the
 tokens it did not propose.
 """
@@ -83,6 +86,21 @@ def acceptance_survival(cfg: SpeculativeConfig) -> np.ndarray:
         )
         per_position = np.full(k, rate, dtype=np.float64)
     return np.cumprod(per_position)
+
+
+def describe(cfg: SpeculativeConfig) -> str:
+    """One line saying what a speculative-decoding setting does, for the settings a run prints."""
+    drafter = "the model's MTP layers" if cfg.method == "mtp" else f"draft model {cfg.draft_model}"
+    k = cfg.draft_tokens
+    mean = 1.0 + float(acceptance_survival(cfg).sum())
+    if cfg.position_acceptance is not None:
+        how = "per-position acceptance " + "/".join(f"{p:g}" for p in cfg.position_acceptance)
+    else:
+        rate = cfg.acceptance_rate if cfg.acceptance_rate is not None else rate_of_mean_length(
+            float(cfg.acceptance_length or 1.0), k
+        )
+        how = f"acceptance rate {rate:.3g} per draft token"
+    return f"{k} draft token{'s' if k != 1 else ''} per step from {drafter}, {how} (mean {mean:.2f} tokens per step)"
 
 
 def mtp_fraction(model: ModelShape) -> float:
@@ -168,6 +186,32 @@ class Speculator:
         verify = self.target.mixed_step_time_s(new, cached, b, decode_context_tokens)
         draft = float(self.draft_times_s(b, np.array([float(decode_context_tokens)]))[0])
         return draft + verify
+
+
+def draft_memory(cfg: RunConfig, pool: PoolConfig, store: ProfileStore) -> tuple[float, float]:
+    """``(weight bytes, KV bytes per token)`` the pool's draft adds to each instance's memory
+    (both ``0.0`` without speculation).
+
+    ``draft``: the draft model's weights and KV at the run's precision. ``mtp``: the MTP layers,
+    each the size of an average layer of the model (DeepSeek-V3: about 11 B parameters beside
+    the embedding and LM head it shares with the model), and their KV."""
+    spec = pool.speculative
+    if spec is None or spec.draft_tokens == 0:
+        return 0.0, 0.0
+    model = cfg.model_shape(store)
+    if spec.method == "draft":
+        assert spec.draft_model is not None
+        try:
+            draft = store.model(spec.draft_model).served_at(
+                cfg.precision.weights, cfg.precision.kv_cache, cfg.precision.experts
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"decode.speculative.draft_model: {exc}") from None
+        return float(draft.weight_bytes), float(draft.kv_bytes_per_token)
+    lm_head_bytes = model.lm_head_params * (model.weight_bytes_per_param or model.dtype_bytes)
+    layer_bytes = (model.iteration_weight_bytes - lm_head_bytes) / model.num_layers
+    kv_per_layer = model.kv_bytes_per_token / max(model.full_attention_layers, 1)
+    return model.mtp_layers * layer_bytes, model.mtp_layers * kv_per_layer
 
 
 def make_speculator(

@@ -38,6 +38,7 @@ from simdisagg.sim.recorder import STATUS_COMPLETED, TIME_COLUMNS, RunResult
 from simdisagg.sim.speculative import (
     Speculator,
     acceptance_survival,
+    draft_memory,
     mean_length_of_rate,
     rate_of_mean_length,
 )
@@ -332,3 +333,43 @@ def test_speculation_shortens_tpot_when_drafts_are_cheap_and_mostly_accepted() -
     )
     quick = request_latencies(simulate(fast, trace, store=STORE))["tpot_s"]
     assert np.nanmean(quick) < 0.75 * np.nanmean(plain)
+
+
+def test_the_draft_takes_its_weights_and_kv_out_of_the_kv_memory() -> None:
+    # Llama-3.1-70B on 4 H100s with Llama-3.1-8B as its draft: the draft's 16.06 GB of BF16
+    # weights and its 131,072 bytes of KV per token (32 layers x 8 KV heads x 128 x 2 x 2)
+    # beside the target's 327,680 shrink the KV blocks from
+    # (4 x 80 GB x 0.9 - 141.1 GB) / (327,680 x 16) to (... - 16.06 GB) / (458,752 x 16).
+    store = STORE
+    target, draft = store.model("llama-3.1-70b"), store.model("llama-3.1-8b")
+    hbm = store.gpu("h100-sxm").hbm_capacity_bytes.value
+    free = 4 * hbm * 0.9 - target.weight_bytes
+    plain_blocks = int(free // (target.kv_bytes_per_token * 16))
+    with_draft_blocks = int((free - draft.weight_bytes) // ((target.kv_bytes_per_token + draft.kv_bytes_per_token) * 16))
+    assert draft.kv_bytes_per_token == 131_072 and target.kv_bytes_per_token == 327_680
+    cfg = RunConfig(model="llama-3.1-70b", prefill=PoolConfig(tp=4), decode=PoolConfig(tp=4), prefix_cache={"enabled": False})
+    trace = small_trace(n=3)
+    plain = simulate(cfg, trace, store=store).meta["kv_capacity_blocks"]
+    drafting = with_speculation(
+        cfg, spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=3, acceptance_rate=0.7)
+    )
+    spec_blocks = simulate(drafting, trace, store=store).meta["kv_capacity_blocks"]
+    assert plain == {"prefill": plain_blocks, "decode": plain_blocks}
+    assert spec_blocks == {"prefill": plain_blocks, "decode": with_draft_blocks}
+    assert with_draft_blocks < 0.72 * plain_blocks
+
+
+def test_mtp_layers_take_an_average_layer_of_memory() -> None:
+    # DeepSeek-V3's MTP module (one layer; the model card's 14 B parameters include the
+    # embedding and LM head it shares with the model) at FP8: the 61 layers' 671 B less the
+    # embedding and head, over 61, is about 11 GB; its KV is one MLA layer's latent and
+    # rotary key, (512 + 64) x 1 byte per token.
+    cfg = RunConfig(
+        model="deepseek-v3",
+        precision={"weights": "fp8_block", "kv_cache": "fp8"},
+        decode=PoolConfig(speculative=spec(method="mtp", draft_tokens=1, acceptance_rate=0.8)),
+    )
+    weight_bytes, kv_bytes_per_token = draft_memory(cfg, cfg.decode, STORE)
+    assert weight_bytes == pytest.approx(10.97e9, rel=1e-3)
+    assert kv_bytes_per_token == 576
+    assert draft_memory(cfg.model_copy(update={"decode": PoolConfig()}), PoolConfig(), STORE) == (0.0, 0.0)
