@@ -33,12 +33,14 @@ from simdisagg.costmodel.reference import ConstantCostModel
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
 from simdisagg.metrics import request_latencies, summarize
+from simdisagg.rng import Streams
 from simdisagg.sim.engine import check_cluster, pool_cost_model, simulate
 from simdisagg.sim.recorder import STATUS_COMPLETED, TIME_COLUMNS, RunResult
 from simdisagg.sim.speculative import (
     Speculator,
     acceptance_survival,
     draft_memory,
+    make_speculator,
     mean_length_of_rate,
     rate_of_mean_length,
 )
@@ -373,3 +375,26 @@ def test_mtp_layers_take_an_average_layer_of_memory() -> None:
     assert weight_bytes == pytest.approx(10.97e9, rel=1e-3)
     assert kv_bytes_per_token == 576
     assert draft_memory(cfg.model_copy(update={"decode": PoolConfig()}), PoolConfig(), STORE) == (0.0, 0.0)
+
+
+def test_the_readme_settings_are_valid() -> None:
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Speculative decoding", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert block, "the speculative decoding section has no yaml block"
+    settings = yaml.safe_load(block.group(1))
+    cfg = RunConfig.model_validate({"model": "llama-3.1-70b", **settings})
+    assert cfg.decode.speculative == spec(
+        method="draft", draft_model="llama-3.1-8b", draft_tokens=3, acceptance_length=2.5
+    )
+    alternative = re.search(r"# or, for DeepSeek-V3/R1: (\{.*\})", block.group(1))
+    assert alternative
+    mtp = RunConfig.model_validate(
+        {"model": "deepseek-v3", "decode": {"speculative": yaml.safe_load(alternative.group(1))}}
+    )
+    speculator = make_speculator(mtp, mtp.decode, "decode", ConstantCostModel(0.1, 0.02), STORE, Streams(0))
+    assert speculator is not None and speculator.mtp_fraction == 1 / 61
