@@ -328,7 +328,7 @@ def session_summary(frame: Any) -> dict[str, float]:
         return {}
     f = frame.dropna(subset=["critical_path_s"])
     return {
-        "sessions": len(frame),
+        "sessions": int(len(frame)),
         "mean_session_e2e_s": float(f["e2e_s"].mean()),
         "p90_session_e2e_s": float(f["e2e_s"].quantile(0.9)),
         "mean_critical_path_s": float(f["critical_path_s"].mean()),
