@@ -72,7 +72,8 @@ class SpeculativeConfig(_Frozen):
     * ``position_acceptance``: one probability per draft position, each the chance that
       position is accepted given every earlier one was (``[1, 1, 0]``: exactly two accepted).
 
-    Draws come from the run's seeded stream ``speculative:<pool>``: a run is reproducible."""
+    Draws are keyed by the run's seeded stream ``speculative`` and by the request, so a run is
+    reproducible and a request accepts the same drafts whichever instance or mode serves it."""
 
     method: Literal["mtp", "draft"] = "mtp"
     draft_model: str | None = Field(default=None, description="draft model profile name (method 'draft')")

@@ -251,7 +251,7 @@ class ContinuousBatch:
         assert spec is not None
         self._trim_emitted(s)
         for i in self._joiners:
-            emitted = spec.emissions(self._out[i] - 1)
+            emitted = spec.emissions(i, self._out[i] - 1)
             steps = len(emitted)
             self._join_step[i] = s
             heapq.heappush(self._finish_heap, (s + steps, i))

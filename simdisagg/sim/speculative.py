@@ -16,10 +16,14 @@ Step time = draft time + verify time. The batch's total context then grows by th
 emitted, not by the batch size.
 
 **Draws.** A request's accepted counts are drawn once, when it joins a batch, for all its
-steps (:meth:`Speculator.emissions`), from the pool's seeded stream: the number of steps it
-needs is then known at once and the decode instance keeps its finish-step heap and its
-fast-forward runs. ``P(a >= j)`` is the product of the first ``j`` position acceptance
-probabilities (all ``alpha`` for an i.i.d. rate: a geometric count truncated at ``k``).
+steps (:meth:`Speculator.emissions`): the number of steps it needs is then known at once and
+the decode instance keeps its finish-step heap and its fast-forward runs. ``P(a >= j)`` is the
+product of the first ``j`` position acceptance probabilities (all ``alpha`` for an i.i.d.
+rate: a geometric count truncated at ``k``). The uniforms behind the draws are a function of
+the request alone (:func:`request_uniforms`, keyed by one draw from the run's stream
+``speculative``), not of the order requests join in: the same request accepts the same drafts
+on any instance, in either serving mode and in fast-forward or step-by-step runs (common
+random numbers across what-if runs).
 
 **Draft cost.** ``mtp``: one MTP pass per draft token, timed as the pool's own decode step
 scaled to the MTP layers (``mtp_layers / num_layers`` of a step of the same batch and
@@ -103,6 +107,25 @@ def describe(cfg: SpeculativeConfig) -> str:
     return f"{k} draft token{'s' if k != 1 else ''} per step from {drafter}, {how} (mean {mean:.2f} tokens per step)"
 
 
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele, Lea and Flood 2014), element-wise on uint64 (wrapping)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def request_uniforms(key: int, request: int, count: int) -> np.ndarray:
+    """``count`` uniforms in [0, 1) for request ``request``: the SplitMix64 sequence seeded by
+    ``key`` mixed with the request's index (counter-based, so independent of draw order)."""
+    with np.errstate(over="ignore"):
+        seed = _mix64(np.array([key], dtype=np.uint64) ^ (np.uint64(request) * _GOLDEN_GAMMA))
+        z = _mix64(seed + np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN_GAMMA)
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def mtp_fraction(model: ModelShape) -> float:
     """An MTP pass as a share of a decode step of the whole model: its layers over the model's."""
     return model.mtp_layers / model.num_layers
@@ -116,7 +139,7 @@ class Speculator:
         self,
         cfg: SpeculativeConfig,
         target: CostModel,
-        rng: np.random.Generator,
+        key: int,
         *,
         draft: CostModel | None = None,
         mtp_fraction: float = 0.0,
@@ -124,19 +147,20 @@ class Speculator:
         self.cfg = cfg
         self.draft_tokens = cfg.draft_tokens
         self.target, self.draft, self.mtp_fraction = target, draft, mtp_fraction
-        self._rng = rng
+        self._key = key
         # Ascending P(a >= j), so that a = #{j : u < P(a >= j)} is one binary search.
         self._survival_ascending = acceptance_survival(cfg)[::-1].copy()
         self.mean_acceptance_length = 1.0 + float(self._survival_ascending.sum())
 
-    def emissions(self, tokens: int) -> np.ndarray:
-        """Tokens emitted at each decode step of a request that still owes ``tokens`` tokens:
-        ``1 + accepted`` per step, the last step only what remains (sum = ``tokens``)."""
+    def emissions(self, request: int, tokens: int) -> np.ndarray:
+        """Tokens emitted at each decode step of request ``request``, which still owes
+        ``tokens`` tokens: ``1 + accepted`` per step, the last step only what remains (sum =
+        ``tokens``)."""
         k = self.draft_tokens
         if k == 0 or tokens <= 0:
             return np.ones(max(tokens, 0), dtype=np.int64)
         # At most one step per token: draw that many and cut where the tokens run out.
-        u = self._rng.random(tokens)
+        u = request_uniforms(self._key, request, tokens)
         emitted = 1 + k - np.searchsorted(self._survival_ascending, u, side="right")
         total = np.cumsum(emitted)
         steps = int(np.searchsorted(total, tokens, side="left")) + 1
@@ -231,14 +255,15 @@ def make_speculator(
 
     model = cfg.model_shape(store)
     key = "decode.speculative" if role != "aggregated" else "decode.speculative (aggregated pool)"
-    rng = streams[f"speculative:{role}"]
+    # One key for the run, whichever the pool: a request draws the same in either mode.
+    draws_key = int(streams["speculative"].integers(0, 2**63))
     if spec.method == "mtp":
         if spec.draft_tokens and model.mtp_layers == 0:
             raise ConfigError(
                 f"{key}: method 'mtp' needs a model with MTP layers; {model.display_name} has none "
                 "(use method 'draft' with a draft_model)"
             )
-        return Speculator(spec, target, rng, mtp_fraction=mtp_fraction(model))
+        return Speculator(spec, target, draws_key, mtp_fraction=mtp_fraction(model))
     assert spec.draft_model is not None
     try:
         draft_model = store.model(spec.draft_model).served_at(
@@ -250,4 +275,4 @@ def make_speculator(
     draft = make_cost_model(
         cfg.cost, draft_model, gpu, pool.tp, streams, store, role=f"{role}-draft", framework=cfg.framework
     )
-    return Speculator(spec, target, rng, draft=draft)
+    return Speculator(spec, target, draws_key, draft=draft)

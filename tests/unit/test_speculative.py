@@ -30,6 +30,7 @@ from simdisagg.config import (
 )
 from simdisagg.costmodel.base import decode_times_bulk_s, verify_times_bulk_s
 from simdisagg.costmodel.reference import ConstantCostModel
+from simdisagg.costmodel.roofline import RooflineCostModel
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
 from simdisagg.metrics import request_latencies, summarize
@@ -43,6 +44,7 @@ from simdisagg.sim.speculative import (
     make_speculator,
     mean_length_of_rate,
     rate_of_mean_length,
+    request_uniforms,
 )
 from simdisagg.trace import Trace
 
@@ -165,9 +167,9 @@ def test_mean_length_and_rate_are_inverse() -> None:
 def test_every_owed_token_is_emitted_once_and_the_last_step_emits_only_what_remains(setting: dict) -> None:
     cfg = spec(**setting)
     k = cfg.draft_tokens
-    speculator = Speculator(cfg, ConstantCostModel(0.1, 0.02), np.random.default_rng(7))
-    for tokens in [0, 1, 2, 3, k, k + 1, k + 2, 17, 100, 1001]:
-        emitted = speculator.emissions(tokens)
+    speculator = Speculator(cfg, ConstantCostModel(0.1, 0.02), key=7)
+    for request, tokens in enumerate([0, 1, 2, 3, k, k + 1, k + 2, 17, 100, 1001]):
+        emitted = speculator.emissions(request, tokens)
         assert emitted.sum() == tokens
         assert np.all(emitted >= 1) and np.all(emitted <= k + 1)
         # Every step but the last emitted a full draw; the last one what remained.
@@ -179,8 +181,8 @@ def test_tokens_per_step_match_the_acceptance_distribution() -> None:
     # is 1 + sum_j P(a >= j); the tolerance is 4 standard errors of the sample mean.
     for setting in ({"draft_tokens": 3, "acceptance_rate": 0.7}, {"draft_tokens": 2, "position_acceptance": [0.9, 0.3]}):
         cfg = spec(**setting)
-        speculator = Speculator(cfg, ConstantCostModel(0.1, 0.02), np.random.default_rng(11))
-        steps = np.concatenate([speculator.emissions(5000)[:-1] for _ in range(20)])
+        speculator = Speculator(cfg, ConstantCostModel(0.1, 0.02), key=11)
+        steps = np.concatenate([speculator.emissions(request, 5000)[:-1] for request in range(20)])
         expected = 1.0 + float(acceptance_survival(cfg).sum())
         se = steps.std() / math.sqrt(len(steps))
         assert abs(steps.mean() - expected) <= 4 * se, (steps.mean(), expected, se)
@@ -188,6 +190,15 @@ def test_tokens_per_step_match_the_acceptance_distribution() -> None:
 
 
 # -- step costs --------------------------------------------------------------------------
+
+
+def test_a_verify_step_is_a_prefill_chunk_of_the_drafts_and_the_last_token() -> None:
+    # A cost model without its own verify step: k + 1 new tokens per request on top of the
+    # rest of its context, the context spread evenly (10,003 - 4 = 9,999 cached: 2,500 for
+    # three requests, 2,499 for one).
+    cost = RooflineCostModel(STORE.model("llama-3.1-8b"), STORE.gpu("h100-sxm"))
+    got = verify_times_bulk_s(cost, 4, np.array([10_003]), 2)
+    assert got[0] == cost.prefill_time_s(np.full(4, 3), np.array([2500, 2500, 2500, 2499]))
 
 
 def test_verify_with_no_drafts_is_a_decode_step_and_drafts_cost_more() -> None:
@@ -255,14 +266,14 @@ def one_request(out_tokens: int, setting: SpeculativeConfig | None, model: str =
 def test_deterministic_acceptance_gives_tpot_of_step_over_tokens_per_step(out_tokens: int, steps: int) -> None:
     # A draft model proposes k = 3 tokens; positions 1 and 2 are always accepted, position 3
     # never: each full step emits 1 + a = 3 tokens. On the constant cost model a draft decode
-    # step takes 0.02 s (three per step: 0.06 s) and the verify step, a prefill iteration of
-    # 4 tokens per request, 0.1 s: a step takes 0.16 s. After the first token the request
+    # step takes 0.02 s (three per step: 0.06 s) and so does the verify step (a step is a step
+    # there): a step takes 0.08 s. After the first token the request
     # owes out - 1 tokens: 12 -> 4 steps of 3; 11 -> 3 + 3 + 3 + 2 (4 steps, the last emits
     # only what remains); 1 -> 1 step; 3 -> 1 step; 4 -> 3 + 1.
     setting = spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=3, position_acceptance=[1.0, 1.0, 0.0])
     result = one_request(out_tokens, setting)
     t = result.recorder.times
-    step_s = 3 * 0.02 + 0.1
+    step_s = 3 * 0.02 + 0.02
     assert t["completed_at"][0] - t["decode_start_at"][0] == pytest.approx(steps * step_s, abs=1e-12)
     assert t["decode_first_token_at"][0] - t["decode_start_at"][0] == pytest.approx(step_s, abs=1e-12)
     tpot = request_latencies(result)["tpot_s"][0]
@@ -277,22 +288,22 @@ def test_deterministic_acceptance_gives_tpot_of_step_over_tokens_per_step(out_to
 def test_mtp_draft_costs_its_share_of_a_decode_step() -> None:
     # DeepSeek-V3 has 1 MTP layer over 61 layers: each of k = 2 MTP passes costs 1/61 of a
     # 0.02 s decode step; every draft accepted (rate 1): 3 tokens per step. 30 tokens owed
-    # after the first -> 10 steps of 0.1 + 2 * 0.02 / 61 s.
+    # after the first -> 10 steps of 0.02 (verify) + 2 * 0.02 / 61 s.
     setting = spec(method="mtp", draft_tokens=2, acceptance_rate=1.0)
     result = one_request(31, setting, model="deepseek-v3")
     t = result.recorder.times
-    step_s = 2 * (0.02 * (1 / 61)) + 0.1
+    step_s = 2 * (0.02 * (1 / 61)) + 0.02
     assert t["completed_at"][0] - t["decode_start_at"][0] == pytest.approx(10 * step_s, abs=1e-12)
 
 
 def test_rejecting_every_draft_costs_time_and_saves_no_steps() -> None:
     # Acceptance rate 0: one token per step, as without speculation, but each step pays for
-    # the drafts and the wider verify step.
+    # the drafts (two draft decode steps of 0.02 s) besides its verify step.
     plain = one_request(21, None)
     rejected = one_request(21, spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=2, acceptance_rate=0.0))
     tp, tr = plain.recorder.times, rejected.recorder.times
     assert tp["completed_at"][0] - tp["decode_start_at"][0] == pytest.approx(20 * 0.02)
-    assert tr["completed_at"][0] - tr["decode_start_at"][0] == pytest.approx(20 * (2 * 0.02 + 0.1))
+    assert tr["completed_at"][0] - tr["decode_start_at"][0] == pytest.approx(20 * (2 * 0.02 + 0.02))
 
 
 @pytest.mark.parametrize("mode", ["disaggregated", "aggregated", "chunked"])
@@ -398,3 +409,24 @@ def test_the_readme_settings_are_valid() -> None:
     )
     speculator = make_speculator(mtp, mtp.decode, "decode", ConstantCostModel(0.1, 0.02), STORE, Streams(0))
     assert speculator is not None and speculator.mtp_fraction == 1 / 61
+
+
+def test_a_request_draws_the_same_whichever_pool_or_order_serves_it() -> None:
+    # The uniforms are a function of (key, request, position): a prefix of a longer draw is
+    # the shorter draw, requests differ, and the key is the run's, the same in both modes.
+    u = request_uniforms(123, 7, 1000)
+    assert np.array_equal(u[:10], request_uniforms(123, 7, 10))
+    assert not np.array_equal(u[:10], request_uniforms(123, 8, 10))
+    assert not np.array_equal(u[:10], request_uniforms(124, 7, 10))
+    assert 0.0 <= u.min() and u.max() < 1.0
+    # Uniform: a Kolmogorov-Smirnov distance within the 1 % critical value for n = 20,000.
+    sample = np.sort(np.concatenate([request_uniforms(5, r, 1000) for r in range(20)]))
+    ks = np.max(np.abs(sample - np.arange(1, len(sample) + 1) / len(sample)))
+    assert ks < 1.63 / math.sqrt(len(sample))
+    setting = spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=3, acceptance_rate=0.6)
+    cfg = RunConfig(decode=PoolConfig(speculative=setting))
+    cost = ConstantCostModel(0.1, 0.02)
+    decode = make_speculator(cfg, cfg.decode, "decode", cost, STORE, Streams(cfg.seed))
+    aggregated = make_speculator(cfg, cfg.aggregated_pool(), "aggregated", cost, STORE, Streams(cfg.seed))
+    assert decode is not None and aggregated is not None
+    assert np.array_equal(decode.emissions(3, 500), aggregated.emissions(3, 500))
