@@ -21,7 +21,12 @@ import numpy as np
 @runtime_checkable
 class CostModel(Protocol):
     """Step times for one serving instance. Implementations must be pure and deterministic
-    (stochastic reference models draw from a stream given at construction)."""
+    (stochastic reference models draw from a stream given at construction).
+
+    Optional faster paths a model may define, each with a default below:
+    ``decode_run_times_list`` (:func:`short_run_times`), ``decode_times_bulk_s``
+    (:func:`decode_times_bulk_s`) and ``verify_times_bulk_s`` for speculative decoding's
+    verify steps (:func:`verify_times_bulk_s`)."""
 
     #: Short label shown in outputs, e.g. ``roofline`` or ``fitted:h100-sxm/llama-3.1-8b-tp1``.
     label: str

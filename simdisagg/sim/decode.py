@@ -277,7 +277,8 @@ class ContinuousBatch:
 
     def _speculative_run_times(self, batch_size: int, context0: int, s: int, n: int) -> np.ndarray:
         """Step times of a speculative run of ``n`` steps from step ``s`` (total context
-        ``context0`` at its first step); remembers them and the tokens each step emits."""
+        ``context0`` at its first step, then growing by the tokens each step emits); kept
+        for the step log until the run ends."""
         spec = self._spec
         assert spec is not None
         lo = s - self._emit_from

@@ -52,7 +52,7 @@ from simdisagg.costmodel.base import (
     verify_times_bulk_s,
 )
 from simdisagg.errors import ConfigError
-from simdisagg.hardware import ModelShape, ProfileStore
+from simdisagg.hardware import ModelShape, ProfileStore, check_parallelism
 from simdisagg.rng import Streams
 
 
@@ -272,6 +272,8 @@ def make_speculator(
     except ConfigError as exc:
         raise ConfigError(f"{key}.draft_model: {exc}") from None
     gpu = store.gpu(pool.gpu)
+    # The draft runs on the pool's GPUs, split as the target is (TP only: a dense draft).
+    check_parallelism(draft_model, pool.tp, f"{key}.draft_model {draft_model.name} at the pool's tp")
     draft = make_cost_model(
         cfg.cost, draft_model, gpu, pool.tp, streams, store, role=f"{role}-draft", framework=cfg.framework
     )

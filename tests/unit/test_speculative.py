@@ -134,6 +134,14 @@ def test_mtp_needs_mtp_layers_and_draft_needs_a_known_model() -> None:
     )
     with pytest.raises(ConfigError, match=r"decode.speculative.draft_model: .*tiny-nonesuch"):
         check_cluster(unknown, STORE)
+    split = RunConfig(
+        model="llama-3.1-70b",
+        decode=PoolConfig(
+            tp=8, speculative=spec(method="draft", draft_model="qwen2.5-7b", draft_tokens=2, acceptance_rate=0.6)
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"decode.speculative.draft_model qwen2.5-7b at the pool's tp 8: .*28 attention"):
+        make_speculator(split, split.decode, "decode", ConstantCostModel(0.1, 0.02), STORE, Streams(0))
     with pytest.raises(ConfigError, match="method 'mtp' needs a model with MTP layers"):
         simulate(no_mtp.as_aggregated(), small_trace(n=2), store=STORE)
 
