@@ -438,3 +438,28 @@ def test_a_request_draws_the_same_whichever_pool_or_order_serves_it() -> None:
     aggregated = make_speculator(cfg, cfg.aggregated_pool(), "aggregated", cost, STORE, Streams(cfg.seed))
     assert decode is not None and aggregated is not None
     assert np.array_equal(decode.emissions(3, 500), aggregated.emissions(3, 500))
+
+
+def test_the_planner_screening_bounds_stay_bounds_under_speculation() -> None:
+    # The screening's per-request TPOT alone and decode work per token are lower bounds (they
+    # prune candidates and cap the rate search). A speculative step costs at least a decode
+    # step and emits at most k + 1 tokens, so with k = 3 the bounds are the plain ones over 4.
+    from simdisagg.plan.screening import Screener
+    from simdisagg.plan.workload import trace_load
+
+    base = RunConfig(cost={"kind": "roofline"}, slo={"ttft_s": 1.0, "tpot_s": 0.03})
+    drafting = with_speculation(
+        base, spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=3, acceptance_rate=0.7)
+    )
+    load = trace_load(small_trace(n=20), False)
+    plain, spec_screen = Screener(base, STORE, load), Screener(drafting, STORE, load)
+    _, tpot_plain = plain._alone("h100-sxm", 1, "decode")
+    _, tpot_spec = spec_screen._alone("h100-sxm", 1, "decode")
+    assert np.array_equal(tpot_spec, tpot_plain / 4)
+    assert spec_screen._decode_token_s("h100-sxm", 1, "decode", 64) <= plain._decode_token_s("h100-sxm", 1, "decode", 64) / 4
+    # And they are bounds: each request's simulated TPOT, alone, is above its bound.
+    trace = small_trace(n=20)
+    for i in range(3):
+        lone = build_trace([Req(0.0, int(trace.input_tokens[i]), int(trace.output_tokens[i]))])
+        tpot = request_latencies(simulate(drafting, lone, store=STORE))["tpot_s"][0]
+        assert math.isnan(tpot) or tpot >= tpot_spec[i]
