@@ -252,7 +252,7 @@ def simulate(
         for i in np.flatnonzero(need > plan.kv_capacity_blocks).tolist():
             never.setdefault(i, f"needs {int(need[i])} KV blocks, more than an instance's {plan.kv_capacity_blocks}")
         agg: list[AggregatedInstance] = []
-        speculator = make_speculator(cfg, pool, "aggregated", plan.cost, store, streams)
+        speculator = make_speculator(cfg, pool, "aggregated", plan.cost, store, streams, cost_scale)
         for k in range(pool.count):
             stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks),
                                   batch=LevelIntegral(pool.max_batch_size))
@@ -312,7 +312,7 @@ def simulate(
             * cfg.link.bandwidth_scale
         )
         decode: list[DecodeInstance] = []
-        speculator = make_speculator(cfg, cfg.decode, "decode", dplan.cost, store, streams)
+        speculator = make_speculator(cfg, cfg.decode, "decode", dplan.cost, store, streams, cost_scale)
         for k in range(cfg.decode.count):
             stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks),
                                   batch=LevelIntegral(cfg.decode.max_batch_size))

@@ -35,9 +35,8 @@ steps of the batch, the context growing by one token per request each.
 (:func:`draft_memory`).
 
 **Not modelled** (the README's speculative-decoding section lists them): the KV slots of
-rejected tokens, draft trees (EAGLE top-k > 1), acceptance that
-depends on the request or on its position in the answer, and the draft catching up on the
-tokens it did not propose.
+rejected tokens, draft trees (EAGLE top-k > 1), acceptance that depends on the request or on
+its position in the answer, and the draft catching up on the tokens it did not propose.
 """
 
 from __future__ import annotations
@@ -245,16 +244,19 @@ def make_speculator(
     target: CostModel,
     store: ProfileStore,
     streams: Streams,
+    cost_scale: float = 1.0,
 ) -> Speculator | None:
     """The speculator of a pool (``None`` when the pool does not speculate). Refuses MTP on a
-    model without MTP layers and an unknown draft model, naming the setting."""
+    model without MTP layers, an unknown draft model and one the pool's TP cannot split,
+    naming the setting. ``cost_scale`` multiplies the draft model's step times, as it does the
+    target's (``target`` comes scaled already)."""
     spec = pool.speculative
     if spec is None:
         return None
     from simdisagg.costmodel.factory import make_cost_model
 
     model = cfg.model_shape(store)
-    key = "decode.speculative" if role != "aggregated" else "decode.speculative (aggregated pool)"
+    key = "decode.speculative"  # the aggregated baseline's pool inherits the decode pool's
     # One key for the run, whichever the pool: a request draws the same in either mode.
     draws_key = int(streams["speculative"].integers(0, 2**63))
     if spec.method == "mtp":
@@ -277,4 +279,8 @@ def make_speculator(
     draft = make_cost_model(
         cfg.cost, draft_model, gpu, pool.tp, streams, store, role=f"{role}-draft", framework=cfg.framework
     )
+    if cost_scale != 1.0:
+        from simdisagg.costmodel.scaled import ScaledCostModel
+
+        draft = ScaledCostModel(draft, cost_scale)
     return Speculator(spec, target, draws_key, draft=draft)

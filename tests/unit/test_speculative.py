@@ -463,3 +463,18 @@ def test_the_planner_screening_bounds_stay_bounds_under_speculation() -> None:
         lone = build_trace([Req(0.0, int(trace.input_tokens[i]), int(trace.output_tokens[i]))])
         tpot = request_latencies(simulate(drafting, lone, store=STORE))["tpot_s"][0]
         assert math.isnan(tpot) or tpot >= tpot_spec[i]
+
+
+def test_cost_scale_scales_the_draft_as_the_target() -> None:
+    # Sensitivity runs multiply every step time: a speculating step (verify + draft) too.
+    setting = spec(method="draft", draft_model="llama-3.1-8b", draft_tokens=3, position_acceptance=[1.0, 1.0, 0.0])
+    cfg = RunConfig(
+        cost=ConstantCost(prefill_s=0.1, decode_step_s=0.02),
+        decode=PoolConfig(count=1, kv_capacity_tokens=100_000, speculative=setting),
+        prefill=PoolConfig(count=1, kv_capacity_tokens=100_000),
+    )
+    trace = build_trace([Req(0.0, 100, 13)])
+    times = [simulate(cfg, trace, store=STORE, cost_scale=x).recorder.times for x in (1.0, 1.5)]
+    decode_s = [t["completed_at"][0] - t["decode_start_at"][0] for t in times]
+    assert decode_s[0] == pytest.approx(4 * 0.08, abs=1e-12)
+    assert decode_s[1] == pytest.approx(1.5 * decode_s[0], abs=1e-12)
