@@ -28,7 +28,11 @@ from simdisagg.config import (
     SpeculativeConfig,
     resolve_config,
 )
-from simdisagg.costmodel.base import decode_times_bulk_s, verify_times_bulk_s
+from simdisagg.costmodel.base import (
+    decode_times_bulk_s,
+    spread_evenly,
+    verify_times_bulk_s,
+)
 from simdisagg.costmodel.reference import ConstantCostModel
 from simdisagg.costmodel.roofline import RooflineCostModel
 from simdisagg.errors import ConfigError
@@ -204,9 +208,16 @@ def test_a_verify_step_is_a_prefill_chunk_of_the_drafts_and_the_last_token() -> 
     # A cost model without its own verify step: k + 1 new tokens per request on top of the
     # rest of its context, the context spread evenly (10,003 - 4 = 9,999 cached: 2,500 for
     # three requests, 2,499 for one).
-    cost = RooflineCostModel(STORE.model("llama-3.1-8b"), STORE.gpu("h100-sxm"))
-    got = verify_times_bulk_s(cost, 4, np.array([10_003]), 2)
-    assert got[0] == cost.prefill_time_s(np.full(4, 3), np.array([2500, 2500, 2500, 2499]))
+    roofline = RooflineCostModel(STORE.model("llama-3.1-8b"), STORE.gpu("h100-sxm"))
+
+    class PrefillOnly:
+        label = "prefill only"
+
+        def prefill_time_s(self, new_tokens: np.ndarray, cached_tokens: np.ndarray) -> float:
+            return roofline.prefill_time_s(new_tokens, cached_tokens)
+
+    got = verify_times_bulk_s(PrefillOnly(), 4, np.array([10_003]), 2)  # type: ignore[arg-type]
+    assert got[0] == roofline.prefill_time_s(np.full(4, 3), np.array([2500, 2500, 2500, 2499]))
 
 
 def test_verify_with_no_drafts_is_a_decode_step_and_drafts_cost_more() -> None:
@@ -478,3 +489,17 @@ def test_cost_scale_scales_the_draft_as_the_target() -> None:
     decode_s = [t["completed_at"][0] - t["decode_start_at"][0] for t in times]
     assert decode_s[0] == pytest.approx(4 * 0.08, abs=1e-12)
     assert decode_s[1] == pytest.approx(1.5 * decode_s[0], abs=1e-12)
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "qwen3-30b-a3b", "deepseek-v3"])
+@pytest.mark.parametrize("tp", [1, 8])
+def test_the_roofline_verify_step_is_its_prefill_chunk_bit_for_bit(model: str, tp: int) -> None:
+    # The vectorised verify step must stay the prefill iteration it stands for: if the
+    # roofline's prefill changes, this fails until the verify step follows.
+    cost = RooflineCostModel(STORE.model(model).served_at("fp8", "fp8"), STORE.gpu("h200"), tp)
+    for batch, k in [(1, 1), (7, 3), (64, 2), (256, 5)]:
+        contexts = np.array([batch, batch + 1, 10 * batch + 3, 1000 * batch + 17, 100_000 * batch + 5])
+        got = cost.verify_times_bulk_s(batch, contexts, k)
+        for j, total in enumerate(contexts.tolist()):
+            expected = cost.prefill_time_s(np.full(batch, k + 1), spread_evenly(total - batch, batch))
+            assert got[j] == expected, (batch, k, total)
