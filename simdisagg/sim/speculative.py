@@ -78,16 +78,23 @@ def rate_of_mean_length(length: float, draft_tokens: int) -> float:
     return 0.5 * (lo + hi)
 
 
+def iid_rate(cfg: SpeculativeConfig) -> float | None:
+    """The i.i.d. acceptance rate a setting gives (named, or from its mean length); ``None``
+    for per-position acceptance."""
+    if cfg.position_acceptance is not None:
+        return None
+    if cfg.acceptance_rate is not None:
+        return cfg.acceptance_rate
+    return rate_of_mean_length(float(cfg.acceptance_length or 1.0), cfg.draft_tokens)
+
+
 def acceptance_survival(cfg: SpeculativeConfig) -> np.ndarray:
     """``P(a >= j)`` for ``j = 1..k``: the chance that at least ``j`` drafts are accepted."""
-    k = cfg.draft_tokens
-    if cfg.position_acceptance is not None:
+    rate = iid_rate(cfg)
+    if rate is None:
         per_position = np.array(cfg.position_acceptance, dtype=np.float64)
     else:
-        rate = cfg.acceptance_rate if cfg.acceptance_rate is not None else rate_of_mean_length(
-            float(cfg.acceptance_length or 1.0), k
-        )
-        per_position = np.full(k, rate, dtype=np.float64)
+        per_position = np.full(cfg.draft_tokens, rate, dtype=np.float64)
     return np.cumprod(per_position)
 
 
@@ -96,12 +103,10 @@ def describe(cfg: SpeculativeConfig) -> str:
     drafter = "the model's MTP layers" if cfg.method == "mtp" else f"draft model {cfg.draft_model}"
     k = cfg.draft_tokens
     mean = 1.0 + float(acceptance_survival(cfg).sum())
-    if cfg.position_acceptance is not None:
-        how = "per-position acceptance " + "/".join(f"{p:g}" for p in cfg.position_acceptance)
+    rate = iid_rate(cfg)
+    if rate is None:
+        how = "per-position acceptance " + "/".join(f"{p:g}" for p in cfg.position_acceptance or ())
     else:
-        rate = cfg.acceptance_rate if cfg.acceptance_rate is not None else rate_of_mean_length(
-            float(cfg.acceptance_length or 1.0), k
-        )
         how = f"acceptance rate {rate:.3g} per draft token"
     return f"{k} draft token{'s' if k != 1 else ''} per step from {drafter}, {how} (mean {mean:.2f} tokens per step)"
 
@@ -211,6 +216,16 @@ class Speculator:
         return draft + verify
 
 
+def draft_shape(cfg: RunConfig, spec: SpeculativeConfig, store: ProfileStore) -> ModelShape:
+    """The draft model of method ``draft``, at the run's precision (an unknown name is refused
+    naming the setting)."""
+    assert spec.draft_model is not None
+    try:
+        return store.model(spec.draft_model).served_at(cfg.precision.weights, cfg.precision.kv_cache, cfg.precision.experts)
+    except ConfigError as exc:
+        raise ConfigError(f"decode.speculative.draft_model: {exc}") from None
+
+
 def draft_memory(cfg: RunConfig, pool: PoolConfig, store: ProfileStore) -> tuple[float, float]:
     """``(weight bytes, KV bytes per token)`` the pool's draft adds to each instance's memory
     (both ``0.0`` without speculation).
@@ -223,13 +238,7 @@ def draft_memory(cfg: RunConfig, pool: PoolConfig, store: ProfileStore) -> tuple
         return 0.0, 0.0
     model = cfg.model_shape(store)
     if spec.method == "draft":
-        assert spec.draft_model is not None
-        try:
-            draft = store.model(spec.draft_model).served_at(
-                cfg.precision.weights, cfg.precision.kv_cache, cfg.precision.experts
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"decode.speculative.draft_model: {exc}") from None
+        draft = draft_shape(cfg, spec, store)
         return float(draft.weight_bytes), float(draft.kv_bytes_per_token)
     lm_head_bytes = model.lm_head_params * (model.weight_bytes_per_param or model.dtype_bytes)
     layer_bytes = (model.iteration_weight_bytes - lm_head_bytes) / model.num_layers
@@ -266,13 +275,7 @@ def make_speculator(
                 "(use method 'draft' with a draft_model)"
             )
         return Speculator(spec, target, draws_key, mtp_fraction=mtp_fraction(model))
-    assert spec.draft_model is not None
-    try:
-        draft_model = store.model(spec.draft_model).served_at(
-            cfg.precision.weights, cfg.precision.kv_cache, cfg.precision.experts
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"{key}.draft_model: {exc}") from None
+    draft_model = draft_shape(cfg, spec, store)
     gpu = store.gpu(pool.gpu)
     # The draft runs on the pool's GPUs, split as the target is (TP only: a dense draft).
     check_parallelism(draft_model, pool.tp, f"{key}.draft_model {draft_model.name} at the pool's tp")
