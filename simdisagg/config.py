@@ -48,6 +48,77 @@ def _number(**kw: Any) -> Any:
 
 Switch = Annotated[bool, Field(strict=True)]
 
+#: Most draft tokens one speculative step may propose (engines use 1 to about 8).
+MAX_DRAFT_TOKENS = 16
+
+
+class SpeculativeConfig(_Frozen):
+    """Speculative decoding in a decode (or aggregated) pool: each decode iteration a draft
+    proposes ``draft_tokens`` tokens per request, the target model verifies them in one step
+    (``draft_tokens + 1`` query tokens per request) and the request emits the accepted ones
+    plus the target's own next token.
+
+    ``method``: ``mtp`` drafts with the model's multi-token-prediction layers (its
+    ``mtp_layers``; one MTP pass per draft token); ``draft`` with a separate draft model, the
+    profile named by ``draft_model``, one decode step of it per draft token.
+
+    Acceptance, exactly one of:
+
+    * ``acceptance_length``: the mean tokens a step emits (accepted drafts + 1, what vLLM and
+      SGLang report as the mean acceptance length), between 1 and ``draft_tokens + 1``; each
+      draft token is accepted with the i.i.d. rate that gives this mean.
+    * ``acceptance_rate``: the i.i.d. rate alpha at which each draft token is accepted, given
+      the ones before it were: the accepted count is a geometric truncated at ``draft_tokens``,
+      with mean length ``(1 - alpha^(k+1)) / (1 - alpha)``.
+    * ``position_acceptance``: one probability per draft position, each the chance that
+      position is accepted given every earlier one was (``[1, 1, 0]``: exactly two accepted).
+
+    Draws are keyed by the run's seeded stream ``speculative`` and by the request, so a run is
+    reproducible and a request accepts the same drafts whichever instance or mode serves it."""
+
+    method: Literal["mtp", "draft"] = "mtp"
+    draft_model: str | None = Field(default=None, description="draft model profile name (method 'draft')")
+    draft_tokens: int = _count(
+        default=1, ge=0, le=MAX_DRAFT_TOKENS, description="draft tokens proposed per request per step (k)"
+    )
+    acceptance_length: float | None = _number(
+        default=None, ge=1, le=MAX_DRAFT_TOKENS + 1, description="mean tokens emitted per step (accepted + 1)"
+    )
+    acceptance_rate: float | None = _number(
+        default=None, ge=0, le=1, description="i.i.d. chance each draft token is accepted"
+    )
+    position_acceptance: tuple[Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)], ...] | None = (
+        Field(default=None, description="chance each draft position is accepted, given the earlier ones were")
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeculativeConfig:
+        given = [
+            name
+            for name in ("acceptance_length", "acceptance_rate", "position_acceptance")
+            if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of acceptance_length, acceptance_rate, position_acceptance"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        k = self.draft_tokens
+        if self.acceptance_length is not None and self.acceptance_length > k + 1:
+            raise ValueError(
+                f"acceptance_length {self.acceptance_length:g} is more than draft_tokens + 1 = {k + 1} "
+                "(a step emits at most its draft tokens and one of its own)"
+            )
+        if self.position_acceptance is not None and len(self.position_acceptance) != k:
+            raise ValueError(
+                f"position_acceptance has {len(self.position_acceptance)} values; it needs one per draft token ({k})"
+            )
+        if self.method == "draft" and self.draft_model is None:
+            raise ValueError("draft_model is missing: method 'draft' needs the draft model's profile name")
+        if self.method == "mtp" and self.draft_model is not None:
+            raise ValueError("draft_model applies to method 'draft' only (method 'mtp' drafts with the model's own MTP layers)")
+        return self
+
 
 class PoolConfig(_Frozen):
     """One pool of identical instances (prefill, decode, or aggregated)."""
@@ -77,6 +148,9 @@ class PoolConfig(_Frozen):
     kv_block_tokens: int = _count(default=16, ge=1, le=65_536, description="tokens per paged-attention KV block")
     kv_capacity_tokens: int | None = _count(
         default=None, ge=1, le=10**13, description="override the KV capacity derived from memory (tokens)"
+    )
+    speculative: SpeculativeConfig | None = Field(
+        default=None, description="speculative decoding (decode and aggregated pools; None: off)"
     )
 
     @model_validator(mode="after")
@@ -512,6 +586,13 @@ class RunConfig(_Frozen):
     faults: FaultsConfig | None = Field(default=None, description="instance failures and link faults")
     tenants: tuple[TenantConfig, ...] = ()
     timeseries: TimeSeriesConfig = TimeSeriesConfig()
+
+    @field_validator("prefill")
+    @classmethod
+    def _prefill_does_not_speculate(cls, pool: PoolConfig) -> PoolConfig:
+        if pool.speculative is not None:
+            raise ValueError("speculative decoding applies to the decode pool (a prefill pool does not decode)")
+        return pool
 
     @model_validator(mode="after")
     def _check_counts(self) -> RunConfig:

@@ -16,7 +16,8 @@ Definitions (times in seconds inside, milliseconds in the summary keys):
   wait counts against the SLO under either definition.
 * ITL   = each gap between consecutive tokens of a request (one decode iteration, or longer
   when the request waited: with ``prefill_end`` the gap after the first token includes the
-  KV transfer and the wait for a decode slot).
+  KV transfer and the wait for a decode slot). Under speculative decoding the tokens of one
+  step arrive together and the step is one gap (vLLM's benchmark times streamed chunks).
 * E2E   = completion − arrival.
 * A request meets the SLO when TTFT <= ``slo.ttft_s`` and (TPOT <= ``slo.tpot_s`` or it has a
   single output token). Goodput = requests meeting the SLO per second of the run.

@@ -30,6 +30,7 @@ from simdisagg.config import (
     RooflineCost,
     RouterConfig,
     RunConfig,
+    SpeculativeConfig,
     TierConfig,
 )
 from simdisagg.trace import Trace, TraceBuilder
@@ -240,6 +241,25 @@ def pools(draw: st.DrawFn, max_count: int = 3) -> PoolConfig:
 
 
 @st.composite
+def speculative_configs(draw: st.DrawFn) -> SpeculativeConfig:
+    """Speculative decoding for a decode pool: drafting nothing (the plain path must be
+    reproduced), or a draft model (the default model's own profile) proposing 1 to 4 tokens
+    with an i.i.d. rate, a mean length or per-position acceptance."""
+    k = draw(st.integers(0, 4))
+    if k == 0:
+        return SpeculativeConfig(method="mtp", draft_tokens=0, acceptance_length=1.0)
+    how = draw(st.sampled_from(["acceptance_rate", "acceptance_length", "position_acceptance"]))
+    value: Any
+    if how == "acceptance_rate":
+        value = draw(finite(0.0, 1.0))
+    elif how == "acceptance_length":
+        value = draw(finite(1.0, k + 1.0))
+    else:
+        value = tuple(draw(st.lists(finite(0.0, 1.0), min_size=k, max_size=k)))
+    return SpeculativeConfig(method="draft", draft_model="llama-3.1-8b", draft_tokens=k, **{how: value})
+
+
+@st.composite
 def run_configs(
     draw: st.DrawFn,
     *,
@@ -248,9 +268,11 @@ def run_configs(
     exact_steps: bool | None = None,
     cost_kinds: Sequence[str] | None = None,
     prefix_cache: bool = True,
+    speculative: bool = True,
 ) -> RunConfig:
     """A random small cluster: either mode, any router policy valid for the mode, any cost
-    kind (or those given), fifo or fair-share links, chunked prefill on or off, small KV."""
+    kind (or those given), fifo or fair-share links, chunked prefill on or off, small KV,
+    and (one time in three) speculative decoding in the decode pool."""
     mode = mode or draw(st.sampled_from(MODES))
     policies = sorted(PREFILL_POLICIES)
     if mode == "aggregated":
@@ -270,7 +292,7 @@ def run_configs(
     link = draw(LINK_SHARING[draw(st.sampled_from(sorted(LINK_SHARING)))])
     prefill = draw(pools())
     decode = draw(pools())
-    return RunConfig(
+    cfg = RunConfig(
         mode=mode,  # type: ignore[arg-type]
         prefill=prefill,
         decode=decode,
@@ -282,3 +304,7 @@ def run_configs(
         seed=draw(st.integers(0, 2**16)),
         exact_steps=draw(st.booleans()) if exact_steps is None else exact_steps,
     )
+    # Drawn last, so that the draws above stay those of the examples found before it existed.
+    if speculative and draw(st.integers(0, 2)) == 0:
+        cfg = cfg.model_copy(update={"decode": decode.model_copy(update={"speculative": draw(speculative_configs())})})
+    return cfg

@@ -368,6 +368,10 @@ def setting_lines(cfg: Any, cost_models: list[tuple[str, str]], *, policies: boo
             + (f", conditional below {cfg.router.conditional_prefill_tokens} tokens"
                if cfg.router.conditional_prefill_tokens else "")
         )
+    if cfg.decode.speculative is not None:
+        from simdisagg.sim.speculative import describe
+
+        lines.append(f"speculative decoding (decode and aggregated pools): {describe(cfg.decode.speculative)}")
     labels = list(dict.fromkeys(label for _, label in cost_models))
     if len(labels) == 1:
         lines.append(f"cost model: {labels[0]}" + _assumed(labels[0]))

@@ -21,7 +21,12 @@ import numpy as np
 @runtime_checkable
 class CostModel(Protocol):
     """Step times for one serving instance. Implementations must be pure and deterministic
-    (stochastic reference models draw from a stream given at construction)."""
+    (stochastic reference models draw from a stream given at construction).
+
+    Optional faster paths a model may define, each with a default below:
+    ``decode_run_times_list`` (:func:`short_run_times`), ``decode_times_bulk_s``
+    (:func:`decode_times_bulk_s`) and ``verify_times_bulk_s`` for speculative decoding's
+    verify steps (:func:`verify_times_bulk_s`)."""
 
     #: Short label shown in outputs, e.g. ``roofline`` or ``fitted:h100-sxm/llama-3.1-8b-tp1``.
     label: str
@@ -94,3 +99,40 @@ class StepwiseDecodeRuns:
         return np.array(
             [step(batch_size, context_tokens + j * batch_size) for j in range(n_steps)], dtype=np.float64
         )
+
+
+def verify_times_bulk_s(cost: CostModel, batch_size: int, context_tokens: np.ndarray, draft_tokens: int) -> np.ndarray:
+    """Times of target-model steps that verify ``draft_tokens`` draft tokens per request
+    (speculative decoding): element ``j`` is one step of ``batch_size`` requests whose contexts
+    sum to ``context_tokens[j]``, each request scoring ``draft_tokens + 1`` query tokens (its
+    last token and the drafts after it) against its context.
+
+    With no draft tokens the step is a decode step, bit for bit
+    (:func:`decode_times_bulk_s`), so speculation that drafts nothing changes nothing. Models
+    that can time the verify step themselves define ``verify_times_bulk_s(batch_size,
+    context_tokens, draft_tokens)``; for the others a verify step is a prefill (chunk)
+    iteration of ``draft_tokens + 1`` new tokens per request on top of the rest of its context
+    (:meth:`CostModel.prefill_time_s`): the weights are read once, the KV once, and the
+    attention and projection work grows with the query tokens. The context is spread evenly
+    over the requests (attention is linear in each request's context, so only the sum matters)."""
+    contexts = np.asarray(context_tokens, dtype=np.float64)
+    if draft_tokens == 0:
+        return decode_times_bulk_s(cost, np.full(len(contexts), float(batch_size)), contexts)
+    own = getattr(cost, "verify_times_bulk_s", None)
+    if own is not None:
+        return own(batch_size, contexts, draft_tokens)  # type: ignore[no-any-return]
+    new = np.full(batch_size, draft_tokens + 1, dtype=np.int64)
+    out = np.empty(len(contexts), dtype=np.float64)
+    for j, total in enumerate(context_tokens.tolist() if isinstance(context_tokens, np.ndarray) else context_tokens):
+        # The last token of each request is a query token of the step, not cached context.
+        cached = spread_evenly(int(total) - batch_size, batch_size)
+        out[j] = cost.prefill_time_s(new, cached)
+    return out
+
+
+def spread_evenly(total: int, parts: int) -> np.ndarray:
+    """``parts`` non-negative integers that differ by at most one and sum to ``total``."""
+    total = max(total, 0)
+    out = np.full(parts, total // parts, dtype=np.int64)
+    out[: total % parts] += 1
+    return out

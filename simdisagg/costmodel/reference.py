@@ -45,6 +45,11 @@ class ConstantCostModel:
         """One step per element (batch size, total context), the same arithmetic."""
         return self.decode_step_s + self.decode_step_s_per_context_token * context_tokens
 
+    def verify_times_bulk_s(self, batch_size: int, context_tokens: np.ndarray, draft_tokens: int) -> np.ndarray:
+        """Speculative verify steps: a decode step each, whatever the draft tokens (a step is
+        a step in this model; deterministic, also under :class:`ExponentialCostModel`)."""
+        return self.decode_step_s + self.decode_step_s_per_context_token * np.asarray(context_tokens, dtype=np.float64)
+
     def mixed_step_time_s(
         self, new_tokens: np.ndarray, cached_tokens: np.ndarray, decode_batch_size: int, decode_context_tokens: int
     ) -> float:

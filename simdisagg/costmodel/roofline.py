@@ -252,3 +252,27 @@ class RooflineCostModel:
             + self._ar_fixed_s
             + self._ar_s_per_token * tokens
         )
+
+    # -- speculative decoding ----------------------------------------------------------------
+    def verify_times_bulk_s(self, batch_size: int, context_tokens: np.ndarray, draft_tokens: int) -> np.ndarray:
+        """Speculative verify steps, vectorised over the steps: element ``j`` is
+        :meth:`prefill_time_s` of ``draft_tokens + 1`` new tokens per request on top of the
+        rest of its context (``context_tokens[j] - batch_size`` cached tokens spread evenly),
+        bit for bit (every sum there is of integers, exact in floats)."""
+        b = float(batch_size)
+        n = draft_tokens + 1.0
+        cached = np.maximum(np.asarray(context_tokens, dtype=np.float64) - b, 0.0)
+        tokens = b * n
+        pairs = n * cached + b * (n * (n + 1.0) * 0.5)
+        flops = (
+            self._linear_flops_per_token * tokens
+            + self._attn_flops_per_pair * pairs
+            + self._lm_head_flops_per_row * b
+        )
+        nbytes = self._weight_bytes + self._kv_bytes_per_token * (tokens + cached)
+        return (
+            np.maximum(flops * self._inv_prefill_flops, nbytes * self._inv_bw)
+            + self._overhead_s
+            + self._ar_fixed_s
+            + self._ar_s_per_token * tokens
+        )

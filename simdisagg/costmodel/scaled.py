@@ -8,6 +8,7 @@ from simdisagg.costmodel.base import (
     CostModel,
     decode_times_bulk_s,
     short_run_times,
+    verify_times_bulk_s,
 )
 
 
@@ -41,6 +42,10 @@ class ScaledCostModel:
     def decode_times_bulk_s(self, batch_sizes: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
         """The inner model's steps in bulk, scaled."""
         return self.scale * decode_times_bulk_s(self.inner, batch_sizes, context_tokens)
+
+    def verify_times_bulk_s(self, batch_size: int, context_tokens: np.ndarray, draft_tokens: int) -> np.ndarray:
+        """The inner model's speculative verify steps, scaled."""
+        return self.scale * verify_times_bulk_s(self.inner, batch_size, context_tokens, draft_tokens)
 
     def mixed_step_time_s(
         self, new_tokens: np.ndarray, cached_tokens: np.ndarray, decode_batch_size: int, decode_context_tokens: int

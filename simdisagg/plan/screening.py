@@ -102,6 +102,13 @@ class Screener:
             self._prefill_work[key] = per[inverse]
         return self._prefill_work[key]
 
+    def _tokens_per_step(self) -> int:
+        """Most tokens a decode step emits per request: 1, or ``draft_tokens + 1`` when the
+        decode pool speculates (so that the step-time bounds below stay bounds: a verify step
+        costs at least a decode step and emits at most that many)."""
+        spec = self.base.decode.speculative
+        return 1 if spec is None else spec.draft_tokens + 1
+
     def _decode_token_s(self, gpu: str, tp: int, role: str, max_batch: int) -> float:
         """Seconds per generated token at the largest batch that fits in KV memory and keeps a
         step within the TPOT target (a lower bound on the decode work per token)."""
@@ -113,7 +120,8 @@ class Screener:
         ctx = float((steps * (inp + out / 2.0)).sum() / steps.sum())
         held = float(np.mean(inp + out))
         cap = max(1, min(max_batch, int(self._kv_tokens(gpu, tp) // max(held, 1.0))))
-        tpot = self.base.slo.tpot_s
+        per_step = self._tokens_per_step()
+        tpot = self.base.slo.tpot_s * per_step
         lo, hi = 1, cap  # largest batch whose step meets the TPOT target
         if cm.decode_step_time_s(1, int(ctx)) <= tpot:
             while lo < hi:
@@ -123,7 +131,7 @@ class Screener:
                 else:
                     hi = mid - 1
         b = lo
-        return float(cm.decode_step_time_s(b, int(b * ctx)) / b)
+        return float(cm.decode_step_time_s(b, int(b * ctx)) / (b * per_step))
 
     def _pool_bound(self, work_s: np.ndarray, instances: int, slack_s: float) -> float:
         """Highest rate scale at which ``instances`` servers can do the work of the cheapest
@@ -145,7 +153,8 @@ class Screener:
         uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
         ttft = np.array([cm.prefill_time_s(np.array([n]), np.array([c])) for n, c in uniq.tolist()])
         uin, inv_in = np.unique(load.input_tokens, return_inverse=True)
-        tpot = np.array([cm.decode_step_time_s(1, int(n)) for n in uin.tolist()])
+        per_step = self._tokens_per_step()
+        tpot = np.array([cm.decode_step_time_s(1, int(n)) / per_step for n in uin.tolist()])
         out = (ttft[inverse.reshape(-1)], tpot[inv_in.reshape(-1)])
         self._alone_cache[(gpu, tp, role)] = out
         return out

@@ -27,6 +27,7 @@ from simdisagg.sim.clock import call_later
 from simdisagg.sim.decode import ContinuousBatch
 from simdisagg.sim.prefill import PrefixLookup
 from simdisagg.sim.recorder import InstanceStats, Recorder
+from simdisagg.sim.speculative import Speculator
 
 
 class AggregatedInstance(ContinuousBatch):
@@ -56,8 +57,9 @@ class AggregatedInstance(ContinuousBatch):
         prefix: PrefixLookup,
         on_complete: Callable[[int], None],
         waiting: Any = None,
+        speculator: Speculator | None = None,
     ) -> None:
-        super().__init__(env, index, cost, input_tokens, output_tokens, rec, stats, exact_steps)
+        super().__init__(env, index, cost, input_tokens, output_tokens, rec, stats, exact_steps, speculator)
         self.max_batch_size = max_batch_size
         self.max_batched_tokens = max_batched_tokens
         self.max_batch_requests = max_batch_requests or 1 << 30
@@ -151,7 +153,10 @@ class AggregatedInstance(ContinuousBatch):
         return self._start_decode_run()
 
     def _start_chunked(self) -> bool:
-        budget = self.max_batched_tokens - self.batch_size
+        # Each running request's decode tokens come first: one, or its drafts and one when it
+        # speculates (verified in the same iteration, as vLLM budgets them).
+        per_request = 1 if self._spec is None else 1 + self._spec.draft_tokens
+        budget = self.max_batched_tokens - self.batch_size * per_request
         new: list[int] = []
         cached: list[int] = []
         # Continue partly prefilled prompts first, then admit new ones while budget remains.
@@ -168,8 +173,11 @@ class AggregatedInstance(ContinuousBatch):
         if not new:
             return self._start_decode_run()
         b = self.batch_size
-        ctx = self._ctx_offset + b * self.steps_done
-        duration = self.cost.mixed_step_time_s(np.array(new), np.array(cached), b, ctx)
+        ctx = self._context_now()
+        if self._spec is None:
+            duration = self.cost.mixed_step_time_s(np.array(new), np.array(cached), b, ctx)
+        else:
+            duration = self._spec.mixed_step_time_s(np.array(new), np.array(cached), b, ctx)
         for j, chunk in enumerate(new):
             self._prefilling[j][1] += chunk
         self._schedule_prefill(duration, b)
@@ -199,7 +207,7 @@ class AggregatedInstance(ContinuousBatch):
         if decode_batch:
             # A mixed iteration: the decode batch produced one token each.
             self.rec.steps.add([duration], decode_batch)
-            self.steps_done += 1
+            self._mixed_step_done()
             self._mixed_first(duration)
         still: list[list[int]] = []
         for entry in self._prefilling:

@@ -16,6 +16,13 @@ every run at one step: the step-by-step reference, one event per iteration.
 Step ``S`` (the count of steps done so far) is the instance's clock: a request that joins
 when ``S`` steps are done and still owes ``r`` tokens finishes when ``S + r`` are done, so
 the next finisher is the top of a heap and the batch's total context is a running sum.
+
+**Speculative decoding** (a :class:`~simdisagg.sim.speculative.Speculator`): a step emits
+``1 + accepted`` tokens per request. Each request's emissions are drawn when it joins, so it
+still finishes at a known step (``S`` plus its step count) and the heap still names the next
+finisher. The batch's context no longer grows by the batch size per step: the instance keeps
+the batch's emitted tokens per future step (every member's draws added in at its join), and
+a run's contexts are their running sum; its step times come from the speculator.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import simpy
 from simdisagg.costmodel.base import CostModel, short_run_times
 from simdisagg.sim.clock import EARLY, LATE, call_at, nothing_else_now
 from simdisagg.sim.recorder import InstanceStats, Recorder
+from simdisagg.sim.speculative import Speculator
 
 #: Runs up to this many steps are computed in plain floats: a numpy call costs a few
 #: microseconds whatever its length, and most runs between two batch changes are short.
@@ -50,6 +58,7 @@ class ContinuousBatch:
         rec: Recorder,
         stats: InstanceStats,
         exact_steps: bool,
+        speculator: Speculator | None = None,
     ) -> None:
         self.env, self.index, self.cost = env, index, cost
         self._inp, self._out = input_tokens, output_tokens
@@ -77,6 +86,13 @@ class ContinuousBatch:
         self._t_start = rec.times["decode_start_at"]
         self._t_first = rec.times["decode_first_token_at"]
         self._first_step = rec.first_step_s
+        # Speculative decoding (None: one token per request per step, the code above).
+        self._spec = speculator
+        # Tokens the batch emits at each future step: element t is step _emit_from + t.
+        self._emit = np.zeros(0, dtype=np.int64)
+        self._emit_from = 0
+        self._emitted_before = 0  # tokens emitted by members, ever, before step steps_done
+        self._run_times: np.ndarray | None = None  # the current speculative run's step times
 
     # -- joining -------------------------------------------------------------------------
     def _request_boundary(self) -> None:
@@ -112,7 +128,10 @@ class ContinuousBatch:
         steps = self._run_steps
         ends = self._run_ends
         assert ends is not None
-        self.rec.steps.add_run(self._cost_key, self.batch_size, self._run_context, steps)
+        if self._spec is None:
+            self.rec.steps.add_run(self._cost_key, self.batch_size, self._run_context, steps)
+        else:
+            self._speculative_run_done(steps)
         self.stats.busy_s += float(ends[steps - 1]) - self._run_start_at
         self.stats.iterations += steps
         self.stats.events += 1
@@ -148,7 +167,13 @@ class ContinuousBatch:
         while heap and heap[0][0] <= s:
             _, i = heapq.heappop(heap)
             self.batch_size -= 1
-            self._ctx_offset -= self._inp[i] + 1 - self._join_step.pop(i)
+            join_step = self._join_step.pop(i)
+            if self._spec is None:
+                self._ctx_offset -= self._inp[i] + 1 - join_step
+            else:
+                # Its whole context leaves: prompt, first token and every token it emitted
+                # (which _emitted_before counts).
+                self._ctx_offset -= self._inp[i] + self._out[i]
             self._on_finished(i)
         # All at this instant: one change of the occupancy level for every finish.
         self.stats.batch.change(self.env.now, float(self.batch_size - before))
@@ -158,6 +183,9 @@ class ContinuousBatch:
             return
         s = self.steps_done
         now = self.env.now
+        if self._spec is not None:
+            self._add_speculative_joiners(s, now)
+            return
         for i in self._joiners:
             self._join_step[i] = s
             heapq.heappush(self._finish_heap, (s + self._out[i] - 1, i))
@@ -175,19 +203,24 @@ class ContinuousBatch:
             return False
         s = self.steps_done
         n = 1 if self.exact_steps else self._finish_heap[0][0] - s
-        ctx0 = self._ctx_offset + b * s
         now = self.env.now
         # Boundaries as absolute times summed one step at a time from now, exactly as the
         # step-by-step mode's clock advances (np.cumsum adds in order, as the loop does).
         times: list[float] | np.ndarray
         ends: list[float] | np.ndarray
+        if self._spec is None:
+            ctx0 = self._ctx_offset + b * s
+            times = self._short_run(b, ctx0, n) if n <= SHORT_RUN_STEPS else self.cost.decode_run_times_s(b, ctx0, n)
+        else:
+            ctx0 = self._ctx_offset + self._emitted_before
+            times = self._speculative_run_times(b, ctx0, s, n)
+            if n <= SHORT_RUN_STEPS:
+                times = times.tolist()
         if n <= SHORT_RUN_STEPS:
-            times = self._short_run(b, ctx0, n)
             ends = list(accumulate(times, initial=now))  # in order, as the clock adds
             del ends[0]
             first, last_end = times[0], ends[-1]
         else:
-            times = self.cost.decode_run_times_s(b, ctx0, n)
             ends = np.cumsum(np.concatenate(([now], times)))[1:]
             first, last_end = float(times[0]), float(ends[-1])
         new = self._new_members
@@ -209,6 +242,81 @@ class ContinuousBatch:
         self._gen += 1
         call_at(self.env, last_end, self._on_run_end, self._gen, EARLY)
         return True
+
+    # -- speculative decoding ------------------------------------------------------------
+    def _add_speculative_joiners(self, s: int, now: float) -> None:
+        """Joiners of a speculating batch: draw each one's emissions for all its steps and add
+        them to the batch's emitted tokens per future step."""
+        spec = self._spec
+        assert spec is not None
+        self._trim_emitted(s)
+        for i in self._joiners:
+            emitted = spec.emissions(i, self._out[i] - 1)
+            steps = len(emitted)
+            self._join_step[i] = s
+            heapq.heappush(self._finish_heap, (s + steps, i))
+            self.batch_size += 1
+            self._ctx_offset += self._inp[i] + 1
+            self._t_start[i] = now
+            lo = s - self._emit_from
+            if lo + steps > len(self._emit):
+                grown = np.zeros(max(lo + steps, 2 * len(self._emit)), dtype=np.int64)
+                grown[: len(self._emit)] = self._emit
+                self._emit = grown
+            self._emit[lo : lo + steps] += emitted
+        self.stats.batch.change(now, float(len(self._joiners)))
+        self._new_members.extend(self._joiners)
+        self._joiners = []
+
+    def _trim_emitted(self, s: int) -> None:
+        """Drop the emitted-token counts of steps already done (once they are most of it)."""
+        done = s - self._emit_from
+        if done > 4096 and 2 * done > len(self._emit):
+            self._emit = self._emit[done:].copy()
+            self._emit_from = s
+
+    def _speculative_run_times(self, batch_size: int, context0: int, s: int, n: int) -> np.ndarray:
+        """Step times of a speculative run of ``n`` steps from step ``s`` (total context
+        ``context0`` at its first step, then growing by the tokens each step emits); kept
+        for the step log until the run ends."""
+        spec = self._spec
+        assert spec is not None
+        lo = s - self._emit_from
+        emitted = self._emit[lo : lo + n]
+        contexts = np.empty(n, dtype=np.int64)
+        contexts[0] = context0
+        if n > 1:
+            np.cumsum(emitted[:-1], out=contexts[1:])
+            contexts[1:] += context0
+        times = spec.step_times_s(batch_size, contexts)
+        self._run_times = times
+        return times
+
+    def _speculative_run_done(self, steps: int) -> None:
+        """Log a speculative run's steps (each one inter-token gap for every member: the
+        tokens a step emits reach the client together) and count its emitted tokens."""
+        spec = self._spec
+        assert spec is not None and self._run_times is not None
+        if spec.draft_tokens == 0:
+            # One token per request per step: a plain decode run, logged as the cost model's.
+            self.rec.steps.add_run(self._cost_key, self.batch_size, self._run_context, steps)
+        else:
+            self.rec.steps.add(self._run_times[:steps], self.batch_size)
+        lo = self.steps_done - self._emit_from
+        self._emitted_before += int(self._emit[lo : lo + steps].sum())
+        self._run_times = None
+
+    def _context_now(self) -> int:
+        """Total context of the batch at the next step."""
+        if self._spec is None:
+            return self._ctx_offset + self.batch_size * self.steps_done
+        return self._ctx_offset + self._emitted_before
+
+    def _mixed_step_done(self) -> None:
+        """A mixed (chunked-prefill) iteration decoded one step of the batch."""
+        if self._spec is not None:
+            self._emitted_before += int(self._emit[self.steps_done - self._emit_from])
+        self.steps_done += 1
 
     # -- hooks -------------------------------------------------------------------------
     def _after_changes(self) -> None:

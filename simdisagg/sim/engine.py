@@ -51,6 +51,7 @@ from simdisagg.sim.recorder import (
 )
 from simdisagg.sim.router import PriorityOrder, Router, TenantAdmission, tenant_indices
 from simdisagg.sim.timeseries import DEFAULT_WINDOWS, MAX_SET_WINDOWS, TimeSeriesCollector, window_width_s
+from simdisagg.sim.speculative import draft_memory, make_speculator
 from simdisagg.trace import Trace
 
 
@@ -79,12 +80,13 @@ def _plan_pool(
     cost = make_cost_model(cfg.cost, model, gpu, pool.tp, streams, store, role=role, framework=cfg.framework)
     if cost_scale != 1.0:
         cost = ScaledCostModel(cost, cost_scale)
+    draft_weight_bytes, draft_kv_bytes_per_token = draft_memory(cfg, pool, store)
     blocks = kv_capacity_blocks(
         gpu.hbm_capacity_bytes.value,
         pool.tp,
         pool.gpu_memory_utilisation,
-        model.weight_bytes,
-        model.kv_bytes_per_token,
+        model.weight_bytes + draft_weight_bytes,
+        model.kv_bytes_per_token + draft_kv_bytes_per_token,
         pool.kv_block_tokens,
         pool.kv_capacity_tokens,
     )
@@ -268,6 +270,7 @@ def simulate(
         for i in np.flatnonzero(need > plan.kv_capacity_blocks).tolist():
             never.setdefault(i, f"needs {int(need[i])} KV blocks, more than an instance's {plan.kv_capacity_blocks}")
         agg: list[AggregatedInstance] = []
+        speculator = make_speculator(cfg, pool, "aggregated", plan.cost, store, streams, cost_scale)
         for k in range(pool.count):
             stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks),
                                   batch=LevelIntegral(pool.max_batch_size))
@@ -284,6 +287,7 @@ def simulate(
                     prefix=prefix,
                     on_complete=complete,
                     waiting=new_queue(),
+                    speculator=speculator,
                 )
             )
         if cfg.router.prefill_policy == "shared_queue":
@@ -327,6 +331,7 @@ def simulate(
             * cfg.link.bandwidth_scale
         )
         decode: list[DecodeInstance] = []
+        speculator = make_speculator(cfg, cfg.decode, "decode", dplan.cost, store, streams, cost_scale)
         for k in range(cfg.decode.count):
             stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks),
                                   batch=LevelIntegral(cfg.decode.max_batch_size))
@@ -342,6 +347,7 @@ def simulate(
                     prefix=held,
                     on_complete=complete,
                     waiting=new_queue(),
+                    speculator=speculator,
                 )
             )
         links = [
@@ -643,10 +649,12 @@ def check_cluster(cfg: RunConfig, store: ProfileStore) -> dict[str, str]:
     if cfg.mode == "aggregated":
         if cfg.router.prefill_policy == "shared_queue":
             raise ConfigError("router.prefill_policy 'shared_queue' applies to disaggregated prefill pools only")
-        return {"aggregated": _plan_pool(cfg, cfg.aggregated_pool(), "aggregated", store, streams, 1.0).cost.label}
+        cost = _plan_pool(cfg, cfg.aggregated_pool(), "aggregated", store, streams, 1.0).cost
+        make_speculator(cfg, cfg.aggregated_pool(), "aggregated", cost, store, streams)
+        return {"aggregated": cost.label}
     store.link(cfg.link.preset)
-    return {
-        "prefill": _plan_pool(cfg, cfg.prefill, "prefill", store, streams, 1.0).cost.label,
-        "decode": _plan_pool(cfg, cfg.decode, "decode", store, streams, 1.0).cost.label,
-    }
+    prefill_label = _plan_pool(cfg, cfg.prefill, "prefill", store, streams, 1.0).cost.label
+    decode_cost = _plan_pool(cfg, cfg.decode, "decode", store, streams, 1.0).cost
+    make_speculator(cfg, cfg.decode, "decode", decode_cost, store, streams)
+    return {"prefill": prefill_label, "decode": decode_cost.label}
 
