@@ -297,7 +297,7 @@ class LoadScaling(_Frozen):
     kind: Literal["load"] = "load"
     queue_per_instance: float | None = _number(default=4.0, gt=0, le=1e9, description="waiting requests per instance")
     kv_occupancy: float | None = _number(default=0.85, gt=0, le=1, description="KV blocks in use / capacity")
-    batch_occupancy: float | None = _number(default=0.85, gt=0, le=1, description="batch (or token budget) in use")
+    batch_occupancy: float | None = _number(default=0.85, gt=0, le=1, description="batch slots in use (prefill: share of time computing)")
     scale_in_below: float = _number(default=0.5, gt=0, lt=1, description="fraction of every threshold")
 
     @model_validator(mode="after")

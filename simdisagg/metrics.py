@@ -196,6 +196,7 @@ def summarize(result: RunResult, slo: SLOConfig) -> dict[str, Any]:
         "mode": result.mode,
         "cost_model": result.cost_label,
         "gpus": result.gpus,
+        "gpu_hours": float(result.meta.get("gpu_hours", math.nan)),  # type: ignore[arg-type]
         "total_requests": len(status),
         "completed": n_done,
         "rejected": int((status == STATUS_REJECTED).sum()),
@@ -258,9 +259,31 @@ def summarize(result: RunResult, slo: SLOConfig) -> dict[str, Any]:
                 s[f"{pool}_{k}"] = v
     if result.recorder.unloaded_s is not None:
         s.update(session_summary(session_metrics(result)))
+    s.update(dynamic_summary(result))
     s["events"] = result.events
     s["wall_s"] = result.wall_s
     return s
+
+
+def dynamic_summary(result: RunResult) -> dict[str, Any]:
+    """Summary keys of a run whose cluster changed (autoscaling, faults): the time-mean count
+    of instances per pool, scaling actions, failures, retries and recomputed tokens (empty
+    for a fixed cluster)."""
+    meta = result.meta
+    if "faults" not in meta:
+        return {}
+    out: dict[str, Any] = {}
+    for pool, mean in meta["mean_instances"].items():  # type: ignore[attr-defined]
+        out[f"mean_{pool}_instances"] = float(mean)
+    scaling = meta.get("autoscale")
+    if scaling is not None:
+        out["scale_outs"] = scaling["scale_outs"]  # type: ignore[index]
+        out["scale_ins"] = scaling["scale_ins"]  # type: ignore[index]
+    faults = meta["faults"]
+    for key in ("instance_failures", "retries", "retried_requests", "recomputed_tokens", "role_switches",
+                "fallback_prefills"):  # fmt: skip
+        out[key] = faults[key]  # type: ignore[index]
+    return out
 
 
 def session_metrics(result: RunResult) -> Any:

@@ -17,8 +17,8 @@ What the signals are:
                         plus requests waiting because no instance served), per serving instance.
 ``kv_occupancy``        KV blocks in use over capacity, time mean over the last interval,
                         mean over the serving instances.
-``batch_occupancy``     batch slots in use over ``max_batch_size`` (prefill: the share of the
-                        token budget its iterations filled), likewise.
+``batch_occupancy``     batch slots in use over ``max_batch_size`` (prefill, which has no
+                        slots: the share of the time it computes), likewise.
 ``ttft_s``              the SLO policy's percentile of TTFT (prefill's first token) over the
                         requests whose first token came in the last ``window_s``, together with
                         those still waiting for it, at their age so far.
@@ -217,7 +217,8 @@ class Autoscaler:
         for inst in live:
             st = inst.stats
             kv_int = st.kv.integral_at(now)
-            batch_int = st.batch.integral_at(now) if math.isfinite(st.batch.capacity) else st.prefill_token_share_s
+            # Prefill has no batch slots: its occupancy is the share of time it computes.
+            batch_int = st.batch.integral_at(now) if math.isfinite(st.batch.capacity) else st.busy_s
             last = self._last.get(id(inst))
             self._last[id(inst)] = (now, kv_int, batch_int, st.busy_s, 0.0, st.iterations)
             if last is None or now <= last[0]:
