@@ -24,7 +24,8 @@ stream.
 
 What a failure does to the requests is the engine's (:func:`simdisagg.sim.engine.simulate`);
 :class:`Recovery` keeps the count: retries (each time a request is routed again) and
-recomputed tokens (prompt or context tokens whose KV had been computed and is computed again).
+recomputed tokens (prompt or context tokens whose KV had been computed, or was being computed
+when the instance failed, and is computed again).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class ClusterControl:
             return
         if failed.state == FAILED:
             failed.state = STOPPED
+            pool.lives[failed.index].replaced_at = self.env.now
         pool.start()
 
     def link_fault(self, k: int, scale: float, duration_s: float) -> None:

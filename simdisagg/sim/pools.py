@@ -6,8 +6,9 @@ on), and ``live``, the instances that take new work now (state ``serving``), whi
 router is offered. In a fixed cluster ``live`` is the same list as ``instances`` and nothing
 here runs during the simulation.
 
-Each instance's life is recorded (:class:`InstanceLife`): when it started, when it began to
-serve, when it ended and why; the GPU-hours of a run count every instance from its start
+Each instance's life is recorded (:class:`InstanceLife`): when it started, began to serve,
+began to drain, ended (and why) and, for a failed one, when its replacement started, so its
+state at any instant follows from the record after the run; the GPU-hours of a run count every instance from its start
 (its cold start included: the GPUs are held) to its end (it left after draining, or failed).
 """
 
@@ -34,12 +35,28 @@ class InstanceLife:
     gpus: int
     started_at: float
     serving_at: float = math.nan
-    ended_at: float = math.nan
+    draining_at: float = math.nan  # it stopped taking new work (scale-in, role switch)
+    ended_at: float = math.nan  # it left, or failed
+    replaced_at: float = math.nan  # a failed instance's replacement started (it stops counting as failed)
     #: why it ended: ``drained`` (scale-in), ``failed``, ``cancelled`` (scaled in while starting),
     #: ``switched`` (its GPUs took the other pool's role); empty while it lives.
     end: str = ""
     #: ``True`` for an instance that took this pool's role with another pool's GPUs.
     switched: bool = False
+
+    def state_at(self, t: float) -> str | None:
+        """Its state at time ``t`` (``None``: not started yet, or gone)."""
+        if t < self.started_at:
+            return None
+        if not math.isnan(self.ended_at) and t >= self.ended_at:
+            if self.end != "failed" or (not math.isnan(self.replaced_at) and t >= self.replaced_at):
+                return None
+            return FAILED
+        if not math.isnan(self.draining_at) and t >= self.draining_at:
+            return DRAINING
+        if not math.isnan(self.serving_at) and t >= self.serving_at:
+            return SERVING
+        return STARTING
 
     def gpu_seconds(self, end_at: float) -> float:
         """GPU-seconds held from its start to its end (or ``end_at``)."""
@@ -125,7 +142,9 @@ class Pool:
             return
         self.live.remove(inst)
         inst.state = DRAINING
-        self.lives[inst.index].end = why  # provisional: the reason it will leave for
+        life = self.lives[inst.index]
+        life.draining_at = self.env.now
+        life.end = why  # provisional: the reason it will leave for
         if inst.is_empty():
             self.leave(inst)
 
@@ -162,6 +181,20 @@ class Pool:
     def provisioned(self) -> int:
         """Instances serving or starting: what the autoscaler counts as the pool's size."""
         return sum(1 for inst in self.instances if inst.state in (SERVING, STARTING))
+
+    def state_at(self, t: float) -> str | None:
+        """Its state at time ``t`` (``None``: not started yet, or gone)."""
+        if t < self.started_at:
+            return None
+        if not math.isnan(self.ended_at) and t >= self.ended_at:
+            if self.end != "failed" or (not math.isnan(self.replaced_at) and t >= self.replaced_at):
+                return None
+            return FAILED
+        if not math.isnan(self.draining_at) and t >= self.draining_at:
+            return DRAINING
+        if not math.isnan(self.serving_at) and t >= self.serving_at:
+            return SERVING
+        return STARTING
 
     def gpu_seconds(self, end_at: float) -> float:
         """GPU-seconds every instance of the pool held up to ``end_at``."""

@@ -221,3 +221,38 @@ def test_unknown_weight_source_is_refused_before_the_run() -> None:
     cfg = _autoscaled(autoscale={"prefill": {"min_instances": 1}, "cold_start": {"weight_source": "floppy"}})
     with pytest.raises(ConfigError, match="autoscale.cold_start.weight_source"):
         check_cluster(cfg, STORE)
+
+
+def test_prefill_failure_reroutes_queued_and_running_prompts() -> None:
+    """A prefill instance that fails with prompts queued and one running: every prompt is
+    prefilled again elsewhere and completes; the running one's tokens count as recomputed."""
+    trace = build_trace([(0.0, 4000, 5) for _ in range(6)])
+    cfg = RunConfig.model_validate({
+        "prefill": {"count": 2, "max_prefill_batch_requests": 1}, "decode": {"count": 1}, "cost": COST,
+        "router": {"prefill_policy": "round_robin"},
+        "faults": {"events": [{"kind": "instance", "pool": "prefill", "index": 0, "at_s": 0.01}]},
+    })  # fmt: skip
+    result = simulate(cfg, trace, store=STORE)
+    rec = result.recorder
+    assert (rec.status == STATUS_COMPLETED).all()
+    assert (rec.prefill_instance == 1).all()  # all prefilled on the survivor in the end
+    faults = result.meta["faults"]
+    assert faults["retried_requests"] == 3  # instance 0 had three of the six (round robin)
+    assert faults["recomputed_tokens"] == 4000  # only the running prompt had been computed
+
+
+def test_instance_lives_give_the_state_at_any_time() -> None:
+    """The recorded lives replay each instance's state: serving, failed until replaced, and a
+    replacement starting through its cold start."""
+    trace = build_trace([(0.01 * k, 1000, 50) for k in range(20)])
+    cfg = RunConfig.model_validate({
+        "prefill": {"count": 1}, "decode": {"count": 2}, "cost": COST,
+        "autoscale": {"cold_start": {"warmup_s": 1.0}},
+        "faults": {"events": [{"kind": "instance", "pool": "decode", "index": 1, "at_s": 0.5, "repair_s": 0.2}]},
+    })  # fmt: skip
+    result = simulate(cfg, trace, store=STORE)
+    lives = {(life.pool, life.index): life for life in result.meta["instances"]}
+    failed, replacement = lives[("decode", 1)], lives[("decode", 2)]
+    assert failed.state_at(0.4) == "serving" and failed.state_at(0.6) == "failed" and failed.state_at(0.71) is None
+    assert replacement.started_at == pytest.approx(0.7)
+    assert replacement.state_at(0.8) == "starting"
