@@ -141,6 +141,15 @@ def pool_utilisation(result: RunResult, window: tuple[int, int] | None = None) -
         kv_capacity = sum(rec.instances[k].kv.capacity for k in idx)
         batch_capacity = sum(rec.instances[k].batch.capacity for k in idx)
         n = len(idx)
+        lives = result.meta.get("instances")
+        if lives is not None and window is None:
+            # A dynamic cluster: each instance counts for the time it was there (its share of
+            # the span), not the whole span.
+            share = _present_shares(lives, pool, start, end)  # type: ignore[arg-type]
+            n = float(sum(share.get(rec.instances[k].index, 0.0) for k in idx))
+            kv_capacity = sum(rec.instances[k].kv.capacity * share.get(rec.instances[k].index, 0.0) for k in idx)
+            batch_capacity = sum(rec.instances[k].batch.capacity * share.get(rec.instances[k].index, 0.0) for k in idx)
+            n = max(n, 1e-12)
         out[f"{pool}_busy_fraction"] = float(busy / (n * span))
         out[f"{pool}_kv_occupancy"] = float(kv_block_s / (kv_capacity * span)) if kv_capacity else math.nan
         if pool == "prefill":
@@ -148,6 +157,19 @@ def pool_utilisation(result: RunResult, window: tuple[int, int] | None = None) -
         else:
             out[f"{pool}_batch_occupancy"] = float(batch_request_s / (batch_capacity * span))
         out[f"{pool}_saturated_fraction"] = float(saturated_s / (n * span))
+    return out
+
+
+def _present_shares(lives: Any, pool: str, start: float, end: float) -> dict[int, float]:
+    """Per instance of ``pool`` (by index), the share of ``[start, end]`` it was serving or
+    draining (a dynamic cluster's instance lives, ``meta["instances"]``)."""
+    span = max(end - start, 1e-12)
+    out: dict[int, float] = {}
+    for life in lives:
+        if life.pool != pool or math.isnan(life.serving_at):
+            continue
+        stop = end if math.isnan(life.ended_at) else min(life.ended_at, end)
+        out[life.index] = max(0.0, stop - max(life.serving_at, start)) / span
     return out
 
 

@@ -216,8 +216,8 @@ def simulate(
     dynamic = cfg.autoscale is not None or cfg.faults is not None
 
     def finished_dynamic(i: int) -> None:
-        if recovery.saved:
-            recovery.restore(i)
+        if recovery.saved and status[i] == STATUS_COMPLETED:
+            recovery.restore(i)  # a resumed request keeps the first token it streamed
         finished_count[0] += 1
         if finished_count[0] == n:
             env._queue.clear()  # instance and fault timers end with the last request
@@ -372,7 +372,7 @@ def simulate(
             if d.state == FAILED or d.state == STOPPED:
                 # The decode instance failed while the KV was on its way: the KV is still on
                 # the prefill instance, which asks another decode instance.
-                dyn.retried(i)
+                recovery.retried(i)
                 to_decode(p, i)
                 return
             p.release(i)
@@ -461,11 +461,10 @@ def simulate(
         gpus = cfg.prefill.gpus + cfg.decode.gpus
 
     # -- dynamic clusters: instances that start, drain and fail --------------------------
-    recovery = dyn = Recovery(rec)
+    recovery = Recovery(rec)
     fallback = cfg.faults.fallback if cfg.faults is not None else "wait"
     # Requests waiting because no instance of a pool serves (fallback "wait"), in order.
     pending: dict[str, dict[int, None]] = {name: {} for name in pools}
-    first_pool = pools["aggregated" if cfg.mode == "aggregated" else "prefill"]
     prompt_capacity_blocks = plan.kv_capacity_blocks if cfg.mode == "aggregated" else pplan.kv_capacity_blocks
     prompt_block_tokens = plan.kv_block_tokens if cfg.mode == "aggregated" else pplan.kv_block_tokens
 
