@@ -134,3 +134,19 @@ def check_conservation(cfg: RunConfig, trace: Trace) -> None:
 def test_no_request_is_lost_under_any_fault_schedule(case: tuple[RunConfig, Trace]) -> None:
     """Every request ends completed or rejected with a reason, whatever fails when."""
     check_conservation(*case)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=run_configs(exact_steps=False), trace=traces(closed_loop=True))
+def test_a_dynamic_cluster_that_never_changes_is_the_fixed_cluster(cfg: RunConfig, trace: Trace) -> None:
+    """No faults and bounds that pin every pool at its size: the same run, column for column."""
+    data = cfg.model_dump()
+    pools = ("aggregated",) if cfg.mode == "aggregated" else ("prefill", "decode")
+    counts = {"prefill": cfg.prefill.count, "decode": cfg.decode.count, "aggregated": cfg.aggregated_pool().count}
+    data["autoscale"] = {"interval_s": 0.05, **{p: {"min_instances": counts[p], "max_instances": counts[p]} for p in pools}}
+    data["faults"] = {}
+    dynamic = simulate(RunConfig.model_validate(data), trace, store=STORE).recorder
+    fixed = simulate(cfg, trace, store=STORE).recorder
+    np.testing.assert_array_equal(dynamic.status, fixed.status)
+    for column, values in fixed.times.items():
+        np.testing.assert_array_equal(dynamic.times[column], values, err_msg=column)
