@@ -44,7 +44,14 @@ from typing import Any
 import numpy as np
 import simpy
 
-from simdisagg.config import AutoscaleConfig, LoadScaling, PoolScaling, PredictiveScaling, RunConfig, SLOScaling
+from simdisagg.config import (
+    AutoscaleConfig,
+    LoadScaling,
+    PoolScaling,
+    PredictiveScaling,
+    RunConfig,
+    SLOScaling,
+)
 from simdisagg.sim.clock import call_later
 from simdisagg.sim.faults import ClusterControl
 from simdisagg.sim.pools import Pool

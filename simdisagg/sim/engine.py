@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from simdisagg.coldstart import cold_start, role_switch_s
 from simdisagg.config import PoolConfig, RunConfig
 from simdisagg.costmodel.base import CostModel
 from simdisagg.costmodel.factory import make_cost_model
@@ -34,7 +35,6 @@ from simdisagg.costmodel.scaled import ScaledCostModel
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
 from simdisagg.rng import Streams
-from simdisagg.coldstart import cold_start, role_switch_s
 from simdisagg.sim.aggregated import AggregatedInstance, DecodeInstance
 from simdisagg.sim.autoscale import Autoscaler, pool_scalings
 from simdisagg.sim.clock import call_later, run

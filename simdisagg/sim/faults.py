@@ -38,7 +38,13 @@ from typing import Any
 import numpy as np
 import simpy
 
-from simdisagg.config import FaultsConfig, InstanceFailure, LinkFault, RandomInstanceFaults, RandomLinkFaults
+from simdisagg.config import (
+    FaultsConfig,
+    InstanceFailure,
+    LinkFault,
+    RandomInstanceFaults,
+    RandomLinkFaults,
+)
 from simdisagg.sim.clock import call_at, call_later
 from simdisagg.sim.pools import Pool
 from simdisagg.sim.recorder import Recorder

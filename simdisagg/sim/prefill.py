@@ -21,8 +21,8 @@ import simpy
 
 from simdisagg.costmodel.base import CostModel
 from simdisagg.sim.clock import call_later
-from simdisagg.sim.states import DRAINING, FAILED, SERVING, STOPPED
 from simdisagg.sim.recorder import InstanceStats, Recorder, TimeShare
+from simdisagg.sim.states import DRAINING, FAILED, SERVING, STOPPED
 
 
 class PrefixLookup:

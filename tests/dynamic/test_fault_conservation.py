@@ -9,17 +9,13 @@ suite (``tests/strategies.py``)."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import run_configs, traces
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from strategies import run_configs, traces  # noqa: E402
-
-from simdisagg.config import (  # noqa: E402
+from simdisagg.config import (
     AutoscaleConfig,
     ColdStartConfig,
     FaultsConfig,
@@ -31,10 +27,10 @@ from simdisagg.config import (  # noqa: E402
     RandomLinkFaults,
     RunConfig,
 )
-from simdisagg.hardware import ProfileStore  # noqa: E402
-from simdisagg.sim.engine import simulate  # noqa: E402
-from simdisagg.sim.recorder import STATUS_COMPLETED, STATUS_REJECTED  # noqa: E402
-from simdisagg.trace import Trace  # noqa: E402
+from simdisagg.hardware import ProfileStore
+from simdisagg.sim.engine import simulate
+from simdisagg.sim.recorder import STATUS_COMPLETED, STATUS_REJECTED
+from simdisagg.trace import Trace
 
 STORE = ProfileStore()
 _time = st.floats(0.0, 3.0, allow_nan=False)

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from strategies import build_trace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from strategies import build_trace  # noqa: E402
-
-from simdisagg.coldstart import cold_start  # noqa: E402
-from simdisagg.config import (  # noqa: E402
+from simdisagg.coldstart import cold_start
+from simdisagg.config import (
     LoadScaling,
     PredictiveScaling,
     RunConfig,
     SLOScaling,
     resolve_config,
 )
-from simdisagg.errors import ConfigError  # noqa: E402
-from simdisagg.hardware import ProfileStore  # noqa: E402
-from simdisagg.sim.autoscale import Signals, desired_count  # noqa: E402
-from simdisagg.sim.engine import simulate  # noqa: E402
-from simdisagg.sim.recorder import STATUS_COMPLETED  # noqa: E402
-from simdisagg.sim.states import STATES  # noqa: E402
+from simdisagg.errors import ConfigError
+from simdisagg.hardware import ProfileStore
+from simdisagg.sim.autoscale import Signals, desired_count
+from simdisagg.sim.engine import simulate
+from simdisagg.sim.recorder import STATUS_COMPLETED
+from simdisagg.sim.states import STATES
 
 STORE = ProfileStore()
 COST = {"kind": "constant", "prefill_s": 0.05, "prefill_s_per_token": 2e-5, "decode_step_s": 0.02}
