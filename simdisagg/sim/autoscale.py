@@ -56,7 +56,7 @@ from simdisagg.sim.clock import call_later
 from simdisagg.sim.faults import ClusterControl
 from simdisagg.sim.pools import Pool
 from simdisagg.sim.recorder import STATUS_UNFINISHED, Recorder
-from simdisagg.sim.states import SERVING, STARTING
+from simdisagg.sim.states import STARTING
 
 
 @dataclass(slots=True)
@@ -218,7 +218,7 @@ class Autoscaler:
         now = self.env.now
         live = pool.live
         serving = len(live)
-        out = Signals(serving, sum(1 for x in pool.instances if x.state in (SERVING, STARTING)))
+        out = Signals(serving, pool.provisioned())
         out.queue_per_instance = self.waiting[pool.name]() / max(serving, 1)
         kv, batch, step_s, step_w = [], [], [], []
         for inst in live:

@@ -182,20 +182,6 @@ class Pool:
         """Instances serving or starting: what the autoscaler counts as the pool's size."""
         return sum(1 for inst in self.instances if inst.state in (SERVING, STARTING))
 
-    def state_at(self, t: float) -> str | None:
-        """Its state at time ``t`` (``None``: not started yet, or gone)."""
-        if t < self.started_at:
-            return None
-        if not math.isnan(self.ended_at) and t >= self.ended_at:
-            if self.end != "failed" or (not math.isnan(self.replaced_at) and t >= self.replaced_at):
-                return None
-            return FAILED
-        if not math.isnan(self.draining_at) and t >= self.draining_at:
-            return DRAINING
-        if not math.isnan(self.serving_at) and t >= self.serving_at:
-            return SERVING
-        return STARTING
-
     def gpu_seconds(self, end_at: float) -> float:
         """GPU-seconds every instance of the pool held up to ``end_at``."""
         return sum(life.gpu_seconds(end_at) for life in self.lives)
