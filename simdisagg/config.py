@@ -371,7 +371,7 @@ class LoadScaling(_Frozen):
     kind: Literal["load"] = "load"
     queue_per_instance: float | None = _number(default=4.0, gt=0, le=1e9, description="waiting requests per instance")
     kv_occupancy: float | None = _number(default=0.85, gt=0, le=1, description="KV blocks in use / capacity")
-    batch_occupancy: float | None = _number(default=0.85, gt=0, le=1, description="batch (or token budget) in use")
+    batch_occupancy: float | None = _number(default=0.85, gt=0, le=1, description="batch slots in use (prefill: share of time computing)")
     scale_in_below: float = _number(default=0.5, gt=0, lt=1, description="fraction of every threshold")
 
     @model_validator(mode="after")
@@ -383,9 +383,10 @@ class LoadScaling(_Frozen):
 
 class SLOScaling(_Frozen):
     """Scale on observed latency: a percentile of TTFT (requests whose first token came in the
-    last ``window_s``, plus those still waiting for it, at their age so far) and of ITL (decode
-    steps of that window) against the run's SLO targets (``slo.ttft_s``; ``slo.tpot_s`` for
-    ITL). Above ``scale_out_above`` times the target: one instance more (two when over the
+    last ``window_s``, plus those still waiting for it, at their age so far) and of ITL (the
+    mean iteration time of each serving decode or aggregated instance over the last decision
+    interval, the percentile taken over instances weighted by their iterations) against the
+    run's SLO targets (``slo.ttft_s``; ``slo.tpot_s`` for ITL). Above ``scale_out_above`` times the target: one instance more (two when over the
     target itself); below ``scale_in_below`` times it: one instance drains. ``metric``
     ``auto`` watches TTFT for prefill pools, ITL for decode pools and both for aggregated ones."""
 
@@ -441,8 +442,10 @@ class AutoscaleConfig(_Frozen):
     """Pools that scale independently. Every ``interval_s`` each pool with a scaling setting
     asks its policy for a count; a pool grows by starting instances (serving after the cold
     start) and shrinks by draining them (an instance takes no new work and leaves when its
-    work is done). An aggregated run without an ``aggregated`` setting scales like the decode
-    pool, with bounds of as many GPUs as the prefill and decode bounds together."""
+    work is done). An aggregated run without an ``aggregated`` setting scales with the decode
+    pool's setting (else the prefill pool's), with bounds of as many GPUs as the prefill and
+    decode bounds together (a pool without a setting counts at its size), widened to hold the
+    initial count. See :mod:`simdisagg.sim.autoscale` for what each policy measures."""
 
     interval_s: float = _number(default=10.0, gt=0, le=86_400, description="between two decisions")
     prefill: PoolScaling | None = None
@@ -481,7 +484,9 @@ FaultEvent = Annotated[InstanceFailure | LinkFault, Field(discriminator="kind")]
 class RandomInstanceFaults(_Frozen):
     """Every instance of ``pool`` (``all``: of every pool) fails after an exponential time of
     mean ``mtbf_s`` from its start, and its replacement starts after an exponential repair of
-    mean ``mttr_s`` (then cold-starts). Drawn from the run's ``faults`` random stream."""
+    mean ``mttr_s`` (then cold-starts). Drawn from the run's ``faults`` random stream; random
+    faults strike until the trace's last open-loop arrival, after which the cluster is only
+    repaired (so that a run whose instances fail faster than they start still ends)."""
 
     kind: Literal["instance"] = "instance"
     pool: PoolName | Literal["all"] = "all"
@@ -517,7 +522,13 @@ class FaultsConfig(_Frozen):
     ``aggregated``  the other pool serves both phases: decode instances prefill prompts
                     themselves, and prefill instances switch role to serve decode as well
                     (after ``role_switch_s``, the warm-up by default: the weights stay in memory),
-                    switching back once the pool has an instance again."""
+                    switching back once the pool has an instance again. One prefill instance
+                    switches at a time (the least loaded); it finishes the prompts it holds
+                    before it leaves the prefill pool, and its GPUs count in both pools while
+                    it does (GPU-hours are slightly overstated then).
+
+    What is left waiting when the run ends (no instance of the pool came back) is rejected,
+    saying so; the run's summary counts retries and recomputed tokens."""
 
     events: tuple[FaultEvent, ...] = ()
     random: tuple[RandomFaults, ...] = ()
@@ -638,6 +649,16 @@ class RunConfig(_Frozen):
             for k, random in enumerate(self.faults.random):
                 if isinstance(random, RandomInstanceFaults) and random.pool not in (*pools, "all"):
                     raise ValueError(f"faults.random.{k}: a {self.mode} cluster has no {random.pool} pool")
+            fails = any(isinstance(e, InstanceFailure) for e in self.faults.events) or any(
+                isinstance(r, RandomInstanceFaults) for r in self.faults.random
+            )
+            if fails and self.decode.speculative is not None and self.decode.speculative.draft_tokens > 0:
+                # A failed decode instance resumes its requests from the tokens they received;
+                # under speculation that count is per request per step, which is not kept.
+                raise ValueError(
+                    "faults: instance failures with speculative decoding (decode.speculative) are not "
+                    "modelled; drop one of the two"
+                )
         seen: set[str] = set()
         for k, tenant in enumerate(self.tenants):
             if tenant.name in seen:

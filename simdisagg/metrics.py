@@ -142,6 +142,15 @@ def pool_utilisation(result: RunResult, window: tuple[int, int] | None = None) -
         kv_capacity = sum(rec.instances[k].kv.capacity for k in idx)
         batch_capacity = sum(rec.instances[k].batch.capacity for k in idx)
         n = len(idx)
+        lives = result.meta.get("instances")
+        if lives is not None and window is None:
+            # A dynamic cluster: each instance counts for the time it was there (its share of
+            # the span), not the whole span.
+            share = _present_shares(lives, pool, start, end)  # type: ignore[arg-type]
+            n = float(sum(share.get(rec.instances[k].index, 0.0) for k in idx))
+            kv_capacity = sum(rec.instances[k].kv.capacity * share.get(rec.instances[k].index, 0.0) for k in idx)
+            batch_capacity = sum(rec.instances[k].batch.capacity * share.get(rec.instances[k].index, 0.0) for k in idx)
+            n = max(n, 1e-12)
         out[f"{pool}_busy_fraction"] = float(busy / (n * span))
         out[f"{pool}_kv_occupancy"] = float(kv_block_s / (kv_capacity * span)) if kv_capacity else math.nan
         if pool == "prefill":
@@ -149,6 +158,19 @@ def pool_utilisation(result: RunResult, window: tuple[int, int] | None = None) -
         else:
             out[f"{pool}_batch_occupancy"] = float(batch_request_s / (batch_capacity * span))
         out[f"{pool}_saturated_fraction"] = float(saturated_s / (n * span))
+    return out
+
+
+def _present_shares(lives: Any, pool: str, start: float, end: float) -> dict[int, float]:
+    """Per instance of ``pool`` (by index), the share of ``[start, end]`` it was serving or
+    draining (a dynamic cluster's instance lives, ``meta["instances"]``)."""
+    span = max(end - start, 1e-12)
+    out: dict[int, float] = {}
+    for life in lives:
+        if life.pool != pool or math.isnan(life.serving_at):
+            continue
+        stop = end if math.isnan(life.ended_at) else min(life.ended_at, end)
+        out[life.index] = max(0.0, stop - max(life.serving_at, start)) / span
     return out
 
 
@@ -197,6 +219,7 @@ def summarize(result: RunResult, slo: SLOConfig) -> dict[str, Any]:
         "mode": result.mode,
         "cost_model": result.cost_label,
         "gpus": result.gpus,
+        "gpu_hours": float(result.meta.get("gpu_hours", math.nan)),  # type: ignore[arg-type]
         "total_requests": len(status),
         "completed": n_done,
         "rejected": int((status == STATUS_REJECTED).sum()),
@@ -261,6 +284,7 @@ def summarize(result: RunResult, slo: SLOConfig) -> dict[str, Any]:
         s.update(session_summary(session_metrics(result)))
     if result.tenants is not None:
         s["tenants"] = tenant_metrics(result, slo, lat, duration)
+    s.update(dynamic_summary(result))
     s["events"] = result.events
     s["wall_s"] = result.wall_s
     return s
@@ -326,6 +350,27 @@ def tenant_metrics(
         row["request_goodput"] = float(met.sum()) / duration_s
         row["output_throughput"] = row["output_tokens"] / duration_s
         out[name] = row
+    return out
+
+
+def dynamic_summary(result: RunResult) -> dict[str, Any]:
+    """Summary keys of a run whose cluster changed (autoscaling, faults): the time-mean count
+    of instances per pool, scaling actions, failures, retries and recomputed tokens (empty
+    for a fixed cluster)."""
+    meta = result.meta
+    if "faults" not in meta:
+        return {}
+    out: dict[str, Any] = {}
+    for pool, mean in meta["mean_instances"].items():  # type: ignore[attr-defined]
+        out[f"mean_{pool}_instances"] = float(mean)
+    scaling = meta.get("autoscale")
+    if scaling is not None:
+        out["scale_outs"] = scaling["scale_outs"]  # type: ignore[index]
+        out["scale_ins"] = scaling["scale_ins"]  # type: ignore[index]
+    faults = meta["faults"]
+    for key in ("instance_failures", "retries", "retried_requests", "recomputed_tokens", "role_switches",
+                "fallback_prefills"):  # fmt: skip
+        out[key] = faults[key]  # type: ignore[index]
     return out
 
 

@@ -249,6 +249,10 @@ _ROWS: list[tuple[str, str, str]] = [
     ("prefix-cached prompt tokens", "cached_prompt_tokens", "{:,d}"),
     ("prefix hit fraction (prompt tokens)", "prompt_prefix_hit_fraction", "{:.1%}"),
     ("session slowdown mean / p90", "session_slowdown", "session"),
+    ("GPU-hours", "gpu_hours", "{:.2f}"),
+    ("P95 TTFT | P95 ITL (ms)", "p95", "p95"),
+    ("mean instances prefill | decode | aggregated", "instances", "instances"),
+    ("failures | retries | recomputed tokens", "faults", "faults"),
 ]
 
 
@@ -263,6 +267,16 @@ def _cell(s: dict[str, Any], key: str, kind: str) -> str:
         return " / ".join(_fmt(s.get(f"{p}_{key}_ms")) for p in ("mean", "median", "p90", "p99"))
     if kind == "thr":
         return f"{_fmt(s.get('request_throughput'), '{:.2f}')} | {_fmt(s.get('output_throughput'), '{:,.0f}')}"
+    if kind == "p95":
+        return f"{_fmt(s.get('p95_ttft_ms'), '{:.0f}')} | {_fmt(s.get('p95_itl_ms'))}"
+    if kind == "instances":
+        if s.get("mean_prefill_instances") is None and s.get("mean_aggregated_instances") is None:
+            return "-"
+        return " | ".join(_fmt(s.get(f"mean_{p}_instances"), "{:.2f}") for p in ("prefill", "decode", "aggregated"))
+    if kind == "faults":
+        if s.get("instance_failures") is None:
+            return "-"
+        return f"{s['instance_failures']:d} | {s['retries']:d} | {s['recomputed_tokens']:,d}"
     if kind == "session":
         if s.get("mean_session_slowdown") is None:
             return "-"

@@ -106,6 +106,14 @@ def run(
         bool | None,
         typer.Option("--exact-steps", help="One event per decode iteration (reference mode; default: off)."),
     ] = None,
+    compare_fixed: Annotated[
+        bool,
+        typer.Option(
+            "--compare-fixed",
+            help="With autoscale settings: also run the fixed clusters whose GPU-hours bracket the "
+            "autoscaled run's (each pool near its mean count), instead of the other mode.",
+        ),
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -151,7 +159,9 @@ def run(
         check_output_dir(out, "--out")
     if plots is not None:
         check_output_dir(plots, "--plots")
-    plan = plan_runs(cfg, store, compare=compare)
+    if compare_fixed and cfg.autoscale is None:
+        raise ConfigError("--compare-fixed: the config has no autoscale settings, so there is nothing to compare")
+    plan = plan_runs(cfg, store, compare=compare and not compare_fixed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TraceImportWarning)
         tr = load_trace(trace)
@@ -175,7 +185,12 @@ def run(
             )  # fmt: skip
     progress = ProgressDisplay(Console(stderr=True))
     try:
-        runs = run_planned(tr, plan, store, str(trace), progress)
+        if compare_fixed:
+            from simdisagg.dynamic import compare_fixed as run_compare_fixed
+
+            runs = run_compare_fixed(tr, cfg, store, str(trace), progress)
+        else:
+            runs = run_planned(tr, plan, store, str(trace), progress)
     finally:
         progress.close()
     main_run = runs[0]
@@ -187,7 +202,11 @@ def run(
     for r in runs:
         for note in r.notes:
             console.print(f"[yellow]note:[/yellow] {escape(note)}")
-    if len(runs) > 1:
+    if compare_fixed:
+        from simdisagg.dynamic import verdict
+
+        console.print(verdict(runs), markup=False, highlight=False)
+    elif len(runs) > 1:
         console.print(runs[0].verdict_against(runs[1]), markup=False, highlight=False)
     _write_outputs(console, runs, out, plots, str(trace))
 

@@ -28,6 +28,7 @@ from simdisagg.sim.decode import ContinuousBatch
 from simdisagg.sim.prefill import PrefixLookup
 from simdisagg.sim.recorder import InstanceStats, Recorder
 from simdisagg.sim.speculative import Speculator
+from simdisagg.sim.states import DRAINING, FAILED, SERVING
 
 
 class AggregatedInstance(ContinuousBatch):
@@ -58,8 +59,12 @@ class AggregatedInstance(ContinuousBatch):
         on_complete: Callable[[int], None],
         waiting: Any = None,
         speculator: Speculator | None = None,
+        state: str = SERVING,
+        on_idle: Callable[[AggregatedInstance], None] | None = None,
     ) -> None:
         super().__init__(env, index, cost, input_tokens, output_tokens, rec, stats, exact_steps, speculator)
+        self.state = state
+        self._on_idle = on_idle
         self.max_batch_size = max_batch_size
         self.max_batched_tokens = max_batched_tokens
         self.max_batch_requests = max_batch_requests or 1 << 30
@@ -242,6 +247,31 @@ class AggregatedInstance(ContinuousBatch):
         self._release(i)
         self._on_complete(i)
 
+    # -- lifecycle (autoscaling, faults) -----------------------------------------------------
+    def is_empty(self) -> bool:
+        """Nothing waits, runs or holds KV memory here."""
+        return self.slots_used == 0 and not self.waiting and not self._joiners and not self.busy
+
+    def _on_empty(self) -> None:
+        if self.state == DRAINING and self._on_idle is not None and self.is_empty():
+            self._on_idle(self)
+
+    def fail(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The instance fails: returns ``(unstarted, lost)``: ``(request, prompt tokens
+        computed)`` of the prompts that had not finished their prefill here (waiting, or
+        part-way through it), and ``(request, tokens so far)``
+        of the requests whose KV was lost with it (the batch, and prompts just prefilled)."""
+        self.state = FAILED
+        lost = self._drop_batch()
+        unstarted = [(p[0], p[1]) for p in self._prefilling] + [(i, 0) for i in self.waiting]
+        self._prefilling, self._pending_load_s = [], 0.0
+        self.waiting.clear()
+        self.waiting_blocks = 0
+        self.stats.kv.change(self.env.now, -self.kv_used_blocks)
+        self.kv_used_blocks = self.slots_used = self.outstanding_tokens = 0
+        self._blocks_of.clear()
+        return unstarted, sorted(lost.items())
+
     def _release(self, i: int) -> None:
         blocks = self._blocks_of.pop(i)
         self.kv_used_blocks -= blocks
@@ -323,6 +353,42 @@ class DecodeInstance(AggregatedInstance):
 
     def _after_changes(self) -> None:
         self._try_admit()
+
+    def is_empty(self) -> bool:
+        """Nothing waits for memory, for prefill, or runs here, and no KV is reserved."""
+        return not self._admit_queue and super().is_empty()
+
+    def cancel(self, i: int) -> None:
+        """Request ``i``'s KV will never come (its prefill instance failed): drop its wait
+        for memory here, or the memory reserved for it."""
+        for k, item in enumerate(self._admit_queue):
+            if item[0] == i:
+                del self._admit_queue[k]
+                self.queued_blocks -= item[1]
+                self.reserved_tokens -= self._inp[i] + self._out[i]
+                return
+        if i in self._remote and i not in self._join_step and i not in self._joiners:
+            self._remote.discard(i)
+            blocks = self._blocks_of.pop(i)
+            self.kv_used_blocks -= blocks
+            self.slots_used -= 1
+            self.reserved_tokens -= self._inp[i] + self._out[i]
+            self.stats.kv.change(self.env.now, -blocks)
+            self._try_admit()
+            if self.state == DRAINING and not self.busy:
+                self._on_empty()
+
+    def fail_decode(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[int]]:
+        """The instance fails: :meth:`AggregatedInstance.fail`'s two lists, and the requests
+        that waited here for KV memory (their KV is still on their prefill instance). Those
+        whose KV is on its way here find the instance failed when it lands."""
+        waiting_memory = [item[0] for item in self._admit_queue]
+        self._admit_queue.clear()
+        self.queued_blocks = 0
+        self._remote.clear()
+        self.reserved_tokens = 0
+        unstarted, lost = self.fail()
+        return unstarted, lost, waiting_memory
 
     def _prefilled(self, i: int, now: float) -> None:
         pass  # retained at release, with the whole context

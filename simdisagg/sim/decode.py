@@ -39,6 +39,7 @@ from simdisagg.costmodel.base import CostModel, short_run_times
 from simdisagg.sim.clock import EARLY, LATE, call_at, nothing_else_now
 from simdisagg.sim.recorder import InstanceStats, Recorder
 from simdisagg.sim.speculative import Speculator
+from simdisagg.sim.states import FAILED, SERVING, STOPPED
 
 #: Runs up to this many steps are computed in plain floats: a numpy call costs a few
 #: microseconds whatever its length, and most runs between two batch changes are short.
@@ -93,6 +94,9 @@ class ContinuousBatch:
         self._emit_from = 0
         self._emitted_before = 0  # tokens emitted by members, ever, before step steps_done
         self._run_times: np.ndarray | None = None  # the current speculative run's step times
+        #: ``serving``, ``starting``, ``draining`` or ``failed`` (:mod:`simdisagg.sim.states`);
+        #: always ``serving`` in a fixed cluster.
+        self.state = SERVING
 
     # -- joining -------------------------------------------------------------------------
     def _request_boundary(self) -> None:
@@ -117,7 +121,7 @@ class ContinuousBatch:
 
     def _kick(self, _value: object) -> None:
         self._kick_pending = False
-        if not self.busy:
+        if not self.busy and self.state != FAILED and self.state != STOPPED:
             self.busy = True
             self._finish_done()
             self._start_phase(None)
@@ -153,6 +157,15 @@ class ContinuousBatch:
             call_at(self.env, self.env.now, self._start_phase, None, LATE)
 
     def _start_phase(self, _value: object) -> None:
+        if self.state != SERVING:
+            if self.state == FAILED or self.state == STOPPED:
+                return
+            self._add_joiners()
+            self._after_changes()
+            if not self._start_iteration():
+                self.busy = False
+                self._on_empty()
+            return
         self._add_joiners()
         self._after_changes()
         if not self._start_iteration():
@@ -318,7 +331,37 @@ class ContinuousBatch:
             self._emitted_before += int(self._emit[self.steps_done - self._emit_from])
         self.steps_done += 1
 
+    def tokens_so_far(self) -> dict[int, int]:
+        """Tokens each request of the batch has received (its first token, from prefill,
+        counts), at this instant: the steps of the current run that have ended count."""
+        ended = self.steps_done
+        ends = self._run_ends
+        if ends is not None:
+            now = self.env.now
+            ended += min(sum(1 for t in ends if t <= now) if type(ends) is list
+                         else int(np.searchsorted(ends, now, side="right")), self._run_steps)
+        return {i: 1 + ended - s for i, s in self._join_step.items()}
+
+    def _drop_batch(self) -> dict[int, int]:
+        """Stop everything (the instance failed): returns the tokens so far of every request
+        of the batch and of those about to join it."""
+        lost = self.tokens_so_far()
+        for i in self._joiners:
+            lost[i] = 1
+        self._gen += 1  # the pending run end is ignored
+        now = self.env.now
+        self.stats.batch.change(now, -float(self.batch_size))
+        self.batch_size = 0
+        self._finish_heap, self._join_step, self._joiners, self._new_members = [], {}, [], []
+        self._ctx_offset = 0
+        self._run_ends, self._run_steps, self._stall_s = None, 0, 0.0
+        self.busy = False
+        return lost
+
     # -- hooks -------------------------------------------------------------------------
+    def _on_empty(self) -> None:
+        """Called at a boundary of a draining instance that found nothing to run."""
+
     def _after_changes(self) -> None:
         """Called at a boundary after finishes and joins (admission, for instance)."""
 

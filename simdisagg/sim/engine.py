@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from simdisagg.coldstart import cold_start, role_switch_s
 from simdisagg.config import PoolConfig, RunConfig
 from simdisagg.costmodel.base import CostModel
 from simdisagg.costmodel.factory import make_cost_model
@@ -35,14 +36,18 @@ from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore
 from simdisagg.rng import Streams
 from simdisagg.sim.aggregated import AggregatedInstance, DecodeInstance
+from simdisagg.sim.autoscale import Autoscaler, pool_scalings
 from simdisagg.sim.clock import call_later, run
 from simdisagg.sim.decode import kv_capacity_blocks
+from simdisagg.sim.faults import ClusterControl, Recovery, schedule_faults
 from simdisagg.sim.link import KVLink
+from simdisagg.sim.pools import Pool
 from simdisagg.sim.prefill import PrefillInstance, PrefillQueue, PrefixLookup
 from simdisagg.sim.prefixcache import PrefixCache, TierSpec
 from simdisagg.sim.recorder import (
     STATUS_COMPLETED,
     STATUS_REJECTED,
+    STATUS_UNFINISHED,
     InstanceStats,
     LevelIntegral,
     Recorder,
@@ -50,8 +55,9 @@ from simdisagg.sim.recorder import (
     TenantColumns,
 )
 from simdisagg.sim.router import PriorityOrder, Router, TenantAdmission, tenant_indices
-from simdisagg.sim.timeseries import DEFAULT_WINDOWS, MAX_SET_WINDOWS, TimeSeriesCollector, window_width_s
 from simdisagg.sim.speculative import draft_memory, make_speculator
+from simdisagg.sim.states import FAILED, SERVING, STARTING, STOPPED
+from simdisagg.sim.timeseries import DEFAULT_WINDOWS, MAX_SET_WINDOWS, TimeSeriesCollector, window_width_s
 from simdisagg.trace import Trace
 
 
@@ -215,6 +221,8 @@ def simulate(
             rec.reject(j, why)
             if gate is not None:
                 gate.finished(j)
+            if dynamic:
+                finished_dynamic(j)
             if progress is not None:
                 report()
             if children:
@@ -223,6 +231,18 @@ def simulate(
     watch = None if stop_after_misses is None else _MissWatch(
         env, cfg, trace, rec, stop_after_misses, -math.inf if measure_from_at is None else measure_from_at
     )
+    dynamic = cfg.autoscale is not None or cfg.faults is not None
+
+    def finished_dynamic(i: int) -> None:
+        if recovery.saved and status[i] == STATUS_COMPLETED:
+            recovery.restore(i)  # a resumed request keeps the first token it streamed
+        finished_count[0] += 1
+        if finished_count[0] == n:
+            env._queue.clear()  # instance and fault timers end with the last request
+
+    def cold_start_of(pool: PoolConfig) -> float:
+        return cold_start(cfg, pool, store).total_s if dynamic else 0.0
+
     report_every = max(1, n // 200)
     finished = [0]
 
@@ -238,6 +258,8 @@ def simulate(
         status[i] = STATUS_COMPLETED
         if gate is not None:
             gate.finished(i)
+        if dynamic:
+            finished_dynamic(i)
         if children:
             release_children(i)
         if watch is not None:
@@ -254,6 +276,7 @@ def simulate(
         for i in np.flatnonzero(total > window).tolist():
             never[i] = f"prompt and answer need {int(total[i])} tokens, more than the model's context window of {window}"
     instances_stats: list[InstanceStats] = rec.instances
+    links: list[KVLink] = []
 
     if cfg.mode == "aggregated":
         pool = cfg.aggregated_pool()
@@ -269,31 +292,41 @@ def simulate(
         need = -(-(trace.input_tokens + trace.output_tokens) // plan.kv_block_tokens)
         for i in np.flatnonzero(need > plan.kv_capacity_blocks).tolist():
             never.setdefault(i, f"needs {int(need[i])} KV blocks, more than an instance's {plan.kv_capacity_blocks}")
-        agg: list[AggregatedInstance] = []
         speculator = make_speculator(cfg, pool, "aggregated", plan.cost, store, streams, cost_scale)
-        for k in range(pool.count):
+
+        def make_aggregated(k: int, state: str) -> AggregatedInstance:
             stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks),
                                   batch=LevelIntegral(pool.max_batch_size))
             instances_stats.append(stats)
-            agg.append(
-                AggregatedInstance(
-                    env, k, plan.cost, inp, out, rec, stats, cfg.exact_steps,
-                    max_batch_size=pool.max_batch_size,
-                    max_batched_tokens=pool.max_batched_tokens,
-                    max_batch_requests=pool.max_prefill_batch_requests,
-                    kv_capacity_blocks=plan.kv_capacity_blocks,
-                    kv_block_tokens=plan.kv_block_tokens,
-                    chunked_prefill=cfg.aggregated.chunked_prefill,
-                    prefix=prefix,
-                    on_complete=complete,
-                    waiting=new_queue(),
-                    speculator=speculator,
-                )
+            if k >= pool.count and isinstance(prefix, PrefixCache):
+                prefix.add_instance()
+            return AggregatedInstance(
+                env, k, plan.cost, inp, out, rec, stats, cfg.exact_steps,
+                max_batch_size=pool.max_batch_size,
+                max_batched_tokens=pool.max_batched_tokens,
+                max_batch_requests=pool.max_prefill_batch_requests,
+                kv_capacity_blocks=plan.kv_capacity_blocks,
+                kv_block_tokens=plan.kv_block_tokens,
+                chunked_prefill=cfg.aggregated.chunked_prefill,
+                prefix=prefix,
+                on_complete=complete,
+                waiting=new_queue(),
+                speculator=speculator,
+                state=state,
+                on_idle=(lambda inst: apool.leave(inst)) if dynamic else None,
             )
+
+        apool = Pool(env, "aggregated", pool.gpus_per_instance, make_aggregated, cold_start_of(pool), dynamic)
+        apool.add_initial(pool.count)
+        pools = {"aggregated": apool}
+        agg = apool.live
         if cfg.router.prefill_policy == "shared_queue":
             raise ConfigError("router.prefill_policy 'shared_queue' applies to disaggregated prefill pools only")
 
         def route(i: int) -> None:
+            if not agg:
+                no_instance(apool, i)
+                return
             agg[router.pick_prefill(agg, i, prefix)].enqueue(i)
 
         gpus = pool.gpus
@@ -330,37 +363,48 @@ def simulate(
             * min(cfg.prefill.tp, cfg.decode.tp)
             * cfg.link.bandwidth_scale
         )
-        decode: list[DecodeInstance] = []
         speculator = make_speculator(cfg, cfg.decode, "decode", dplan.cost, store, streams, cost_scale)
-        for k in range(cfg.decode.count):
+
+        def make_decode(k: int, state: str) -> DecodeInstance:
             stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks),
                                   batch=LevelIntegral(cfg.decode.max_batch_size))
             instances_stats.append(stats)
-            decode.append(
-                DecodeInstance(
-                    env, k, dplan.cost, inp, out, rec, stats, cfg.exact_steps,
-                    max_batch_size=cfg.decode.max_batch_size,
-                    max_batched_tokens=cfg.decode.max_batched_tokens,
-                    max_batch_requests=cfg.decode.max_prefill_batch_requests,
-                    kv_capacity_blocks=dplan.kv_capacity_blocks,
-                    kv_block_tokens=dplan.kv_block_tokens,
-                    prefix=held,
-                    on_complete=complete,
-                    waiting=new_queue(),
-                    speculator=speculator,
-                )
+            if k >= cfg.decode.count and isinstance(held, PrefixCache):
+                held.add_instance()
+            return DecodeInstance(
+                env, k, dplan.cost, inp, out, rec, stats, cfg.exact_steps,
+                max_batch_size=cfg.decode.max_batch_size,
+                max_batched_tokens=cfg.decode.max_batched_tokens,
+                max_batch_requests=cfg.decode.max_prefill_batch_requests,
+                kv_capacity_blocks=dplan.kv_capacity_blocks,
+                kv_block_tokens=dplan.kv_block_tokens,
+                prefix=held,
+                on_complete=complete,
+                waiting=new_queue(),
+                speculator=speculator,
+                state=state,
+                on_idle=(lambda inst: dpool.leave(inst)) if dynamic else None,
             )
-        links = [
-            KVLink(env, k, bandwidth, link_profile.latency_s.value, cfg.link.sharing, rec)
-            for k in range(cfg.prefill.count)
-        ]
+
+        dpool = Pool(env, "decode", cfg.decode.gpus_per_instance, make_decode, cold_start_of(cfg.decode), dynamic)
+        dpool.add_initial(cfg.decode.count)
+        decode: list[DecodeInstance] = dpool.instances
+        decode_live: list[DecodeInstance] = dpool.live
         shared = PrefillQueue(env, new_queue()) if cfg.router.prefill_policy == "shared_queue" else None
-        prefill: list[PrefillInstance] = []
         decode_of = rec.decode_instance
+        prefill_of = rec.prefill_instance
 
         def on_landed(i: int) -> None:
-            prefill[int(rec.prefill_instance[i])].release(i)
-            decode[int(decode_of[i])].join(i)
+            p = prefill[int(prefill_of[i])]
+            d = decode[int(decode_of[i])]
+            if d.state == FAILED or d.state == STOPPED:
+                # The decode instance failed while the KV was on its way: the KV is still on
+                # the prefill instance, which asks another decode instance.
+                recovery.retried(i)
+                to_decode(p, i)
+                return
+            p.release(i)
+            d.join(i)
 
         def on_admitted(i: int) -> None:
             # Only the part of the context the decode instance does not still hold is sent.
@@ -368,41 +412,58 @@ def simulate(
             kept = held.cached_tokens(d, i)
             if kept:
                 held.use(d, i)
-            links[int(rec.prefill_instance[i])].send(i, (inp[i] - kept) * kv_per_token, on_landed)
+            links[int(prefill_of[i])].send(i, (inp[i] - kept) * kv_per_token, on_landed)
+
+        def to_decode(inst: PrefillInstance, i: int) -> None:
+            if not decode_live:
+                no_instance(dpool, i)  # the KV waits on the prefill instance
+                return
+            d = decode_live[router.pick_decode(decode_live, i, held)]
+            decode_of[i] = d.index
+            d.submit(i, on_admitted)
 
         def on_prefilled(inst: PrefillInstance, i: int) -> None:
             if out[i] <= 1:  # the first token was the whole answer: nothing to decode
                 inst.release(i)
                 complete(i)
                 return
-            d = router.pick_decode(decode, i, held)
-            decode_of[i] = d
-            decode[d].submit(i, on_admitted)
+            to_decode(inst, i)
 
-        for k in range(cfg.prefill.count):
+        def make_prefill(k: int, state: str) -> PrefillInstance:
             queue = shared or PrefillQueue(env, new_queue())
             stats = InstanceStats("prefill", k, cfg.prefill.tp, LevelIntegral(pplan.kv_capacity_blocks),
                                   saturated=queue.saturated)
             instances_stats.append(stats)
-            prefill.append(
-                PrefillInstance(
-                    env, k, pplan.cost, queue, inp, rec, stats,
-                    max_batched_tokens=cfg.prefill.max_batched_tokens,
-                    max_batch_requests=cfg.prefill.max_prefill_batch_requests,
-                    kv_capacity_blocks=pplan.kv_capacity_blocks,
-                    kv_block_tokens=pplan.kv_block_tokens,
-                    prefix=prefix,
-                    on_prefilled=on_prefilled,
-                )
+            if k >= cfg.prefill.count and isinstance(prefix, PrefixCache):
+                prefix.add_instance()
+            links.append(KVLink(env, k, bandwidth, link_profile.latency_s.value, cfg.link.sharing, rec))
+            return PrefillInstance(
+                env, k, pplan.cost, queue, inp, rec, stats,
+                max_batched_tokens=cfg.prefill.max_batched_tokens,
+                max_batch_requests=cfg.prefill.max_prefill_batch_requests,
+                kv_capacity_blocks=pplan.kv_capacity_blocks,
+                kv_block_tokens=pplan.kv_block_tokens,
+                prefix=prefix,
+                on_prefilled=on_prefilled,
+                shared_queue=shared is not None,
+                state=state,
+                on_idle=(lambda inst: ppool.leave(inst)) if dynamic else None,
             )
 
+        ppool = Pool(env, "prefill", cfg.prefill.gpus_per_instance, make_prefill, cold_start_of(cfg.prefill), dynamic)
+        ppool.add_initial(cfg.prefill.count)
+        pools = {"prefill": ppool, "decode": dpool}
+        prefill: list[PrefillInstance] = ppool.instances
+        prefill_live: list[PrefillInstance] = ppool.live
         conditional = cfg.router.conditional_prefill_tokens
 
         def route_remote(i: int) -> None:
-            if shared is not None:
+            if not prefill_live:
+                no_instance(ppool, i)
+            elif shared is not None:
                 shared.push(i)
             else:
-                prefill[router.pick_prefill(prefill, i, prefix)].enqueue(i)
+                prefill_live[router.pick_prefill(prefill_live, i, prefix)].enqueue(i)
 
         if shared is not None:
             for inst in prefill:
@@ -415,14 +476,162 @@ def simulate(
             def route(i: int) -> None:
                 # Conditional disaggregation: a short uncached part is prefilled on the decode
                 # instance itself, with no KV transfer.
-                d = router.pick_decode(decode, i, held)
-                if out[i] > 1 and inp[i] - held.cached_tokens(d, i) <= conditional:
-                    decode_of[i] = d
-                    decode[d].enqueue(i)
+                if not decode_live:
+                    route_remote(i)
+                    return
+                d = decode_live[router.pick_decode(decode_live, i, held)]
+                if out[i] > 1 and inp[i] - held.cached_tokens(d.index, i) <= conditional:
+                    decode_of[i] = d.index
+                    d.enqueue(i)
                 else:
                     route_remote(i)
 
         gpus = cfg.prefill.gpus + cfg.decode.gpus
+
+    # -- dynamic clusters: instances that start, drain and fail --------------------------
+    recovery = Recovery(rec)
+    fallback = cfg.faults.fallback if cfg.faults is not None else "wait"
+    # Requests waiting because no instance of a pool serves (fallback "wait"), in order.
+    pending: dict[str, dict[int, None]] = {name: {} for name in pools}
+    prompt_capacity_blocks = plan.kv_capacity_blocks if cfg.mode == "aggregated" else pplan.kv_capacity_blocks
+    prompt_block_tokens = plan.kv_block_tokens if cfg.mode == "aggregated" else pplan.kv_block_tokens
+
+    def no_instance(pool: Pool, i: int) -> None:
+        """No instance of ``pool`` takes work now: the fallback policy decides."""
+        if fallback == "reject":
+            if pool.name == "decode":
+                prefill[int(prefill_of[i])].release(i)
+            reject_chain(i, f"no {pool.name} instance was serving (faults.fallback: reject)")
+            return
+        if fallback == "aggregated" and cfg.mode == "disaggregated":
+            if pool.name == "prefill" and decode_live:
+                # Decode instances prefill the prompt themselves, as aggregated serving does.
+                d = decode_live[router.pick_decode(decode_live, i, held)]
+                decode_of[i] = d.index
+                recovery.fallback_prefills += 1
+                d.enqueue(i)
+                return
+            if pool.name == "decode":
+                switch_to_decode()
+        pending[pool.name][i] = None
+
+    def switch_to_decode() -> None:
+        """Fallback ``aggregated`` with no decode instance: a prefill instance takes the decode
+        role (it drains its prompts, and a decode instance on its GPUs serves after the role
+        switch), unless one is on its way already."""
+        if any(x.state == STARTING for x in dpool.instances) or len(prefill_live) == 0:
+            return
+        donor = min(prefill_live, key=lambda x: (x.outstanding_tokens, x.index))
+        ppool.drain(donor, "switched")
+        dpool.start(role_switch_s(cfg), switched=True)
+        recovery.role_switches += 1
+
+    def on_serving(pool: Pool, inst: Any) -> None:
+        """An instance serves: the work that waited for its pool goes to it."""
+        if pool.name == "prefill" and shared is not None:
+            inst.try_start()
+        if pool.name == "decode" and not pool.lives[inst.index].switched:
+            # The pool has its own instance again: switched instances go back to prefill.
+            for other in list(pool.instances):
+                if pool.lives[other.index].switched and other.state in (SERVING, STARTING):
+                    pool.drain(other, "switched")
+                    ppool.start(role_switch_s(cfg), switched=True)
+                    recovery.role_switches += 1
+        waiting = pending[pool.name]
+        pending[pool.name] = {}
+        for i in waiting:
+            if pool.name == "decode":
+                to_decode(prefill[int(prefill_of[i])], i)
+            else:
+                route(i)
+        if pool.name == "decode" and pending.get("prefill") and fallback == "aggregated":
+            waiting = pending["prefill"]
+            pending["prefill"] = {}
+            for i in waiting:
+                route(i)
+
+    def resume(i: int, tokens: int) -> None:
+        """Request ``i`` lost its KV after ``tokens`` tokens (the first one included): it goes
+        back to prefill with its context so far (prompt and those tokens)."""
+        recovery.retried(i, inp[i] + tokens - 1)
+        recovery.keep_first_token(i, env.now)
+        inp[i] += tokens
+        out[i] -= tokens
+        if -(-inp[i] // prompt_block_tokens) > prompt_capacity_blocks:
+            reject_chain(i, f"its context after a failure ({inp[i]} tokens) no longer fits a prefill instance's KV memory")
+            return
+        route(i)
+
+    def fail_instance(pool: Pool, inst: Any) -> None:
+        """``inst`` fails now: everything it held is routed again."""
+        recovery.failures += 1
+        if inst.state == STARTING:
+            pool.mark_failed(inst)
+            return
+        if pool.name == "prefill":
+            queued, running, holding = inst.fail()
+            links[inst.index].fail()
+            pool.mark_failed(inst)
+            for i in holding:
+                pending["decode"].pop(i, None)
+                d = int(decode_of[i])
+                if d >= 0:
+                    decode[d].cancel(i)
+            for i in holding + running:
+                recovery.retried(i, inp[i] - int(rec.cached_tokens[i]))
+            for i in queued:
+                recovery.retried(i)
+            for i in holding + running + queued:
+                route(i)
+            if shared is not None and not prefill_live:
+                waiting = list(shared.items)
+                shared.items.clear()
+                for i in waiting:
+                    route_remote(i)
+            return
+        if pool.name == "decode":
+            unstarted, lost, waiting_memory = inst.fail_decode()
+        else:
+            (unstarted, lost), waiting_memory = inst.fail(), []
+        pool.mark_failed(inst)
+        for i in waiting_memory:
+            recovery.retried(i)
+            to_decode(prefill[int(prefill_of[i])], i)
+        for i, done in unstarted:
+            recovery.retried(i, done)
+            route(i)
+        for i, tokens in lost:
+            resume(i, tokens)
+        if fallback == "aggregated" and pool.name == "decode" and not decode_live:
+            switch_to_decode()
+
+    def waiting_count(pool: Pool) -> Callable[[], int]:
+        if pool.name == "prefill":
+            if shared is not None:
+                return lambda: len(shared.items) + len(pending["prefill"])
+            return lambda: sum(len(x.queue.items) for x in pool.live) + len(pending["prefill"])
+        if pool.name == "decode":
+            return lambda: sum(len(x._admit_queue) for x in pool.live) + len(pending["decode"])
+        return lambda: sum(len(x.waiting) for x in pool.live) + len(pending["aggregated"])
+
+    finished_count = [0]
+
+    def all_done() -> bool:
+        return finished_count[0] >= n
+
+    if dynamic:
+        control = ClusterControl(env, pools, links, fail_instance, all_done, recovery)
+        for pool_ in pools.values():
+            pool_.on_serving = on_serving
+        if cfg.faults is not None:
+            open_at = trace.timestamp_s[n_waits == 0] / cfg.rate_scale
+            schedule_faults(control, cfg.faults, streams["faults"], float(open_at.max()) if len(open_at) else 0.0)
+        scalings = pool_scalings(cfg)
+        autoscaler = (
+            Autoscaler(control, cfg.autoscale, scalings, rec, {k: waiting_count(p) for k, p in pools.items()},
+                       cfg.slo.ttft_s, cfg.slo.tpot_s)
+            if cfg.autoscale is not None and scalings else None
+        )
 
     frontend = _frontend_of(plan.cost if cfg.mode == "aggregated" else pplan.cost)
 
@@ -485,7 +694,8 @@ def simulate(
     first_at = arrival_s[0] if arrival_s else 0.0
     collector = TimeSeriesCollector(
         rec,
-        {"aggregated": agg} if cfg.mode == "aggregated" else {"prefill": prefill, "decode": decode},
+        # Every instance a pool ever had (those that left count in no state).
+        {name: p.instances for name, p in pools.items()},
         first_at,
         window_width_s(cfg.timeseries.window_s, first_at, arrival_s[-1] if arrival_s else 0.0),
         router_queue=None if gate is None else (lambda: gate.queued),  # type: ignore[union-attr]
@@ -493,6 +703,25 @@ def simulate(
     )
     run(env, collector)
     rec.end_at = env.now
+    if dynamic and (watch is None or watch.stopped_at is None):
+        # Nothing is lost: what still waits for a pool that never served again, or is held
+        # anywhere when the cluster stops, is rejected, saying so.
+        blocked = {name for name, waiting in pending.items() if waiting}
+        for name, waiting in pending.items():
+            for i in list(waiting):
+                if name == "decode":
+                    prefill[int(prefill_of[i])].release(i, start_next=False)
+                reject_chain(i, f"waited for a {name} instance; none served again before the run ended")
+        for i in np.flatnonzero(status == STATUS_UNFINISHED).tolist():
+            if math.isnan(t_arrival[i]):
+                continue
+            if blocked:
+                # Queued behind prompts whose KV held the prefill memory for a decode instance.
+                reject_chain(i, f"queued behind work that waited for a {' and '.join(sorted(blocked))} instance; "
+                                "none served again before the run ended")
+            else:
+                recovery.stranded += 1
+                reject_chain(i, "still in the cluster when it stopped (its instance never finished it)")
     rec.timeseries = collector.finish(env.now)
     if progress is not None:
         progress(env.now, finished[0], n)
@@ -505,6 +734,17 @@ def simulate(
         rec.unloaded_s = _unloaded_service_s(cfg, trace, rec, store, streams, cost_scale)
     events = next(env._eid)  # SimPy's event counter: events scheduled in this run
     meta: dict[str, Any] = {"kv_capacity_blocks": {s.pool: s.kv.capacity for s in instances_stats}}
+    meta["gpu_hours"] = sum(p.gpu_seconds(env.now) for p in pools.values()) / 3600.0
+    if dynamic:
+        meta["instances"] = [life for p in pools.values() for life in p.lives]
+        meta["mean_instances"] = {name: p.mean_instances(env.now) for name, p in pools.items()}
+        meta["faults"] = recovery.summary()
+        meta["retries"] = recovery.retries
+        if autoscaler is not None:
+            meta["autoscale"] = {
+                "scale_outs": autoscaler.scale_outs, "scale_ins": autoscaler.scale_ins,
+                "decisions": autoscaler.decisions,
+            }
     if watch is not None and watch.stopped_at is not None:
         meta["stopped_early_at_s"] = watch.stopped_at
     for name, cache in caches.items():
@@ -646,6 +886,9 @@ def check_cluster(cfg: RunConfig, store: ProfileStore) -> dict[str, str]:
     profiles, TP degrees, a model that leaves no KV memory, a router policy the mode lacks.
     Returns the cost model label of each pool (``{"prefill": ..., "decode": ...}``)."""
     streams = Streams(cfg.seed)
+    if cfg.autoscale is not None or cfg.faults is not None:
+        for pool in (cfg.aggregated_pool(),) if cfg.mode == "aggregated" else (cfg.prefill, cfg.decode):
+            cold_start(cfg, pool, store)  # an unknown weight source is refused before the run
     if cfg.mode == "aggregated":
         if cfg.router.prefill_policy == "shared_queue":
             raise ConfigError("router.prefill_policy 'shared_queue' applies to disaggregated prefill pools only")

@@ -40,7 +40,8 @@ class KVLink:
         rec: Recorder,
     ) -> None:
         self.env, self.index = env, index
-        self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
+        self.nominal_bytes_per_s = bandwidth_bytes_per_s
+        self.bandwidth_bytes_per_s = bandwidth_bytes_per_s  # now: lower while a link fault lasts
         self.latency_s = latency_s
         self.fair_share = sharing == "fair_share"
         self.rec = rec
@@ -56,6 +57,9 @@ class KVLink:
         self._last_update_at = 0.0
         self._gen = 0
         self._busy_since = 0.0
+        self.failed = False  # the prefill instance failed: nothing it sent lands
+        # fifo: the transfer on the wire [request, callback, bytes left, since]
+        self._current: list[object] | None = None
 
     def send(self, i: int, nbytes: float, on_landed: Callable[[int], None]) -> None:
         """Send request ``i``'s KV (``nbytes``); ``on_landed(i)`` runs when it has arrived."""
@@ -70,24 +74,75 @@ class KVLink:
 
     # -- fifo ---------------------------------------------------------------------------
     def _fifo_next(self) -> None:
-        if not self._queue:
-            self._sending = False
+        if not self._queue or self.bandwidth_bytes_per_s <= 0.0:
+            self._sending = False  # an outage holds the queue until the link returns
+            self._current = None
             return
         self._sending = True
         i, nbytes, on_landed = self._queue.popleft()
         self._t_send_start[i] = self.env.now
         serial_s = nbytes / self.bandwidth_bytes_per_s
         self.busy_s += serial_s
-        call_later(self.env, serial_s, self._fifo_sent, (i, on_landed))
+        self._current = [i, on_landed, nbytes, self.env.now]
+        self._gen += 1
+        call_later(self.env, serial_s, self._fifo_sent, (self._gen, i, on_landed))
 
-    def _fifo_sent(self, item: tuple[int, Callable[[int], None]]) -> None:
-        call_later(self.env, self.latency_s, self._landed, item)
+    def _fifo_sent(self, item: tuple[int, int, Callable[[int], None]]) -> None:
+        gen, i, on_landed = item
+        if gen != self._gen:
+            return  # re-timed by a change of bandwidth
+        call_later(self.env, self.latency_s, self._landed, (i, on_landed))
         self._fifo_next()
 
     def _landed(self, item: tuple[int, Callable[[int], None]]) -> None:
+        if self.failed:
+            return
         i, on_landed = item
         self._t_send_end[i] = self.env.now
         on_landed(i)
+
+    # -- faults -------------------------------------------------------------------------
+    def set_bandwidth_scale(self, scale: float) -> None:
+        """From now the link runs at ``scale`` of its nominal bandwidth (0: an outage, the
+        transfer on the wire pauses); transfers in progress are re-timed exactly."""
+        now = self.env.now
+        old = self.bandwidth_bytes_per_s
+        new = self.nominal_bytes_per_s * scale
+        if self.fair_share:
+            self._ps_advance()
+            if self._flows and old <= 0.0 < new:
+                self._busy_since = now
+            elif self._flows and new <= 0.0 < old:
+                self.busy_s += now - self._busy_since
+            self.bandwidth_bytes_per_s = new
+            self._ps_schedule()
+            return
+        self.bandwidth_bytes_per_s = new
+        cur = self._current
+        if cur is None:
+            if new > 0.0 and self._queue and not self._sending:
+                self._fifo_next()
+            return
+        i, on_landed, left, since = cur
+        if old > 0.0:
+            sent = (now - since) * old  # type: ignore[operator]
+            left = max(0.0, left - sent)  # type: ignore[operator]
+            self.busy_s -= left / old
+        self._gen += 1
+        self._current = [i, on_landed, left, now]
+        if new > 0.0:
+            self.busy_s += left / new
+            call_later(self.env, left / new, self._fifo_sent, (self._gen, i, on_landed))
+
+    def fail(self) -> None:
+        """The sending instance failed: transfers queued, on the wire or in flight are lost
+        (their requests are routed again from the start)."""
+        self.failed = True
+        self._gen += 1
+        self._queue.clear()
+        self._flows.clear()
+        self._current = None
+        self._sending = False
 
     # -- fair share ----------------------------------------------------------------------
     def _ps_advance(self) -> None:
@@ -101,7 +156,7 @@ class KVLink:
 
     def _ps_arrive(self, i: int, nbytes: float, on_landed: Callable[[int], None]) -> None:
         self._ps_advance()
-        if not self._flows:
+        if not self._flows and self.bandwidth_bytes_per_s > 0.0:
             self._busy_since = self.env.now
         self._t_send_start[i] = self.env.now
         self._flows[i] = [nbytes, on_landed]
@@ -109,7 +164,7 @@ class KVLink:
 
     def _ps_schedule(self) -> None:
         self._gen += 1
-        if not self._flows:
+        if not self._flows or self.bandwidth_bytes_per_s <= 0.0:
             return
         n = len(self._flows)
         first = min(self._flows, key=lambda k: (self._flows[k][0], k))  # type: ignore[return-value]
@@ -122,7 +177,7 @@ class KVLink:
             return
         self._ps_advance()
         _, on_landed = self._flows.pop(i)
-        if not self._flows:
+        if not self._flows and self.bandwidth_bytes_per_s > 0.0:
             self.busy_s += self.env.now - self._busy_since
         call_later(self.env, self.latency_s, self._landed, (i, on_landed))
         self._ps_schedule()

@@ -23,6 +23,7 @@ import simpy
 from simdisagg.costmodel.base import CostModel
 from simdisagg.sim.clock import call_later
 from simdisagg.sim.recorder import InstanceStats, Recorder, TimeShare
+from simdisagg.sim.states import DRAINING, FAILED, SERVING, STOPPED
 
 
 class PrefixLookup:
@@ -98,6 +99,9 @@ class PrefillInstance:
         kv_block_tokens: int,
         prefix: PrefixLookup,
         on_prefilled: Callable[[PrefillInstance, int], None],
+        shared_queue: bool = False,
+        state: str = SERVING,
+        on_idle: Callable[[PrefillInstance], None] | None = None,
     ) -> None:
         self.env, self.index, self.cost, self.queue = env, index, cost, queue
         self._inp = input_tokens
@@ -114,6 +118,13 @@ class PrefillInstance:
         self.outstanding_tokens = 0  # prompt tokens queued here or in service (router load)
         self._t_start = rec.times["prefill_start_at"]
         self._t_first = rec.times["first_token_at"]
+        #: ``serving``, ``starting`` (cold start), ``draining`` (scale-in: takes no new work)
+        #: or ``failed`` (see :mod:`simdisagg.sim.states`); always ``serving`` in a fixed cluster.
+        self.state = state
+        self.shared_queue = shared_queue
+        self._on_idle = on_idle
+        self.batch: list[int] = []  # the prompts of the running iteration
+        self.holding: set[int] = set()  # prefilled prompts whose KV waits here for its transfer
 
     def blocks_for(self, i: int) -> int:
         """KV blocks of request ``i``'s prompt."""
@@ -129,6 +140,9 @@ class PrefillInstance:
     def try_start(self) -> bool:
         """Start a batch if idle and work fits; return whether one started."""
         if self.busy:
+            return False
+        if self.state != SERVING and (self.shared_queue or self.state != DRAINING):
+            # Starting or failed: no work. Draining: only what is on its own queue already.
             return False
         items = self.queue.items
         if not items:
@@ -181,6 +195,7 @@ class PrefillInstance:
         self.stats.iteration_token_share = share
         self.stats.iterations += 1
         self.stats.events += 1
+        self.batch = batch
         call_later(self.env, duration, self._done, batch)
         return True
 
@@ -190,20 +205,61 @@ class PrefillInstance:
             self.queue.idle.append(self)
 
     def _done(self, batch: list[int]) -> None:
+        if self.state == FAILED or self.state == STOPPED:
+            return  # the iteration died with the instance; its prompts were routed again
         now = self.env.now
         self.busy = False
+        self.batch = []
+        holding = self.holding
         for i in batch:
             self._t_first[i] = now
             self.outstanding_tokens -= self._inp[i]
             self.prefix.insert(self.index, i, now)
+            holding.add(i)
         for i in batch:
             self._on_prefilled(self, i)
         self.try_start()
+        if self.state == DRAINING:
+            self._check_drained()
 
-    def release(self, i: int) -> None:
-        """Request ``i``'s KV has left this instance: free its blocks."""
+    def release(self, i: int, start_next: bool = True) -> None:
+        """Request ``i``'s KV has left this instance: free its blocks (and start what now
+        fits, unless ``start_next`` is False: the run is over)."""
         blocks = self.blocks_for(i)
+        self.holding.discard(i)
         self.kv_used_blocks -= blocks
         self.stats.kv.change(self.env.now, -blocks)
-        if not self.busy:
+        if not self.busy and start_next:
             self.try_start()
+            if self.state == DRAINING:
+                self._check_drained()
+
+    # -- lifecycle (autoscaling, faults) -----------------------------------------------------
+    def is_empty(self) -> bool:
+        """No prompt queued here, none running, no KV waiting for its transfer."""
+        return not self.busy and self.kv_used_blocks == 0 and (self.shared_queue or not self.queue.items)
+
+    def _check_drained(self) -> None:
+        if self._on_idle is not None and self.is_empty():
+            self._on_idle(self)
+
+    def fail(self) -> tuple[list[int], list[int], list[int]]:
+        """The instance fails: returns ``(queued, running, holding)``: prompts on its own
+        queue, prompts of the running iteration and prefilled prompts whose KV was here. Its
+        KV memory and queue are emptied."""
+        self.state = FAILED
+        queued: list[int] = []
+        if not self.shared_queue:
+            queued = list(self.queue.items)
+            self.queue.items.clear()
+            self.queue.saturated.set(self.env.now, False)
+        running = self.batch if self.busy else []
+        holding = sorted(self.holding)
+        self.batch, self.holding, self.busy = [], set(), False
+        if self.waiting_for_work and self in self.queue.idle:
+            self.queue.idle.remove(self)
+        self.waiting_for_work = False
+        self.stats.kv.change(self.env.now, -self.kv_used_blocks)
+        self.kv_used_blocks = 0
+        self.outstanding_tokens = 0
+        return queued, running, holding

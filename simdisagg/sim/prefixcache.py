@@ -116,6 +116,11 @@ class PrefixCache(PrefixLookup):
         # Touches of use(..., defer=True) not yet applied, per instance (see settle()).
         self._deferred: dict[int, list[tuple[list[int], int]]] = {}
 
+    def add_instance(self) -> None:
+        """A new instance joins the pool, with empty tiers (a dynamic cluster)."""
+        self._tiers.append([OrderedDict() for _ in range(self._n_local)])
+        self._used.append([0] * self._n_local)
+
     # -- lookup -------------------------------------------------------------------------------
     def _path(self, i: int) -> list[int]:
         path = self._paths.get(i)

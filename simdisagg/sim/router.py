@@ -24,6 +24,10 @@ Tenants (``RunConfig.tenants``): :class:`TenantAdmission` holds each tenant to i
 when its requests reach the router (before any instance is chosen), and
 :class:`PriorityOrder` is the order of the queues (prefill queues; the waiting prompts of
 aggregated instances) when tenants have different priorities.
+
+The instances offered are those that take work now (state ``serving``): a starting, draining
+or failed instance is never picked. An instance's ``index`` names it in prefix-cache lookups;
+a session whose instance has left the pool is placed again.
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ class Router:
         self._rng = rng
         self._session = session_index
         self._next = 0
-        self._prefill_of_session: dict[int, int] = {}
-        self._decode_of_session: dict[int, int] = {}
+        self._prefill_of_session: dict[int, Any] = {}
+        self._decode_of_session: dict[int, Any] = {}
 
     @staticmethod
     def _least_outstanding(instances: Sequence[Any]) -> int:
@@ -82,17 +86,19 @@ class Router:
             w = self.weight
             best, best_cost = 0, None
             for k in range(n):
-                cost = w * -prefix.cached_tokens(k, i) + instances[k].outstanding_tokens
+                cost = w * -prefix.cached_tokens(instances[k].index, i) + instances[k].outstanding_tokens
                 if best_cost is None or cost < best_cost:
                     best, best_cost = k, cost
             return best
         if policy == "session_affinity":
             s = int(self._session[i])
             if s >= 0 and s in self._prefill_of_session:
-                return self._prefill_of_session[s]
+                k = self._position(instances, self._prefill_of_session[s])
+                if k is not None:
+                    return k
             k = self._least_outstanding(instances)
             if s >= 0:
-                self._prefill_of_session[s] = k
+                self._prefill_of_session[s] = instances[k]
             return k
         raise ValueError(f"unknown prefill policy {policy!r}")
 
@@ -102,20 +108,33 @@ class Router:
         if policy == "session_affinity":
             s = int(self._session[i])
             if s >= 0 and s in self._decode_of_session:
-                return self._decode_of_session[s]
+                k = self._position(instances, self._decode_of_session[s])
+                if k is not None:
+                    return k
             k = self._least_loaded(instances)
             if s >= 0:
-                self._decode_of_session[s] = k
+                self._decode_of_session[s] = instances[k]
             return k
         if policy == "kv_aware":
             w = self.weight
             best, best_cost = 0, None
             for k in range(len(instances)):
-                cost = w * -held.cached_tokens(k, i) + instances[k].reserved_tokens
+                cost = w * -held.cached_tokens(instances[k].index, i) + instances[k].reserved_tokens
                 if best_cost is None or cost < best_cost:
                     best, best_cost = k, cost
             return best
         return self._least_loaded(instances)
+
+    @staticmethod
+    def _position(instances: Sequence[Any], inst: Any) -> int | None:
+        """Where ``inst`` is among the instances offered (``None``: it no longer serves)."""
+        k = inst.index
+        if k < len(instances) and instances[k] is inst:
+            return k  # a fixed cluster: position and index agree
+        for k, other in enumerate(instances):
+            if other is inst:
+                return k
+        return None
 
     @staticmethod
     def _least_loaded(instances: Sequence[Any]) -> int:

@@ -503,3 +503,16 @@ def test_the_roofline_verify_step_is_its_prefill_chunk_bit_for_bit(model: str, t
         for j, total in enumerate(contexts.tolist()):
             expected = cost.prefill_time_s(np.full(batch, k + 1), spread_evenly(total - batch, batch))
             assert got[j] == expected, (batch, k, total)
+
+
+def test_instance_failures_under_speculation_are_refused() -> None:
+    """A failed decode instance resumes its requests from the tokens each has received, which
+    speculation does not keep per request: the combination is refused in one line; link faults
+    and autoscaling are not."""
+    spec = {"method": "draft", "draft_model": "llama-3.1-8b", "draft_tokens": 3, "acceptance_length": 2.0}
+    base = {"model": "llama-3.1-70b", "prefill": {"count": 1, "tp": 4}, "decode": {"count": 1, "tp": 4, "speculative": spec}}
+    failing = {"events": [{"kind": "instance", "pool": "decode", "index": 0, "at_s": 1.0}]}
+    with pytest.raises(ValueError, match=r"instance failures with speculative decoding \(decode.speculative\)"):
+        RunConfig.model_validate({**base, "faults": failing})
+    link_only = {"events": [{"kind": "link", "at_s": 1.0, "duration_s": 1.0}]}
+    RunConfig.model_validate({**base, "faults": link_only})
