@@ -187,6 +187,12 @@ def plan_command(
         str | None, typer.Option("--prefill-gpu", help="prefill GPU type(s) (default: --gpu)")
     ] = None,
     decode_gpu: Annotated[str | None, typer.Option("--decode-gpu", help="decode GPU type(s) (default: --gpu)")] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="weight precision: bf16, fp8, fp8_block, fp4 (default: the config's)")
+    ] = None,
+    kv_cache: Annotated[
+        str | None, typer.Option("--kv-cache", help="KV-cache precision: bf16, fp8 (default: the config's)")
+    ] = None,
     tp: Annotated[str | None, typer.Option("--tp", help="TP degrees to try, e.g. 1,2 (default: the config's)")] = None,
     prefill_parallelism: Annotated[
         str | None,
@@ -275,7 +281,8 @@ def plan_command(
                      "--rel-tol": rel_tol, "--max-rate-scale": max_rate_scale},
         )  # fmt: skip
         check_input_file(config, "--config")
-        overrides = build_overrides(model=model, seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot)
+        overrides = build_overrides(model=model, seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot, weights=weights,
+                                    kv_cache=kv_cache)
         overrides["slo.attainment"] = attainment
         base = resolve_config(config, overrides, FLAGS)
         both = _names(gpu, "--gpu")
