@@ -116,6 +116,7 @@ def _cost_models(base: Any, profiles_dir: Path | None, spec: Any) -> list[tuple[
     unknown profile: refused before the search, in one line naming the option)."""
     from simdisagg.costmodel.factory import make_cost_model
     from simdisagg.hardware import ProfileStore, check_parallelism
+    from simdisagg.plan.candidates import check_plan_prices
     from simdisagg.rng import Streams
 
     store = ProfileStore(profiles_dir)
@@ -128,6 +129,7 @@ def _cost_models(base: Any, profiles_dir: Path | None, spec: Any) -> list[tuple[
             check_parallelism(model, par.tp, where, dp=par.dp, ep=par.ep)
     for name in spec.links:
         store.link(name)
+    check_plan_prices(spec, store)
     shapes = list(dict.fromkeys(
         [(g, par) for g in spec.prefill_gpus for par in spec.pool_parallelisms("prefill")]
         + [(g, par) for g in spec.decode_gpus for par in spec.pool_parallelisms("decode")]

@@ -193,6 +193,19 @@ def budget_unit(spec: PlanSpec, store: ProfileStore, gpu: str) -> float:
     return price.value
 
 
+def check_plan_prices(spec: PlanSpec, store: ProfileStore) -> None:
+    """Refuse a dollar budget or a per-dollar ranking over a device without a public price."""
+    for name in _dedupe(spec.prefill_gpus + spec.decode_gpus):
+        if store.gpu(name).price_per_hour_usd is not None:
+            continue
+        if spec.budget_per_hour_usd is not None:
+            budget_unit(spec.model_copy(update={"gpus": None}), store, name)
+        if spec.rank_by == "per_dollar":
+            raise ConfigError(
+                f"--rank-by per_dollar: {name} has no public price (see its profile); rank by goodput or per_gpu"
+            )
+
+
 def check_plan_parallelisms(spec: PlanSpec, store: ProfileStore) -> None:
     """Refuse, in one line naming the option, a pool parallelism the model cannot be split by."""
     model = spec.base.model_shape(store)
@@ -224,10 +237,7 @@ def enumerate_candidates(spec: PlanSpec, store: ProfileStore) -> list[Candidate]
         store.link(name)
     store.model(spec.base.model)
     check_plan_parallelisms(spec, store)
-    if spec.rank_by == "per_dollar":
-        for name in _dedupe(spec.prefill_gpus + spec.decode_gpus):
-            if store.gpu(name).price_per_hour_usd is None:
-                raise ConfigError(f"--rank-by per_dollar: {name} has no public price (see its profile); rank by goodput or per_gpu")
+    check_plan_prices(spec, store)
 
     def unit(gpu: str) -> float:
         return budget_unit(spec, store, gpu)
