@@ -189,6 +189,7 @@ class RooflineCostModel:
         self._window_kv_bytes_per_token = 2.0 * window_layers * m.num_kv_heads * m.head_dim * element
         self._kv_bytes_per_token = float(m.kv_bytes_per_token)
         self._overhead_s = p.iteration_overhead_s
+        self._decode_terms_cache: dict[int, tuple[float, float, float, float, float]] = {}
         # Communication (modelled, not measured).
         peer = gpu.intra_node_bandwidth_bytes_per_s
         self._ar_s_per_token = self._ar_fixed_s = 0.0
@@ -213,10 +214,9 @@ class RooflineCostModel:
 
     def _expert_s(self, tokens: float, inv_flops: float) -> float:
         """The expert phase of an iteration over ``tokens`` tokens of the whole instance."""
-        m = self.model
-        if m.moe is None:
+        moe = self.model.moe
+        if moe is None:
             return 0.0
-        moe = m.moe
         touched = moe.experts * (1.0 - (1.0 - moe.experts_per_token / moe.experts) ** max(tokens, 1.0))
         nbytes = (touched + moe.shared_experts) * self._expert_layer_bytes
         return max(self._expert_flops_per_token * tokens * inv_flops, nbytes * self._expert_inv_bw)
@@ -269,14 +269,19 @@ class RooflineCostModel:
     def _two_phase_prefill_s(self, new_tokens: Sequence[float], cached_tokens: Sequence[float]) -> float:
         new = [float(x) for x in new_tokens]
         cached = [float(x) for x in cached_tokens]
-        attention = 0.0
-        rank_tokens = 0.0
-        for rank in self._ranks(new, cached):
-            if rank:
-                n_r = [new[i] for i in rank]
-                attention = max(attention, self._attention_prefill_s(n_r, [cached[i] for i in rank], self._inv_prefill_flops))
-                rank_tokens = max(rank_tokens, sum(n_r))
-        tokens = sum(new)
+        if self.dp == 1:
+            attention = self._attention_prefill_s(new, cached, self._inv_prefill_flops) if new else 0.0
+            rank_tokens = tokens = sum(new)
+        else:
+            attention = rank_tokens = 0.0
+            for rank in self._ranks(new, cached):
+                if rank:
+                    n_r = [new[i] for i in rank]
+                    attention = max(
+                        attention, self._attention_prefill_s(n_r, [cached[i] for i in rank], self._inv_prefill_flops)
+                    )
+                    rank_tokens = max(rank_tokens, sum(n_r))
+            tokens = sum(new)
         return (
             attention
             + self._expert_s(tokens, self._expert_inv_prefill_flops)
@@ -287,7 +292,14 @@ class RooflineCostModel:
 
     def _two_phase_decode_terms(self, batch_size: int) -> tuple[float, float, float, float, float]:
         """Linear terms of the busiest rank's attention phase in the batch's total context, and
-        everything that does not depend on the context (expert phase, communication)."""
+        everything that does not depend on the context (expert phase, communication); kept per
+        batch size (a pool sees a few hundred sizes, each many times)."""
+        terms = self._decode_terms_cache.get(batch_size)
+        if terms is None:
+            terms = self._decode_terms_cache[batch_size] = self._compute_decode_terms(batch_size)
+        return terms
+
+    def _compute_decode_terms(self, batch_size: int) -> tuple[float, float, float, float, float]:
         b = float(batch_size)
         rank_b = float(-(-batch_size // self.dp))
         share = rank_b / b if batch_size else 1.0
