@@ -25,7 +25,8 @@ iteration, each a roofline of its own:
   (each to the least-loaded rank) and the rank with the most work sets the time. MLA attention
   reads the compressed latent (``kv_lora_rank + qk_rope_head_dim`` per token and layer);
   decode runs the absorbed form (``2 * heads * (2 * kv_lora_rank + qk_rope_head_dim)`` FLOPs
-  per pair), prefill the expanded one (:attr:`ModelShape.attention_flops_per_pair`).
+  per pair), prefill the expanded one (:attr:`ModelShape.attention_flops_per_pair`); each of
+  a rank's GPUs reads the whole latent (it has no heads to split), so KV reads are ``tp`` copies.
   Sliding-window layers attend to at most ``sliding_window_tokens`` keys and hold that many
   tokens' KV per request (a decode step is taken to read the whole window).
 * **expert phase**, on all ``tp x dp`` GPUs of the instance: FLOPs of the active experts
@@ -186,8 +187,11 @@ class RooflineCostModel:
         self._window_tokens = float(m.sliding_window_tokens or 0)
         self._window_flops_per_pair = window_layers * m.attention_flops_per_pair * attention_slowdown
         element = m.kv_bytes_per_element or m.dtype_bytes
-        self._window_kv_bytes_per_token = 2.0 * window_layers * m.num_kv_heads * m.head_dim * element
-        self._kv_bytes_per_token = float(m.kv_bytes_per_token)
+        # Every GPU of a rank reads its own copy of what it holds: MLA's latent whole on each,
+        # grouped-query KV heads copied when tp exceeds them (as instance_kv_memory stores them).
+        copies = float(tp) if m.mla is not None else max(1.0, tp / m.num_kv_heads)
+        self._window_kv_bytes_per_token = 2.0 * window_layers * m.num_kv_heads * m.head_dim * element * copies
+        self._kv_bytes_per_token = float(m.kv_bytes_per_token) * copies
         self._overhead_s = p.iteration_overhead_s
         self._decode_terms_cache: dict[int, tuple[float, float, float, float, float]] = {}
         # Communication (modelled, not measured).

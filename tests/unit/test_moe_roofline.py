@@ -98,9 +98,11 @@ def test_mla_decode_reads_the_latent_per_context_token(store: ProfileStore) -> N
     m = store.model("deepseek-v3").served_at("fp8_block")
     gpu = store.gpu("h200")
     cost = RooflineCostModel(m, gpu, 8)
-    bw = gpu.hbm_bandwidth_bytes_per_s.value * 8 * RooflineParams().memory_bandwidth_utilisation
+    # Each of the 8 GPUs reads the whole latent: a context token costs its KV bytes at one GPU's
+    # bandwidth, not at eight GPUs'.
+    bw_per_gpu = gpu.hbm_bandwidth_bytes_per_s.value * RooflineParams().memory_bandwidth_utilisation
     slope = (cost.decode_step_time_s(32, 200_000) - cost.decode_step_time_s(32, 100_000)) / 100_000
-    assert slope == pytest.approx(m.kv_bytes_per_token / bw, rel=1e-6)
+    assert slope == pytest.approx(m.kv_bytes_per_token / bw_per_gpu, rel=1e-6)
     assert m.kv_bytes_per_token == 61 * 576 * 2
 
 
