@@ -286,9 +286,13 @@ class RooflineCostModel:
                     )
                     rank_tokens = max(rank_tokens, sum(n_r))
             tokens = sum(new)
+        return attention + self._beyond_attention_s(tokens, rank_tokens, self._expert_inv_prefill_flops)
+
+    def _beyond_attention_s(self, tokens: float, rank_tokens: float, expert_inv_flops: float) -> float:
+        """Expert phase, overhead and communication of an iteration over ``tokens`` tokens of
+        the instance, ``rank_tokens`` of them on the busiest rank."""
         return (
-            attention
-            + self._expert_s(tokens, self._expert_inv_prefill_flops)
+            self._expert_s(tokens, expert_inv_flops)
             + self._overhead_s
             + self._ar_fixed_s + self._ar_s_per_token * rank_tokens
             + self._a2a_fixed_s + self._a2a_s_per_token * tokens
@@ -312,12 +316,7 @@ class RooflineCostModel:
         f1 = self._decode_attn_flops_per_pair * share
         b0 = self._weight_bytes + (self._kv_bytes_per_token + self._window_kv_bytes_per_token * self._window_tokens) * rank_b
         b1 = self._kv_bytes_per_token * share
-        fixed = (
-            self._expert_s(b, self._expert_inv_decode_flops)
-            + self._overhead_s
-            + self._ar_fixed_s + self._ar_s_per_token * rank_b
-            + self._a2a_fixed_s + self._a2a_s_per_token * b
-        )
+        fixed = self._beyond_attention_s(b, rank_b, self._expert_inv_decode_flops)
         return f0, f1, b0, b1, fixed
 
     # -- prefill -----------------------------------------------------------------------
@@ -551,10 +550,4 @@ class RooflineCostModel:
             attention = max(attention, flops * self._inv_prefill_flops, nbytes * self._inv_bw)
             rank_tokens = max(rank_tokens, tokens + rank_b)
         all_tokens = sum(new) + decode_batch_size
-        return (
-            attention
-            + self._expert_s(all_tokens, self._expert_inv_prefill_flops)
-            + self._overhead_s
-            + self._ar_fixed_s + self._ar_s_per_token * rank_tokens
-            + self._a2a_fixed_s + self._a2a_s_per_token * all_tokens
-        )
+        return attention + self._beyond_attention_s(all_tokens, rank_tokens, self._expert_inv_prefill_flops)
