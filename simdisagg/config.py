@@ -270,6 +270,10 @@ class RooflineCost(_Frozen):
     memory_bandwidth_utilisation: float = _number(default=0.80, gt=0, le=1)
     iteration_overhead_s: float = _number(default=2.0e-4, ge=0, le=10)
     allreduce_latency_s: float = _number(default=1.0e-5, ge=0, le=1)
+    expert_imbalance: float = _number(
+        default=1.0, ge=1, le=64,
+        description="MoE: the busiest GPU's expert load over the mean (1: even routing; an assumption)",
+    )
 
 
 class AutoCost(RooflineCost):

@@ -38,12 +38,20 @@ class Sourced(BaseModel):
 
 
 class GPUProfile(BaseModel):
-    """One GPU type: peak rates, memory, power and price (SI units)."""
+    """One accelerator type: peak rates, memory, power and price (SI units).
+
+    Most are GPUs; ``kind`` says otherwise (``rdu``: SambaNova's dataflow units). The simulator
+    serves weights and KV from ``hbm_*`` (the tier the model runs from); ``ddr_*`` and
+    ``sram_capacity_bytes`` describe other memory tiers where the accelerator has them, for the
+    record. ``price_per_hour_usd`` is absent when no public price exists (plans then budget in
+    device counts, ``--gpus``), and ``intra_node_bandwidth_bytes_per_s`` when no public figure
+    gives the peer links (cost models then leave communication out and say so)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     display_name: str
     provenance: Provenance
+    kind: Literal["gpu", "rdu"] = "gpu"
     dense_bf16_flops_per_s: Sourced
     #: Dense FP8 and FP4 tensor peaks, where the GPU has them (the floor of FP8/FP4 GEMMs).
     dense_fp8_flops_per_s: Sourced | None = None
@@ -51,9 +59,12 @@ class GPUProfile(BaseModel):
     hbm_bandwidth_bytes_per_s: Sourced
     hbm_capacity_bytes: Sourced
     power_w: Sourced
-    price_per_hour_usd: Sourced
+    price_per_hour_usd: Sourced | None = None
     # Bandwidth each GPU has to its peers inside a node (used for tensor-parallel all-reduce).
-    intra_node_bandwidth_bytes_per_s: Sourced
+    intra_node_bandwidth_bytes_per_s: Sourced | None = None
+    ddr_capacity_bytes: Sourced | None = None
+    ddr_bandwidth_bytes_per_s: Sourced | None = None
+    sram_capacity_bytes: Sourced | None = None
     notes: str = ""
 
 

@@ -273,9 +273,10 @@ def profiles(profiles_dir: ProfilesOpt = None) -> None:
     for name in store.names("gpus"):
         g = store.gpu(name)
         table.add_row(
-            "gpu", escape(name), g.provenance,
+            g.kind, escape(name), g.provenance,
             f"{g.dense_bf16_flops_per_s.value / 1e12:.0f} TFLOP/s, {g.hbm_bandwidth_bytes_per_s.value / 1e12:.2f} TB/s, "
-            f"{g.hbm_capacity_bytes.value / 1e9:.0f} GB, ${g.price_per_hour_usd.value:.2f}/h",
+            f"{g.hbm_capacity_bytes.value / 1e9:.0f} GB, "
+            + (f"${g.price_per_hour_usd.value:.2f}/h" if g.price_per_hour_usd else "no public price"),
         )  # fmt: skip
     for name in store.names("links"):
         lk = store.link(name)

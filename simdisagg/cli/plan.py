@@ -69,7 +69,7 @@ _PLAN_FLAGS = {
     "max_rate_scale": "--max-rate-scale", "min_rate_scale": "--max-rate-scale", "cost_error": "--cost-error",
     "sensitivity_top": "--sensitivity-top", "windows": "--windows", "window_ratio": "--ratio", "tps": "--tp",
     "max_batch_sizes": "--max-batch", "prefill_gpus": "--prefill-gpu", "decode_gpus": "--decode-gpu",
-    "links": "--link",
+    "links": "--link", "prefill_parallelisms": "--prefill-parallelism", "decode_parallelisms": "--decode-parallelism",
 }  # fmt: skip
 
 
@@ -103,24 +103,41 @@ def _check_options(
             raise ConfigError(f"{flag}: must be a finite number, got {value}")
 
 
-def _cost_models(
-    base: Any, profiles_dir: Path | None, gpus: tuple[str, ...], tps: tuple[int, ...], links: tuple[str, ...]
-) -> list[tuple[str, str]]:
-    """The cost model of every (GPU, TP) the plan tries, once every GPU, TP and link it names
-    is checked (a TP the model cannot split, an unknown profile: refused before the search)."""
+def _pool_shape(pool: Any, tp: str | None) -> tuple[str, ...] | None:
+    """A base config pool with attention DP or EP keeps its shape when no --tp is given."""
+    if tp is None and (pool.dp > 1 or pool.ep > 1):
+        return (pool.parallelism.label,)
+    return None
+
+
+def _cost_models(base: Any, profiles_dir: Path | None, spec: Any) -> list[tuple[str, str]]:
+    """The cost model of every (GPU, pool parallelism) the plan tries, once every GPU,
+    parallelism and link it names is checked (a TP, DP or EP the model cannot be split by, an
+    unknown profile: refused before the search, in one line naming the option)."""
     from simdisagg.costmodel.factory import make_cost_model
     from simdisagg.hardware import ProfileStore, check_parallelism
+    from simdisagg.plan.candidates import check_plan_prices
     from simdisagg.rng import Streams
 
     store = ProfileStore(profiles_dir)
     model = base.model_shape(store)
-    for t in tps:
-        check_parallelism(model, t, "--tp")
-    for name in links:
+    names = {"prefill": "--prefill-parallelism", "decode": "--decode-parallelism"}
+    for pool in ("prefill", "decode"):
+        flag = names[pool] if getattr(spec, f"{pool}_parallelisms") is not None else "--tp"
+        for par in spec.pool_parallelisms(pool):
+            where = f"{flag} {par.label}: tp" if flag != "--tp" else "--tp"
+            check_parallelism(model, par.tp, where, dp=par.dp, ep=par.ep)
+    for name in spec.links:
         store.link(name)
+    check_plan_prices(spec, store)
+    shapes = list(dict.fromkeys(
+        [(g, par) for g in spec.prefill_gpus for par in spec.pool_parallelisms("prefill")]
+        + [(g, par) for g in spec.decode_gpus for par in spec.pool_parallelisms("decode")]
+    ))
     return [
-        (f"{g} tp{t}", make_cost_model(base.cost, model, store.gpu(g), t, Streams(base.seed), store, role="plan", framework=base.framework).label)
-        for g in dict.fromkeys(gpus) for t in dict.fromkeys(tps)
+        (f"{g} {par.label}", make_cost_model(base.cost, model, store.gpu(g), par.tp, Streams(base.seed), store,
+                                             role="plan", framework=base.framework, dp=par.dp, ep=par.ep).label)
+        for g, par in shapes
     ]
 
 
@@ -172,7 +189,23 @@ def plan_command(
         str | None, typer.Option("--prefill-gpu", help="prefill GPU type(s) (default: --gpu)")
     ] = None,
     decode_gpu: Annotated[str | None, typer.Option("--decode-gpu", help="decode GPU type(s) (default: --gpu)")] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="weight precision: bf16, fp8, fp8_block, fp4 (default: the config's)")
+    ] = None,
+    kv_cache: Annotated[
+        str | None, typer.Option("--kv-cache", help="KV-cache precision: bf16, fp8 (default: the config's)")
+    ] = None,
     tp: Annotated[str | None, typer.Option("--tp", help="TP degrees to try, e.g. 1,2 (default: the config's)")] = None,
+    prefill_parallelism: Annotated[
+        str | None,
+        typer.Option("--prefill-parallelism", help="prefill instance shapes to try, e.g. tp8,tp2-dp4-ep8 "
+                                                   "(MoE: attention DP and EP; default: --tp)"),
+    ] = None,
+    decode_parallelism: Annotated[
+        str | None,
+        typer.Option("--decode-parallelism", help="decode (and aggregated) instance shapes to try, e.g. "
+                                                  "tp8,tp1-dp8-ep8 (default: --tp)"),
+    ] = None,
     max_batch: Annotated[
         str | None, typer.Option("--max-batch", help="decode max batch sizes, e.g. 64,256 (default: the config's)")
     ] = None,
@@ -250,7 +283,8 @@ def plan_command(
                      "--rel-tol": rel_tol, "--max-rate-scale": max_rate_scale},
         )  # fmt: skip
         check_input_file(config, "--config")
-        overrides = build_overrides(model=model, seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot)
+        overrides = build_overrides(model=model, seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot, weights=weights,
+                                    kv_cache=kv_cache)
         overrides["slo.attainment"] = attainment
         base = resolve_config(config, overrides, FLAGS)
         both = _names(gpu, "--gpu")
@@ -262,6 +296,9 @@ def plan_command(
                 prefill_gpus=_names(prefill_gpu, "--prefill-gpu") or both or (base.prefill.gpu,),
                 decode_gpus=_names(decode_gpu, "--decode-gpu") or both or (base.decode.gpu,),
                 tps=_ints(tp, "--tp") or (base.decode.tp,),
+                prefill_parallelisms=_names(prefill_parallelism, "--prefill-parallelism")
+                or _pool_shape(base.prefill, tp),
+                decode_parallelisms=_names(decode_parallelism, "--decode-parallelism") or _pool_shape(base.decode, tp),
                 max_batch_sizes=_ints(max_batch, "--max-batch") or (base.decode.max_batch_size,),
                 links=_names(link, "--link") or (base.link.preset,),
                 aggregated=aggregated,
@@ -278,7 +315,7 @@ def plan_command(
             )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise _option_error(exc) from None
-        cost_models = _cost_models(base, profiles_dir, spec.prefill_gpus + spec.decode_gpus, spec.tps, spec.links)
+        cost_models = _cost_models(base, profiles_dir, spec)
         out_dir = out if out is not None else Path(f"plan-{trace.stem}")
         check_output_dir(out_dir, "--out")
         if fresh and (out_dir / "results.jsonl").exists():
@@ -343,13 +380,22 @@ def _short(row: dict[str, Any]) -> str:
     return str(row["ratio"])
 
 
+def _shape(row: dict[str, Any], pool: str) -> str:
+    """``tp8`` or ``tp1-dp8-ep8``: a pool's parallelism in a result row (rows of older plans
+    have no dp/ep columns)."""
+    from simdisagg.hardware import Parallelism
+
+    return Parallelism(int(row[f"{pool}_tp"]), int(row.get(f"{pool}_dp") or 1), int(row.get(f"{pool}_ep") or 1)).label
+
+
 def _family(row: dict[str, Any]) -> str:
+    pp, dp = _shape(row, "prefill"), _shape(row, "decode")
     if row["mode"] == "aggregated":
-        return f"{row['decode_gpu']} tp{row['decode_tp']} b{row['max_batch_size']}"
-    if row["prefill_gpu"] == row["decode_gpu"] and row["prefill_tp"] == row["decode_tp"]:
-        hw = f"{row['prefill_gpu']} tp{row['prefill_tp']}"
+        return f"{row['decode_gpu']} {dp} b{row['max_batch_size']}"
+    if row["prefill_gpu"] == row["decode_gpu"] and pp == dp:
+        hw = f"{row['prefill_gpu']} {pp}"
     else:
-        hw = f"P {row['prefill_gpu']} tp{row['prefill_tp']} / D {row['decode_gpu']} tp{row['decode_tp']}"
+        hw = f"P {row['prefill_gpu']} {pp} / D {row['decode_gpu']} {dp}"
     return f"{hw} b{row['max_batch_size']} {row['link']}"
 
 

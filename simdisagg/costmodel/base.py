@@ -121,6 +121,15 @@ def verify_times_bulk_s(cost: CostModel, batch_size: int, context_tokens: np.nda
     own = getattr(cost, "verify_times_bulk_s", None)
     if own is not None:
         return own(batch_size, contexts, draft_tokens)  # type: ignore[no-any-return]
+    return verify_times_by_prefill_s(cost, batch_size, contexts, draft_tokens)
+
+
+def verify_times_by_prefill_s(
+    cost: CostModel, batch_size: int, context_tokens: np.ndarray, draft_tokens: int
+) -> np.ndarray:
+    """Verify steps timed one by one as prefill (chunk) iterations of ``draft_tokens + 1`` new
+    tokens per request on top of the rest of its context (see :func:`verify_times_bulk_s`)."""
+    contexts = np.asarray(context_tokens, dtype=np.float64)
     new = np.full(batch_size, draft_tokens + 1, dtype=np.int64)
     out = np.empty(len(contexts), dtype=np.float64)
     for j, total in enumerate(context_tokens.tolist() if isinstance(context_tokens, np.ndarray) else context_tokens):

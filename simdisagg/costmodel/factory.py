@@ -19,15 +19,16 @@ from simdisagg.hardware import GPUProfile, ModelShape, ProfileStore, check_paral
 from simdisagg.rng import Streams
 
 
-def _roofline(cfg: Any, model: ModelShape, gpu: GPUProfile, tp: int) -> RooflineCostModel:
+def _roofline(cfg: Any, model: ModelShape, gpu: GPUProfile, tp: int, dp: int = 1, ep: int = 1) -> RooflineCostModel:
     params = RooflineParams(
         prefill_mfu=cfg.prefill_mfu,
         decode_mfu=cfg.decode_mfu,
         memory_bandwidth_utilisation=cfg.memory_bandwidth_utilisation,
         iteration_overhead_s=cfg.iteration_overhead_s,
         allreduce_latency_s=cfg.allreduce_latency_s,
+        expert_imbalance=cfg.expert_imbalance,
     )
-    return RooflineCostModel(model, gpu, tp, params)
+    return RooflineCostModel(model, gpu, tp, params, dp=dp, ep=ep)
 
 
 def make_cost_model(
@@ -39,13 +40,16 @@ def make_cost_model(
     store: ProfileStore,
     role: str,
     framework: str = "vllm",
+    *,
+    dp: int = 1,
+    ep: int = 1,
 ) -> CostModel:
     """The cost model of one pool (``role`` names the pool; stochastic models get their own
     stream ``cost:<role>``). ``model`` carries its serving precision (``ModelShape.served_at``).
     A TP degree the model cannot be split by is refused for every kind
     (:func:`~simdisagg.hardware.check_parallelism`): a reference model would otherwise time a
     cluster no engine can run."""
-    check_parallelism(model, tp, f"{role} pool tp")
+    check_parallelism(model, tp, f"{role} pool tp", dp=dp, ep=ep)
     if cfg.kind == "constant":
         return ConstantCostModel(
             cfg.prefill_s, cfg.decode_step_s, cfg.prefill_s_per_token, cfg.decode_step_s_per_context_token
@@ -56,7 +60,7 @@ def make_cost_model(
         fitted = _find_fitted(store, gpu, model, tp, framework)
         if fitted is not None:
             return fitted
-    return _roofline(cfg, model, gpu, tp)
+    return _roofline(cfg, model, gpu, tp, dp, ep)
 
 
 def _find_fitted(

@@ -144,7 +144,7 @@ class PlanResult:
 #: Per-candidate figures (at the goodput rate unless named otherwise), in the CSV's order.
 CSV_COLUMNS = (
     "rank", "label", "mode", "ratio", "prefill_count", "prefill_tp", "prefill_gpu", "decode_count", "decode_tp",
-    "decode_gpu", "max_batch_size", "link", "chunked_prefill", "gpus", "prefill_fraction", "price_per_hour_usd",
+    "decode_gpu", "prefill_dp", "prefill_ep", "decode_dp", "decode_ep", "max_batch_size", "link", "chunked_prefill", "gpus", "prefill_fraction", "price_per_hour_usd",
     "power_kw", "status", "prune_reason", "goodput_rate_scale", "goodput_rps", "goodput_per_gpu",
     "goodput_per_dollar_hour", "goodput_per_kw", "output_tok_s", "output_tok_s_per_gpu", "tokens_per_s_per_user",
     "usd_per_million_output_tokens", "joules_per_output_token", "sustains_target", "bound_rps",

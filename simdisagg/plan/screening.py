@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from simdisagg.config import RunConfig
-from simdisagg.hardware import ProfileStore
+from simdisagg.hardware import Parallelism, ProfileStore, instance_kv_memory
 from simdisagg.plan.candidates import Candidate
 from simdisagg.plan.spec import SearchSettings
 from simdisagg.plan.workload import TraceLoad
@@ -43,40 +43,45 @@ class Screening:
 
 
 class Screener:
-    """Analytic bounds of candidates on one trace (cost models built once per GPU/TP/role)."""
+    """Analytic bounds of candidates on one trace (cost models built once per GPU, parallelism
+    and role; ``par`` below is a pool's :class:`~simdisagg.hardware.Parallelism`)."""
 
     def __init__(self, base: RunConfig, store: ProfileStore, load: TraceLoad) -> None:
         self.base, self.store, self.load = base, store, load
-        self._models: dict[tuple[str, int, str], Any] = {}
-        self._prefill_work: dict[tuple[str, int, str, int, int | None], np.ndarray] = {}
-        self._alone_cache: dict[tuple[str, int, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._models: dict[tuple[str, Parallelism, str], Any] = {}
+        self._prefill_work: dict[tuple[str, Parallelism, str, int, int | None], np.ndarray] = {}
+        self._alone_cache: dict[tuple[str, Parallelism, str], tuple[np.ndarray, np.ndarray]] = {}
 
-    def _cost(self, gpu: str, tp: int, role: str) -> Any:
-        key = (gpu, tp, role)
+    def _cost(self, gpu: str, par: Parallelism, role: str) -> Any:
+        key = (gpu, par, role)
         if key not in self._models:
             from simdisagg.costmodel.factory import make_cost_model
             from simdisagg.rng import Streams
 
             self._models[key] = make_cost_model(
-                self.base.cost, self.base.model_shape(self.store), self.store.gpu(gpu), tp,
+                self.base.cost, self.base.model_shape(self.store), self.store.gpu(gpu), par.tp,
                 Streams(self.base.seed), self.store, role=role, framework=self.base.framework,
+                dp=par.dp, ep=par.ep,
             )
         return self._models[key]
 
-    def _kv_tokens(self, gpu: str, tp: int) -> int:
+    def _kv_tokens(self, gpu: str, par: Parallelism) -> int:
+        """KV tokens one instance holds (as the simulator sizes it)."""
         from simdisagg.sim.decode import kv_capacity_blocks
 
         model = self.base.model_shape(self.store)
         pool = self.base.decode
+        weight_bytes_per_gpu, kv_bytes_per_token = instance_kv_memory(model, par)
         blocks = kv_capacity_blocks(
-            self.store.gpu(gpu).hbm_capacity_bytes.value, tp, pool.gpu_memory_utilisation,
-            model.weight_bytes, model.kv_bytes_per_token, pool.kv_block_tokens, pool.kv_capacity_tokens,
+            self.store.gpu(gpu).hbm_capacity_bytes.value, par.gpus, pool.gpu_memory_utilisation,
+            weight_bytes_per_gpu * par.gpus, kv_bytes_per_token, pool.kv_block_tokens, pool.kv_capacity_tokens,
         )
         return blocks * pool.kv_block_tokens
 
-    def cost_error(self, gpu: str, tp: int) -> float | None:
-        """The cost model's held-out p95 error (fraction) for this GPU/TP, if it reports one."""
-        err = getattr(self._cost(gpu, tp, "decode"), "held_out_error", None)
+    def cost_error(self, gpu: str, par: Parallelism) -> float | None:
+        """The cost model's held-out p95 error (fraction) for this GPU and parallelism, if it
+        reports one."""
+        err = getattr(self._cost(gpu, par, "decode"), "held_out_error", None)
         if not isinstance(err, dict):
             return None
         worst = None
@@ -87,11 +92,11 @@ class Screener:
                 worst = max(worst or 0.0, float(value))
         return worst
 
-    def _prefill_lower_s(self, gpu: str, tp: int, role: str, token_budget: int, max_req: int | None) -> np.ndarray:
+    def _prefill_lower_s(self, gpu: str, par: Parallelism, role: str, token_budget: int, max_req: int | None) -> np.ndarray:
         """Per request: prefill seconds at the best batching the pool allows (a lower bound)."""
-        key = (gpu, tp, role, token_budget, max_req)
+        key = (gpu, par, role, token_budget, max_req)
         if key not in self._prefill_work:
-            cm = self._cost(gpu, tp, role)
+            cm = self._cost(gpu, par, role)
             uniq, inverse = np.unique(self.load.new_tokens, return_inverse=True)
             per = np.empty(len(uniq))
             for j, u in enumerate(uniq.tolist()):
@@ -109,17 +114,17 @@ class Screener:
         spec = self.base.decode.speculative
         return 1 if spec is None else spec.draft_tokens + 1
 
-    def _decode_token_s(self, gpu: str, tp: int, role: str, max_batch: int) -> float:
+    def _decode_token_s(self, gpu: str, par: Parallelism, role: str, max_batch: int) -> float:
         """Seconds per generated token at the largest batch that fits in KV memory and keeps a
         step within the TPOT target (a lower bound on the decode work per token)."""
-        cm = self._cost(gpu, tp, role)
+        cm = self._cost(gpu, par, role)
         inp, out = self.load.input_tokens, self.load.output_tokens
         steps = np.maximum(out - 1, 0).astype(np.float64)
         if steps.sum() == 0:
             return 0.0
         ctx = float((steps * (inp + out / 2.0)).sum() / steps.sum())
         held = float(np.mean(inp + out))
-        cap = max(1, min(max_batch, int(self._kv_tokens(gpu, tp) // max(held, 1.0))))
+        cap = max(1, min(max_batch, int(self._kv_tokens(gpu, par) // max(held, 1.0))))
         per_step = self._tokens_per_step()
         tpot = self.base.slo.tpot_s * per_step
         lo, hi = 1, cap  # largest batch whose step meets the TPOT target
@@ -141,12 +146,12 @@ class Screener:
         denom = w - instances * slack_s
         return math.inf if denom <= 0 else instances * self.load.span_s / denom
 
-    def _alone(self, gpu: str, tp: int, role: str) -> tuple[np.ndarray, np.ndarray]:
+    def _alone(self, gpu: str, par: Parallelism, role: str) -> tuple[np.ndarray, np.ndarray]:
         """Per request, alone on an idle instance: TTFT with an ideal prefix cache, and the
         first decode step (both lower bounds of what the request sees under load)."""
-        if (gpu, tp, role) in self._alone_cache:
-            return self._alone_cache[(gpu, tp, role)]
-        cm = self._cost(gpu, tp, role)
+        if (gpu, par, role) in self._alone_cache:
+            return self._alone_cache[(gpu, par, role)]
+        cm = self._cost(gpu, par, role)
         load = self.load
         cached = load.input_tokens - load.new_tokens
         pairs = np.stack([load.new_tokens, cached], axis=1)
@@ -156,7 +161,7 @@ class Screener:
         per_step = self._tokens_per_step()
         tpot = np.array([cm.decode_step_time_s(1, int(n)) / per_step for n in uin.tolist()])
         out = (ttft[inverse.reshape(-1)], tpot[inv_in.reshape(-1)])
-        self._alone_cache[(gpu, tp, role)] = out
+        self._alone_cache[(gpu, par, role)] = out
         return out
 
     def _zero_load(self, ttft: np.ndarray, tpot: np.ndarray, kv_tokens: int) -> float:
@@ -173,37 +178,39 @@ class Screener:
         mean_out = float(load.output_tokens.mean())
         decode_slack = slo.ttft_s + slo.tpot_s * mean_out
         model = self.base.model_shape(self.store)
-        for gpu, tp, n in ((cand.prefill_gpu, cand.prefill_tp, cand.prefill_count),
-                           (cand.decode_gpu, cand.decode_tp, cand.decode_count)):
-            if n and self._kv_tokens(gpu, tp) < 1:
-                return Screening(0.0, 0.0, "memory", f"{model.display_name} does not fit on {tp} x {gpu}")
+        pp, dp = cand.prefill_parallelism, cand.decode_parallelism
+        for gpu, par, n in ((cand.prefill_gpu, pp, cand.prefill_count), (cand.decode_gpu, dp, cand.decode_count)):
+            if n and self._kv_tokens(gpu, par) < 1:
+                return Screening(
+                    0.0, 0.0, "memory", f"{model.display_name} does not fit on {par.gpus} x {gpu} ({par.label})"
+                )
         if cand.aggregated:
             role = "aggregated"
             pool = self.base.decode
-            work = self._prefill_lower_s(cand.decode_gpu, cand.decode_tp, role, pool.max_batched_tokens,
+            work = self._prefill_lower_s(cand.decode_gpu, dp, role, pool.max_batched_tokens,
                                          pool.max_prefill_batch_requests)
             work = work + np.maximum(load.output_tokens - 1, 0) * self._decode_token_s(
-                cand.decode_gpu, cand.decode_tp, role, cand.max_batch_size)
+                cand.decode_gpu, dp, role, cand.max_batch_size)
             bounds = {"aggregated": self._pool_bound(work, cand.decode_count, decode_slack)}
-            ttft, tpot = self._alone(cand.decode_gpu, cand.decode_tp, role)
-            zero = self._zero_load(ttft, tpot, self._kv_tokens(cand.decode_gpu, cand.decode_tp))
+            ttft, tpot = self._alone(cand.decode_gpu, dp, role)
+            zero = self._zero_load(ttft, tpot, self._kv_tokens(cand.decode_gpu, dp))
         else:
             pool = self.base.prefill
-            pw = self._prefill_lower_s(cand.prefill_gpu, cand.prefill_tp, "prefill", pool.max_batched_tokens,
+            pw = self._prefill_lower_s(cand.prefill_gpu, pp, "prefill", pool.max_batched_tokens,
                                        pool.max_prefill_batch_requests)
             dw = np.maximum(load.output_tokens - 1, 0) * self._decode_token_s(
-                cand.decode_gpu, cand.decode_tp, "decode", cand.max_batch_size)
+                cand.decode_gpu, dp, "decode", cand.max_batch_size)
             link = self.store.link(cand.link or self.base.link.preset)
-            bw = link.bandwidth_bytes_per_s.value * min(cand.prefill_tp, cand.decode_tp) * self.base.link.bandwidth_scale
+            bw = link.bandwidth_bytes_per_s.value * min(pp.tp, dp.tp) * self.base.link.bandwidth_scale
             lw = load.input_tokens * float(model.kv_bytes_per_token) / bw
             bounds = {
                 "prefill": self._pool_bound(pw, cand.prefill_count, slo.ttft_s),
                 "decode": self._pool_bound(dw, cand.decode_count, decode_slack),
                 "link": self._pool_bound(lw, cand.prefill_count, decode_slack),
             }
-            ttft, _ = self._alone(cand.prefill_gpu, cand.prefill_tp, "prefill")
-            _, tpot = self._alone(cand.decode_gpu, cand.decode_tp, "decode")
-            zero = self._zero_load(ttft, tpot, self._kv_tokens(cand.decode_gpu, cand.decode_tp))
+            ttft, _ = self._alone(cand.prefill_gpu, pp, "prefill")
+            _, tpot = self._alone(cand.decode_gpu, dp, "decode")
+            zero = self._zero_load(ttft, tpot, self._kv_tokens(cand.decode_gpu, dp))
         steps = np.maximum(load.output_tokens - 1, 0)
         alone_p99 = float(np.percentile(ttft + steps * tpot, 99))
         slo_p99 = float(np.percentile(slo.ttft_s + steps * slo.tpot_s, 99))

@@ -19,8 +19,9 @@ def sensitivity_study(planner: Planner, result: PlanResult) -> None:
     source = "--cost-error"
     if error is None:
         found = [
-            planner.screener.cost_error(g, tp)
-            for g in _dedupe(spec.prefill_gpus + spec.decode_gpus) for tp in _dedupe(spec.tps)
+            planner.screener.cost_error(g, par)
+            for g in _dedupe(spec.prefill_gpus + spec.decode_gpus)
+            for par in _dedupe(spec.pool_parallelisms("prefill") + spec.pool_parallelisms("decode"))
         ]
         known = [e for e in found if e is not None]
         if known:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from simdisagg.config import RunConfig, SLOConfig
+from simdisagg.errors import ConfigError
+from simdisagg.hardware import Parallelism
 
 RankBy = Literal["goodput", "per_gpu", "per_dollar", "per_kw"]
 RANK_COLUMNS: dict[str, str] = {
@@ -15,6 +18,23 @@ RANK_COLUMNS: dict[str, str] = {
     "per_dollar": "goodput_per_dollar_hour",
     "per_kw": "goodput_per_kw",
 }
+
+
+_PARALLELISM = re.compile(r"tp(\d+)(?:-dp(\d+))?(?:-ep(\d+))?")
+
+
+def parse_parallelism(label: str, where: str = "parallelism") -> Parallelism:
+    """``tp8``, ``tp2-dp4``, ``tp1-dp8-ep8`` (as :attr:`Parallelism.label` spells them) to a
+    :class:`Parallelism`; anything else is refused in one line naming ``where``."""
+    match = _PARALLELISM.fullmatch(label.strip().lower())
+    if match is None:
+        raise ConfigError(f"{where}: '{label}' is not a parallelism such as tp8, tp2-dp4 or tp1-dp8-ep8")
+    tp, dp, ep = (int(g) if g else 1 for g in match.groups())
+    if min(tp, dp, ep) < 1:
+        raise ConfigError(f"{where}: '{label}': tp, dp and ep must be >= 1")
+    if (tp * dp) % ep:
+        raise ConfigError(f"{where}: '{label}': ep {ep} must divide the instance's tp x dp = {tp * dp} GPUs")
+    return Parallelism(tp, dp, ep)
 
 
 class _Frozen(BaseModel):
@@ -69,8 +89,9 @@ class PlanSpec(_Frozen):
     """What to search: the budget, the hardware choices, the SLO (in ``base.slo``) and options.
 
     Without a target rate, exactly one of ``gpus`` and ``budget_per_hour_usd`` sets the budget.
-    Every (prefill GPU, decode GPU, prefill TP, decode TP, max batch, link) combination is a
-    family; each family contributes every split that leaves no room for another instance of
+    Every (prefill GPU, decode GPU, prefill parallelism, decode parallelism, max batch, link)
+    combination is a family (a pool's parallelisms: ``prefill_parallelisms`` /
+    ``decode_parallelisms``, else TP only from ``tps``); each family contributes every split that leaves no room for another instance of
     either pool.
 
     With a target rate (``target_rate_rps``, or ``target_rate_scale`` times the trace's rate)
@@ -84,6 +105,10 @@ class PlanSpec(_Frozen):
     prefill_gpus: tuple[str, ...] = ("h100-sxm",)
     decode_gpus: tuple[str, ...] = ("h100-sxm",)
     tps: tuple[int, ...] = (1,)
+    #: Parallelisms each pool tries (``tp8``, ``tp1-dp8-ep8`` ...; ``None``: ``tpN`` for each of
+    #: ``tps``): attention DP and EP are searched per pool for mixture-of-experts models.
+    prefill_parallelisms: tuple[str, ...] | None = None
+    decode_parallelisms: tuple[str, ...] | None = None
     max_batch_sizes: tuple[int, ...] = (256,)
     links: tuple[str, ...] = ("ib-ndr-400",)
     aggregated: bool = Field(default=True, description="include the aggregated baselines")
@@ -116,6 +141,26 @@ class PlanSpec(_Frozen):
         if any(t < 1 for t in self.tps) or any(b < 1 for b in self.max_batch_sizes):
             raise ValueError("tp and max batch sizes must be >= 1")
         return self
+
+    @field_validator("prefill_parallelisms", "decode_parallelisms")
+    @classmethod
+    def _check_parallelisms(cls, labels: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if labels is not None:
+            if not labels:
+                raise ValueError("give one or more parallelisms, e.g. tp8 or tp1-dp8-ep8")
+            for label in labels:
+                try:
+                    parse_parallelism(label)
+                except ConfigError as exc:
+                    raise ValueError(str(exc).removeprefix("parallelism: ")) from None
+        return labels
+
+    def pool_parallelisms(self, pool: Literal["prefill", "decode"]) -> list[Parallelism]:
+        """The parallelisms a pool tries, in the order given, without repeats."""
+        labels = getattr(self, f"{pool}_parallelisms")
+        if labels is None:
+            return [Parallelism(tp) for tp in dict.fromkeys(self.tps)]
+        return list(dict.fromkeys(parse_parallelism(label) for label in labels))
 
     @property
     def slo(self) -> SLOConfig:

@@ -35,7 +35,9 @@ from simdisagg.plan.candidates import (
     MAX_CANDIDATES,
     Candidate,
     _dedupe,
+    budget_unit,
     enumerate_candidates,
+    make_candidate,
 )
 
 if TYPE_CHECKING:
@@ -75,7 +77,8 @@ def _fewest_gpus(planner: Planner, rate_scale: float, target: dict[str, Any]) ->
     cap = spec.gpus or spec.max_gpus
     # Where the bounds allow it at best: the largest bound per GPU among the candidates of a
     # small reference budget (bounds grow about linearly with the GPUs).
-    ref = min(cap, max(2, 2 * max(spec.tps)))
+    widest = max(par.gpus for pool in ("prefill", "decode") for par in spec.pool_parallelisms(pool))
+    ref = min(cap, max(2, 2 * widest))
     per_gpu = 0.0
     for n in range(1, ref + 1):
         for c in _level(planner, n):
@@ -131,36 +134,38 @@ def _cheapest(planner: Planner, rate_scale: float, target: dict[str, Any]) -> No
     spec = planner.spec
     budget = float(spec.budget_per_hour_usd or 0.0)
     store = planner.store
+    for gpu in _dedupe(spec.prefill_gpus + spec.decode_gpus):
+        budget_unit(spec, store, gpu)  # a device without a public price is refused here
     cands: list[Candidate] = []
     for gp in _dedupe(spec.prefill_gpus):
         for gd in _dedupe(spec.decode_gpus):
-            for tp_p in _dedupe(spec.tps):
-                for tp_d in _dedupe(spec.tps):
+            for par_p in spec.pool_parallelisms("prefill"):
+                for par_d in spec.pool_parallelisms("decode"):
                     for batch in _dedupe(spec.max_batch_sizes):
                         for link in _dedupe(spec.links):
                             p = 1
                             while True:
-                                base = Candidate("disaggregated", p, tp_p, gp, 1, tp_d, gd, batch, link)
-                                if base.price_per_hour_usd(store) > budget + 1e-9:
+                                base = make_candidate("disaggregated", p, par_p, gp, 1, par_d, gd, batch, link)
+                                if not base.price_per_hour_usd(store) <= budget + 1e-9:
                                     break
                                 d = 1
                                 while True:
-                                    c = Candidate("disaggregated", p, tp_p, gp, d, tp_d, gd, batch, link)
-                                    if c.price_per_hour_usd(store) > budget + 1e-9:
+                                    c = make_candidate("disaggregated", p, par_p, gp, d, par_d, gd, batch, link)
+                                    if not c.price_per_hour_usd(store) <= budget + 1e-9:
                                         break
                                     cands.append(c)
                                     d += 1
                                 p += 1
     if spec.aggregated:
         for gpu in _dedupe(spec.prefill_gpus + spec.decode_gpus):
-            for tp in _dedupe(spec.tps):
+            for par in spec.pool_parallelisms("decode"):
                 for batch in _dedupe(spec.max_batch_sizes):
                     k = 1
                     while True:
-                        c = Candidate("aggregated", 0, tp, gpu, k, tp, gpu, batch)
-                        if c.price_per_hour_usd(store) > budget + 1e-9:
+                        c = make_candidate("aggregated", 0, par, gpu, k, par, gpu, batch)
+                        if not c.price_per_hour_usd(store) <= budget + 1e-9:
                             break
-                        cands += [c, Candidate("aggregated", 0, tp, gpu, k, tp, gpu, batch, None, True)]
+                        cands += [c, make_candidate("aggregated", 0, par, gpu, k, par, gpu, batch, None, True)]
                         k += 1
     if len(cands) > MAX_CANDIDATES:
         raise ConfigError(f"the budget holds more than {MAX_CANDIDATES} clusters; lower --budget-per-hour or "

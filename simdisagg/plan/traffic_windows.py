@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from simdisagg.errors import ConfigError
-from simdisagg.plan.candidates import Candidate, enumerate_candidates
+from simdisagg.plan.candidates import Candidate, enumerate_candidates, make_candidate
 from simdisagg.plan.diagnosis import diagnose, pool_figures
 from simdisagg.plan.screening import Screener
 from simdisagg.plan.workload import trace_fingerprint, trace_load
@@ -63,9 +63,9 @@ def _fixed_ratio(planner: Planner, result: PlanResult) -> Candidate | None:
     if proto is None:
         return None
     if spec.window_ratio is not None:
-        proto = Candidate(
-            "disaggregated", spec.window_ratio[0], proto.prefill_tp, proto.prefill_gpu, spec.window_ratio[1],
-            proto.decode_tp, proto.decode_gpu, proto.max_batch_size, proto.link,
+        proto = make_candidate(
+            "disaggregated", spec.window_ratio[0], proto.prefill_parallelism, proto.prefill_gpu,
+            spec.window_ratio[1], proto.decode_parallelism, proto.decode_gpu, proto.max_batch_size, proto.link,
         )
     return proto
 
@@ -86,7 +86,8 @@ def window_study(planner: Planner, result: PlanResult) -> None:
     # The fixed ratio's family: every split of its GPUs with the same hardware.
     family_spec = spec.model_copy(update={"gpus": proto.gpus, "budget_per_hour_usd": None, "aggregated": False,
                                           "prefill_gpus": (proto.prefill_gpu,), "decode_gpus": (proto.decode_gpu,),
-                                          "tps": tuple(sorted({proto.prefill_tp, proto.decode_tp})),
+                                          "prefill_parallelisms": (proto.prefill_parallelism.label,),
+                                          "decode_parallelisms": (proto.decode_parallelism.label,),
                                           "max_batch_sizes": (proto.max_batch_size,), "links": (proto.link,)})
     family = [c for c in enumerate_candidates(family_spec, planner.store)
               if c.family == proto.family and c.gpus == proto.gpus]

@@ -33,7 +33,7 @@ from simdisagg.costmodel.factory import make_cost_model
 from simdisagg.costmodel.roofline import RooflineCostModel
 from simdisagg.costmodel.scaled import ScaledCostModel
 from simdisagg.errors import ConfigError
-from simdisagg.hardware import ProfileStore
+from simdisagg.hardware import ProfileStore, instance_kv_memory
 from simdisagg.rng import Streams
 from simdisagg.sim.aggregated import AggregatedInstance, DecodeInstance
 from simdisagg.sim.autoscale import Autoscaler, pool_scalings
@@ -83,23 +83,30 @@ def _plan_pool(
 ) -> PoolPlan:
     model = cfg.model_shape(store)
     gpu = store.gpu(pool.gpu)
-    cost = make_cost_model(cfg.cost, model, gpu, pool.tp, streams, store, role=role, framework=cfg.framework)
+    cost = make_cost_model(
+        cfg.cost, model, gpu, pool.tp, streams, store, role=role, framework=cfg.framework, dp=pool.dp, ep=pool.ep
+    )
     if cost_scale != 1.0:
         cost = ScaledCostModel(cost, cost_scale)
+    # Per GPU: its share of the weights (experts spread over the whole instance); per token:
+    # the KV the instance stores, replicas of KV heads included; a speculative draft's weights
+    # and KV (or the MTP layers') come on top.
+    weight_bytes_per_gpu, kv_bytes_per_token = instance_kv_memory(model, pool.parallelism)
+    gpus = pool.gpus_per_instance
     draft_weight_bytes, draft_kv_bytes_per_token = draft_memory(cfg, pool, store)
     blocks = kv_capacity_blocks(
         gpu.hbm_capacity_bytes.value,
-        pool.tp,
+        gpus,
         pool.gpu_memory_utilisation,
-        model.weight_bytes + draft_weight_bytes,
-        model.kv_bytes_per_token + draft_kv_bytes_per_token,
+        weight_bytes_per_gpu * gpus + draft_weight_bytes,
+        kv_bytes_per_token + draft_kv_bytes_per_token,
         pool.kv_block_tokens,
         pool.kv_capacity_tokens,
     )
     if blocks < 1:
         raise ConfigError(
             f"{role} pool: {model.display_name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no KV "
-            f"memory on {pool.tp} x {gpu.display_name}; raise --tp"
+            f"memory on {gpus} x {gpu.display_name} ({pool.parallelism.label}); raise --tp"
         )
     cache_blocks = int(blocks * cache_fraction)
     return PoolPlan(cost, blocks - cache_blocks, pool.kv_block_tokens, cache_blocks * pool.kv_block_tokens)
@@ -295,7 +302,7 @@ def simulate(
         speculator = make_speculator(cfg, pool, "aggregated", plan.cost, store, streams, cost_scale)
 
         def make_aggregated(k: int, state: str) -> AggregatedInstance:
-            stats = InstanceStats("aggregated", k, pool.tp, LevelIntegral(plan.kv_capacity_blocks),
+            stats = InstanceStats("aggregated", k, pool.gpus_per_instance, LevelIntegral(plan.kv_capacity_blocks),
                                   batch=LevelIntegral(pool.max_batch_size))
             instances_stats.append(stats)
             if k >= pool.count and isinstance(prefix, PrefixCache):
@@ -366,7 +373,7 @@ def simulate(
         speculator = make_speculator(cfg, cfg.decode, "decode", dplan.cost, store, streams, cost_scale)
 
         def make_decode(k: int, state: str) -> DecodeInstance:
-            stats = InstanceStats("decode", k, cfg.decode.tp, LevelIntegral(dplan.kv_capacity_blocks),
+            stats = InstanceStats("decode", k, cfg.decode.gpus_per_instance, LevelIntegral(dplan.kv_capacity_blocks),
                                   batch=LevelIntegral(cfg.decode.max_batch_size))
             instances_stats.append(stats)
             if k >= cfg.decode.count and isinstance(held, PrefixCache):
@@ -431,7 +438,7 @@ def simulate(
 
         def make_prefill(k: int, state: str) -> PrefillInstance:
             queue = shared or PrefillQueue(env, new_queue())
-            stats = InstanceStats("prefill", k, cfg.prefill.tp, LevelIntegral(pplan.kv_capacity_blocks),
+            stats = InstanceStats("prefill", k, cfg.prefill.gpus_per_instance, LevelIntegral(pplan.kv_capacity_blocks),
                                   saturated=queue.saturated)
             instances_stats.append(stats)
             if k >= cfg.prefill.count and isinstance(prefix, PrefixCache):

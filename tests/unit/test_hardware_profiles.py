@@ -9,7 +9,7 @@ import pytest
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import GPUProfile, LinkProfile, ProfileStore, Sourced
 
-EXPECTED_GPUS = {"h100-sxm", "h200", "a100-80gb", "b200", "l40s", "h20"}
+EXPECTED_GPUS = {"h100-sxm", "h200", "a100-80gb", "b200", "l40s", "h20", "sn40l"}
 EXPECTED_LINKS = {"nvlink4", "ib-ndr-400", "roce-200", "eth-100g", "pcie-gen5"}
 EXPECTED_MODELS = {"llama-3.1-8b", "llama-3.1-70b", "qwen2.5-32b", "qwen2.5-7b"}
 SHIPPED_H100 = Path(__file__).resolve().parents[2] / "hardware_profiles" / "gpus" / "h100-sxm.yaml"
@@ -49,8 +49,16 @@ def test_gpu_values_are_plausible(store: ProfileStore) -> None:
         assert 1e11 < gpu.hbm_bandwidth_bytes_per_s.value < 2e13, name
         assert 16e9 <= gpu.hbm_capacity_bytes.value <= 300e9, name
         assert 50 <= gpu.power_w.value <= 1500, name
-        assert 0.1 <= gpu.price_per_hour_usd.value <= 50, name
-        assert 1e10 <= gpu.intra_node_bandwidth_bytes_per_s.value <= 2e12, name
+        # A price or a peer bandwidth may be absent only where no public figure exists, and the
+        # profile says so.
+        if gpu.price_per_hour_usd is None:
+            assert "No public price" in gpu.notes, name
+        else:
+            assert 0.1 <= gpu.price_per_hour_usd.value <= 50, name
+        if gpu.intra_node_bandwidth_bytes_per_s is None:
+            assert "No public figure for the socket-to-socket" in gpu.notes, name
+        else:
+            assert 1e10 <= gpu.intra_node_bandwidth_bytes_per_s.value <= 2e12, name
         # Decode is memory-bound: the FLOP/byte ridge point of every listed GPU is in 30..1000.
         ridge = gpu.dense_bf16_flops_per_s.value / gpu.hbm_bandwidth_bytes_per_s.value
         assert 30 < ridge < 1000, (name, ridge)
@@ -237,3 +245,21 @@ def test_fp8_kv_cache_doubles_the_kv_capacity() -> None:
         _plan_pool(cfg, cfg.decode, "decode", store, Streams(0), 1.0).kv_capacity_blocks for cfg in (bf16, fp8_kv)
     ]
     assert blocks[1] == pytest.approx(2 * blocks[0], abs=1)
+
+
+def test_sn40l_is_derived_from_the_published_system_figures(store: ProfileStore) -> None:
+    """SambaNova SN40L: per-socket figures derived from the 16-socket system of the Hot Chips
+    2024 talk (1 TB HBM at 25.6 TB/s, 24 TB DDR at 1.6 TB/s, 8 GB SRAM) and the 638 BF16 TFLOPS
+    per socket of arXiv 2405.07518; no invented price or peer bandwidth."""
+    rdu = store.gpu("sn40l")
+    assert rdu.kind == "rdu" and rdu.provenance == "derived"
+    assert rdu.dense_bf16_flops_per_s.value == 638e12
+    assert rdu.hbm_bandwidth_bytes_per_s.value == pytest.approx(25.6e12 / 16)
+    assert rdu.hbm_capacity_bytes.value * 16 == pytest.approx(1.024e12, rel=0.03)
+    assert rdu.ddr_capacity_bytes is not None and rdu.ddr_capacity_bytes.value == pytest.approx(24e12 / 16)
+    assert rdu.ddr_bandwidth_bytes_per_s is not None and rdu.ddr_bandwidth_bytes_per_s.value == pytest.approx(1.6e12 / 16)
+    assert rdu.sram_capacity_bytes is not None and rdu.sram_capacity_bytes.value * 16 == pytest.approx(8e9, rel=0.05)
+    for field in ("hbm_bandwidth_bytes_per_s", "ddr_capacity_bytes", "ddr_bandwidth_bytes_per_s", "power_w"):
+        assert getattr(rdu, field).source.startswith("derived:"), field
+    assert rdu.price_per_hour_usd is None and rdu.intra_node_bandwidth_bytes_per_s is None
+    assert rdu.dense_fp8_flops_per_s is None  # FP8 GEMMs are timed at the BF16 rate

@@ -36,7 +36,7 @@ from simdisagg.costmodel.base import (
 from simdisagg.costmodel.reference import ConstantCostModel
 from simdisagg.costmodel.roofline import RooflineCostModel
 from simdisagg.errors import ConfigError
-from simdisagg.hardware import ProfileStore
+from simdisagg.hardware import Parallelism, ProfileStore
 from simdisagg.metrics import request_latencies, summarize
 from simdisagg.rng import Streams
 from simdisagg.sim.engine import check_cluster, pool_cost_model, simulate
@@ -451,6 +451,9 @@ def test_a_request_draws_the_same_whichever_pool_or_order_serves_it() -> None:
     assert np.array_equal(decode.emissions(3, 500), aggregated.emissions(3, 500))
 
 
+TP1 = Parallelism(1)
+
+
 def test_the_planner_screening_bounds_stay_bounds_under_speculation() -> None:
     # The screening's per-request TPOT alone and decode work per token are lower bounds (they
     # prune candidates and cap the rate search). A speculative step costs at least a decode
@@ -464,10 +467,10 @@ def test_the_planner_screening_bounds_stay_bounds_under_speculation() -> None:
     )
     load = trace_load(small_trace(n=20), False)
     plain, spec_screen = Screener(base, STORE, load), Screener(drafting, STORE, load)
-    _, tpot_plain = plain._alone("h100-sxm", 1, "decode")
-    _, tpot_spec = spec_screen._alone("h100-sxm", 1, "decode")
+    _, tpot_plain = plain._alone("h100-sxm", TP1, "decode")
+    _, tpot_spec = spec_screen._alone("h100-sxm", TP1, "decode")
     assert np.array_equal(tpot_spec, tpot_plain / 4)
-    assert spec_screen._decode_token_s("h100-sxm", 1, "decode", 64) <= plain._decode_token_s("h100-sxm", 1, "decode", 64) / 4
+    assert spec_screen._decode_token_s("h100-sxm", TP1, "decode", 64) <= plain._decode_token_s("h100-sxm", TP1, "decode", 64) / 4
     # And they are bounds: each request's simulated TPOT, alone, is above its bound.
     trace = small_trace(n=20)
     for i in range(3):
