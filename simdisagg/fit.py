@@ -557,7 +557,9 @@ def components_spec(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict
     fitting = [r for r in rows if not _holdout([r])[0]]
     if not fitting or any(not math.isfinite(_number(fitting[0].get(c))) for c in COMPONENT_COLUMNS):
         return None
+    dp = int((meta.get("parallelism") or {}).get("dp", 1))
     linear: dict[float, list[float]] = {}
+    linear_by_ranks: dict[int, dict[float, list[float]]] = {}
     head: dict[float, list[float]] = {}
     attention: dict[tuple[int, int, int], float] = {}
     dec_linear: dict[float, list[float]] = {}
@@ -567,7 +569,11 @@ def components_spec(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict
         if r["phase"] == "prefill":
             new = _parse_list(r["new_tokens_list"])
             cached = _parse_list(r["cached_tokens_list"]) or [0] * len(new)
-            linear.setdefault(float(sum(new)), []).append(part["gemm_s"] + part["small_ops_s"] + part["allreduce_s"])
+            per_token = part["gemm_s"] + part["small_ops_s"] + part["allreduce_s"]
+            ranks = min(dp, len(new))
+            linear_by_ranks.setdefault(ranks, {}).setdefault(float(sum(new)), []).append(per_token)
+            if ranks == dp:
+                linear.setdefault(float(sum(new)), []).append(per_token)
             head.setdefault(float(len(new)), []).append(part["lm_head_s"])
             if len(set(new)) == 1 and len(set(cached)) == 1:
                 attention[(new[0], len(new), cached[0])] = part["attention_s"] / len(new)
@@ -596,11 +602,18 @@ def components_spec(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict
         xs = sorted(samples)
         return {"x": xs, "y": [_sig(float(np.mean(samples[x]))) for x in xs]}
 
+    by_ranks = None
+    if dp > 1:
+        counts = sorted(r for r, samples in linear_by_ranks.items() if len(samples) > 1)
+        by_ranks = {"ranks": counts, "curves": [curve(linear_by_ranks[r]) for r in counts]}
     return {
         "description": "iteration = per-token part(T) + per-prompt part(P) + each prompt's attention share "
         "(prefill); per-sequence part(B) + attention(B, mean context) (decode); tabulated from the "
-        "import's fitting rows (simdisagg.costmodel.components)",
+        "import's fitting rows (simdisagg.costmodel.components)"
+        + ("; the per-token part per count of busy attention-DP ranks, min(dp, P)" if dp > 1 else ""),
+        "dp": dp,
         "prefill": {
+            **({"linear_by_ranks": by_ranks} if by_ranks else {}),
             "linear": curve(linear),
             "head": curve(head),
             "attention": {
@@ -731,9 +744,12 @@ def fit_measured(folder: Path, *, profiles_dir: Path | None = None, folds: int =
     framework = meta.get("framework")
     profile = None
     if framework:
-        from simdisagg.kerneldb.importer import profile_folder_name
+        from simdisagg.costmodel.fitted import profile_folder_name
 
-        profile = profile_folder_name(shard.model, shard.tp, precision["weights"], precision["kv_cache"], framework)
+        profile = profile_folder_name(
+            shard.model, shard.tp, precision["weights"], precision["kv_cache"], framework,
+            shard.dp, shard.ep, precision.get("experts"),
+        )
     fit: dict[str, Any] = {
         "schema_version": FIT_SCHEMA_VERSION,
         "provenance": "measured",
@@ -921,7 +937,8 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
 
 def physical_floors(fit: Mapping[str, Any], gpu: Any) -> list[dict[str, Any]]:
     """The fitted kernels against the GPU's datasheet limits: a decode step reads every weight
-    of the shard (``weight bytes / HBM bandwidth``), a long prefill does its GEMM FLOPs
+    of the shard (``weight bytes / HBM bandwidth``; of a MoE shard's experts, those its tokens
+    are routed to), a long prefill does its GEMM FLOPs
     (``FLOPs / dense peak`` at the weights' precision)."""
     from simdisagg.costmodel.fitted import FittedCostModel
     from simdisagg.hardware import peak_flops_per_s
@@ -933,13 +950,15 @@ def physical_floors(fit: Mapping[str, Any], gpu: Any) -> list[dict[str, Any]]:
     peak = peak_flops_per_s(gpu, weights)
     out = []
     for batch in (1, 8):
-        floor = shard.weight_bytes / bandwidth
+        # A MoE shard's decode step reads only the experts its tokens are routed to.
+        read = shard.read_weight_bytes(batch)
+        floor = read / bandwidth
         predicted = model.decode_step_time_s(batch, batch * 16)
         out.append({
             "what": f"decode step, batch {batch}",
             "predicted_s": predicted,
             "floor_s": floor,
-            "basis": f"{shard.weight_bytes / 1e9:.2f} GB of weights / {bandwidth / 1e12:.2f} TB/s",
+            "basis": f"{read / 1e9:.2f} GB of weights read / {bandwidth / 1e12:.2f} TB/s",
             "ok": predicted >= floor,
         })
     for tokens in (8192, 32768):

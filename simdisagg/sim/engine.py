@@ -74,7 +74,9 @@ def _plan_pool(
 ) -> PoolPlan:
     model = cfg.model_shape(store)
     gpu = store.gpu(pool.gpu)
-    cost = make_cost_model(cfg.cost, model, gpu, pool.tp, streams, store, role=role, framework=cfg.framework)
+    cost = make_cost_model(
+        cfg.cost, model, gpu, pool.tp, streams, store, role=role, framework=cfg.framework, dp=pool.dp, ep=pool.ep
+    )
     if cost_scale != 1.0:
         cost = ScaledCostModel(cost, cost_scale)
     blocks = kv_capacity_blocks(
