@@ -833,13 +833,16 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
                 f"`{source.get('source_commit')}`, licence {source.get('licence')}"
             ),
             (
-                f"- precision: {fit['precision']['weights']} weights, {fit['precision']['kv_cache']} KV cache; "
+                f"- precision: {fit['precision']['weights']} weights"
+                + (f", {fit['precision']['experts']} experts" if fit["precision"].get("experts") else "")
+                + f", {fit['precision']['kv_cache']} KV cache; "
                 f"imported {meta.get('date')} by `{meta.get('command') or 'simdisagg calibrate import'}`"
             ),
             (
                 f"- composed: {meta.get('method', {}).get('composition', '')}; kernels per iteration "
                 f"{fit.get('kernels_per_iteration', {}).get('decode', 0):.0f}"
             ),
+            *_moe_method_lines(meta),
             (
                 f"- beyond the tables: {ext.get('points', 0)} of {ext.get('of_points', 0)} points needed one of "
                 + (", ".join(f"{k} ({v} lookups)" for k, v in (ext.get("lookups") or {}).items()) or "none")
@@ -933,6 +936,31 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
         "",
     ]
     return "\n".join(out)
+
+
+def _moe_method_lines(meta: Mapping[str, Any]) -> list[str]:
+    """Report lines of a mixture-of-experts / latent-attention import: parallelism, attention,
+    experts, their load imbalance and how dispatch and combine were timed (measured or the
+    link model)."""
+    method = meta.get("method") or {}
+    labels = (
+        ("instance", "instance"),
+        ("attention", "attention"),
+        ("experts", "experts"),
+        ("expert_load_distribution", "expert load imbalance (moe_perf distribution)"),
+        ("dispatch_combine", "expert dispatch/combine"),
+    )
+    lines = []
+    par = meta.get("parallelism")
+    if par and (par.get("dp", 1) > 1 or par.get("ep", 1) > 1):
+        lines.append(f"- parallelism: tp {par['tp']} per attention rank, dp {par['dp']} ranks, ep {par['ep']}")
+    for key, label in labels:
+        if key in method:
+            lines.append(f"- {label}: {method[key]}")
+    if "link_bandwidth_bytes_per_s" in method:
+        lines.append(f"- link model bandwidth: {method['link_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s per GPU "
+                     "(the GPU profile's intra_node_bandwidth_bytes_per_s)")
+    return lines
 
 
 def physical_floors(fit: Mapping[str, Any], gpu: Any) -> list[dict[str, Any]]:

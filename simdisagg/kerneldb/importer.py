@@ -353,6 +353,10 @@ def _moe_method(composer: MoEStepComposer, spec: ImportSpec) -> dict[str, Any]:
     and the fit report)."""
     m = spec.model
     out: dict[str, Any] = {
+        "composition": "per-iteration sum of measured kernels (simdisagg.kerneldb.compose.MoEStepComposer): "
+        "attention projections, attention, dense-layer MLPs, router, routed experts (moe_perf), shared experts, "
+        "TP all-reduces and expert dispatch/combine; embedding, LM head, logits gather and sampling; small ops "
+        "at the measured streaming bandwidth, never below the shortest measured kernel",
         "instance": "iterations are the whole instance's (all attention-DP ranks); each rank has an even "
         "share of the prompts or sequences and the busiest rank sets the time "
         "(simdisagg.kerneldb.compose.MoEStepComposer)",
