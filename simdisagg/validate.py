@@ -37,8 +37,18 @@ they were measured, so this is what we assume, the usual way such rows are taken
   BF16 with ``fp8_block`` GEMMs (a BF16 checkpoint quantised block-wise when loaded).
   ``--kv-cache`` overrides it.
 
-Rows the simulator cannot run yet are kept with a ``status`` saying why (mixture-of-experts,
-a precision not modelled, no measured profile...), counted, never dropped. A malformed row
+* Mixture-of-experts rows: the instance's ``tp_size`` GPUs per attention rank,
+  ``attention_dp_size`` ranks (where it is empty but ``moe_tp_size x moe_ep_size`` exceeds
+  ``tp_size``, vLLM's data parallelism without expert parallelism: their ratio) and
+  ``moe_ep_size``-way expert parallelism (:func:`parallelism`); the step times are the whole
+  instance's. The experts run in the checkpoint's own format where it ships one
+  (:data:`CHECKPOINT_EXPERTS`: block-scaled FP8 for DeepSeek-V3/R1, MiniMax-M2.5 and
+  Qwen3-235B-A22B-FP8; gpt-oss's MXFP4 experts, weight-only beside BF16 attention, for its
+  "nvfp4" rows on a GPU without FP4 tensor cores).
+
+Rows the simulator cannot run are kept with a ``status`` saying why (a model without a shape,
+a precision not modelled, an instance across nodes, a disaggregated row without worker
+counts, no measured profile...), counted, never dropped. A malformed row
 (missing column, non-numeric value, unknown GPU or framework, a model no profile or list
 names) is an error naming file, line and column.
 """
@@ -310,6 +320,8 @@ def parallelism(row: ValidationRow, prefix: str = "") -> tuple[int, int, int]:
     but the MoE layers span more GPUs than ``tp`` (``moe_tp x moe_ep > tp``: vLLM's data
     parallelism without expert parallelism), ``dp`` is that ratio."""
     tp = int(row.number(f"{prefix}tp_size", 1.0))
+    if row.model is not None and row.model.moe is None:
+        return tp, 1, 1  # attention DP and EP apply to MoE models only
     dp_value = row.numbers.get(f"{prefix}attention_dp_size", math.nan)
     ep = int(row.number(f"{prefix}moe_ep_size", 1.0))
     moe_tp = row.numbers.get(f"{prefix}moe_tp_size", math.nan)

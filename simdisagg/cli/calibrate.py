@@ -317,11 +317,17 @@ def import_command(
     ] = [1],  # noqa: B006
     experts: Annotated[
         str | None,
-        typer.Option("--experts", help="Precision of a MoE model's experts when it differs from --weights (mxfp4, int4, ...)."),
+        typer.Option(
+            "--experts",
+            help="Precision of a MoE model's experts when it differs from --weights: mxfp4, int4, ... "
+            "(default: as --weights).",
+        ),
     ] = None,
     expert_load: Annotated[
         str,
-        typer.Option("--expert-load", help="Expert load imbalance of the MoE table: balanced, power_law_1.01, power_law_1.2."),
+        typer.Option(
+            "--expert-load", help="Expert load imbalance of the MoE table: balanced, power_law_1.01, power_law_1.2."
+        ),
     ] = "power_law_1.2",
     db: Annotated[
         Path | None, typer.Option("--db", help="Kernel database folder (default: $SIMDISAGG_KERNEL_DB).")

@@ -162,11 +162,6 @@ class ShardShape:
         )
 
     @property
-    def is_moe_or_mla(self) -> bool:
-        """Whether the shard's figures come from a mixture-of-experts or latent-attention shape."""
-        return self.weight_bytes_per_gpu > 0.0
-
-    @property
     def layer_params(self) -> float:
         """Weights of one layer's shard one token passes through: fused QKV, output projection,
         gated MLP (a MoE layer's routed and shared experts), two norms."""

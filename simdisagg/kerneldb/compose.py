@@ -318,7 +318,9 @@ class MoEStepComposer(StepComposer):
             else "measured: NCCL all-to-all table" if self.use_alltoall
             else "modelled: link (bytes / intra-node bandwidth + per-call latency), no all-to-all table"
         )
-        self.bmm_dtype = "fp8" if weights != "bf16" and "fp8" in (db.mla_bmm_dtypes() if model.mla else set()) else "bfloat16"
+        # FP8 latent-attention matmuls with FP8 weights, where the framework's table has them.
+        fp8_bmm = model.mla is not None and weights != "bf16" and "fp8" in db.mla_bmm_dtypes()
+        self.bmm_dtype = "fp8" if fp8_bmm else "bfloat16"
 
     def moe_token_counts(self) -> list[int]:
         """The token counts the MoE table measures for this model and parallelism."""

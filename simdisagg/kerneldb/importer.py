@@ -228,7 +228,9 @@ def make_composer(db: KernelDatabase, spec: ImportSpec) -> StepComposer:
         except ValueError as exc:
             raise CalibrationError(f"{spec.folder_name}: {exc}") from exc
     if spec.dp > 1 or spec.ep > 1:
-        raise CalibrationError(f"{spec.model.name}: attention data parallelism and expert parallelism apply to MoE models")
+        raise CalibrationError(
+            f"{spec.model.name}: attention data parallelism and expert parallelism apply to MoE models"
+        )
     shard = ShardShape.of(spec.served, spec.tp)
     return StepComposer(db, shard, spec.weights, spec.kv_cache, qk_norm=spec.model.qk_norm)
 

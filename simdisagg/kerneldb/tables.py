@@ -371,13 +371,18 @@ class KernelDatabase:
         """Seconds of one all-reduce of ``elements`` BF16 values across ``gpus`` GPUs."""
         if gpus <= 1:
             return 0.0
-        grid = self._allreduce_grid(gpus, graph)
+        return self._message_s(self._allreduce_grid(gpus, graph), elements, "allreduce")
+
+    def _message_s(self, grid: LogGrid, elements: float, kind: str) -> float:
+        """Seconds of one collective of ``elements`` values from its ``message_size`` table: the
+        smallest measured time below the table, linear in size above it (counted as
+        ``<kind>_small`` / ``<kind>_large``)."""
         lo, hi = grid.range_of("message_size")
         if elements < lo:
-            self.extrapolated["allreduce_small"] += 1
+            self.extrapolated[f"{kind}_small"] += 1
             return grid((lo,)) * 1e-3
         if elements > hi:
-            self.extrapolated["allreduce_large"] += 1
+            self.extrapolated[f"{kind}_large"] += 1
             return grid((hi,)) * elements / hi * 1e-3
         return grid((elements,)) * 1e-3
 
@@ -412,15 +417,7 @@ class KernelDatabase:
         buffer) across ``gpus`` GPUs, from the measured table."""
         if gpus <= 1:
             return 0.0
-        grid = self._alltoall_grid(gpus)
-        lo, hi = grid.range_of("message_size")
-        if elements < lo:
-            self.extrapolated["alltoall_small"] += 1
-            return grid((lo,)) * 1e-3
-        if elements > hi:
-            self.extrapolated["alltoall_large"] += 1
-            return grid((hi,)) * elements / hi * 1e-3
-        return grid((elements,)) * 1e-3
+        return self._message_s(self._alltoall_grid(gpus), elements, "alltoall")
 
     # -- mixture of experts ------------------------------------------------------------------
     def _optional_dir(self, family: str) -> Path:

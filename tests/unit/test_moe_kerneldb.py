@@ -284,3 +284,28 @@ def test_import_of_a_moe_instance_is_found_by_the_factory(moe_db: Path, tmp_path
     # Another parallelism has no profile: the roofline.
     cost = make_cost_model(AutoCost(), TINY_MOE.served_at(), gpu, 2, Streams(0), store, "decode", "sglang")
     assert not cost.label.startswith("measured:")
+
+
+ALLTOALL_MS = 6e-7  # x elements per GPU
+
+
+def test_dispatch_uses_a_measured_all_to_all_table_where_the_database_has_one(tmp_path: Path) -> None:
+    root = write_moe_database(tmp_path / "db")
+    folder = root / "h200_sxm" / "comm" / "nccl" / "2.0"
+    folder.mkdir(parents=True)
+    pd.DataFrame(
+        [{"framework": "TRTLLM", "version": "2.0", "device": "Synthetic GPU", "op_name": op, "kernel_source": "nccl",
+          "nccl_dtype": "half", "num_gpus": g, "message_size": size,
+          "latency": ALLTOALL_MS * size * (1 if op == "alltoall" else 2)}
+         for op in ("alltoall", "all_gather") for g in (2, 4, 8) for size in _powers(256, 2**24)]
+    ).to_parquet(folder / "nccl_perf.parquet")
+    db = KernelDatabase(root, "h200", "sglang")
+    assert db.has_alltoall
+    assert db.alltoall_s(4, 4096) == pytest.approx(ALLTOALL_MS * 1e-3 * 4096, rel=1e-12)
+    composer = MoEStepComposer(db, TINY_MOE, 1, 2, 2)  # no link bandwidth needed
+    assert composer.dispatch_source == "measured: NCCL all-to-all table"
+    step = composer.decode(8, 8 * 100)
+    elements = 8 * min(2, 2) / 2 * 256 * (2 - 1) / 2
+    assert step.parts["dispatch_combine"] == pytest.approx(2 * ALLTOALL_MS * 1e-3 * max(elements, 256), rel=1e-12)
+    with pytest.raises(CalibrationError, match="no all-to-all over 16 GPUs"):
+        db.alltoall_s(16, 4096)
