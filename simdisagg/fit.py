@@ -557,7 +557,9 @@ def components_spec(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict
     fitting = [r for r in rows if not _holdout([r])[0]]
     if not fitting or any(not math.isfinite(_number(fitting[0].get(c))) for c in COMPONENT_COLUMNS):
         return None
+    dp = int((meta.get("parallelism") or {}).get("dp", 1))
     linear: dict[float, list[float]] = {}
+    linear_by_ranks: dict[int, dict[float, list[float]]] = {}
     head: dict[float, list[float]] = {}
     attention: dict[tuple[int, int, int], float] = {}
     dec_linear: dict[float, list[float]] = {}
@@ -567,7 +569,11 @@ def components_spec(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict
         if r["phase"] == "prefill":
             new = _parse_list(r["new_tokens_list"])
             cached = _parse_list(r["cached_tokens_list"]) or [0] * len(new)
-            linear.setdefault(float(sum(new)), []).append(part["gemm_s"] + part["small_ops_s"] + part["allreduce_s"])
+            per_token = part["gemm_s"] + part["small_ops_s"] + part["allreduce_s"]
+            ranks = min(dp, len(new))
+            linear_by_ranks.setdefault(ranks, {}).setdefault(float(sum(new)), []).append(per_token)
+            if ranks == dp:
+                linear.setdefault(float(sum(new)), []).append(per_token)
             head.setdefault(float(len(new)), []).append(part["lm_head_s"])
             if len(set(new)) == 1 and len(set(cached)) == 1:
                 attention[(new[0], len(new), cached[0])] = part["attention_s"] / len(new)
@@ -596,11 +602,18 @@ def components_spec(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict
         xs = sorted(samples)
         return {"x": xs, "y": [_sig(float(np.mean(samples[x]))) for x in xs]}
 
+    by_ranks = None
+    if dp > 1:
+        counts = sorted(r for r, samples in linear_by_ranks.items() if len(samples) > 1)
+        by_ranks = {"ranks": counts, "curves": [curve(linear_by_ranks[r]) for r in counts]}
     return {
         "description": "iteration = per-token part(T) + per-prompt part(P) + each prompt's attention share "
         "(prefill); per-sequence part(B) + attention(B, mean context) (decode); tabulated from the "
-        "import's fitting rows (simdisagg.costmodel.components)",
+        "import's fitting rows (simdisagg.costmodel.components)"
+        + ("; the per-token part per count of busy attention-DP ranks, min(dp, P)" if dp > 1 else ""),
+        "dp": dp,
         "prefill": {
+            **({"linear_by_ranks": by_ranks} if by_ranks else {}),
             "linear": curve(linear),
             "head": curve(head),
             "attention": {
@@ -731,9 +744,12 @@ def fit_measured(folder: Path, *, profiles_dir: Path | None = None, folds: int =
     framework = meta.get("framework")
     profile = None
     if framework:
-        from simdisagg.kerneldb.importer import profile_folder_name
+        from simdisagg.costmodel.fitted import profile_folder_name
 
-        profile = profile_folder_name(shard.model, shard.tp, precision["weights"], precision["kv_cache"], framework)
+        profile = profile_folder_name(
+            shard.model, shard.tp, precision["weights"], precision["kv_cache"], framework,
+            shard.dp, shard.ep, precision.get("experts"),
+        )
     fit: dict[str, Any] = {
         "schema_version": FIT_SCHEMA_VERSION,
         "provenance": "measured",
@@ -817,13 +833,16 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
                 f"`{source.get('source_commit')}`, licence {source.get('licence')}"
             ),
             (
-                f"- precision: {fit['precision']['weights']} weights, {fit['precision']['kv_cache']} KV cache; "
+                f"- precision: {fit['precision']['weights']} weights"
+                + (f", {fit['precision']['experts']} experts" if fit["precision"].get("experts") else "")
+                + f", {fit['precision']['kv_cache']} KV cache; "
                 f"imported {meta.get('date')} by `{meta.get('command') or 'simdisagg calibrate import'}`"
             ),
             (
                 f"- composed: {meta.get('method', {}).get('composition', '')}; kernels per iteration "
                 f"{fit.get('kernels_per_iteration', {}).get('decode', 0):.0f}"
             ),
+            *_moe_method_lines(meta),
             (
                 f"- beyond the tables: {ext.get('points', 0)} of {ext.get('of_points', 0)} points needed one of "
                 + (", ".join(f"{k} ({v} lookups)" for k, v in (ext.get("lookups") or {}).items()) or "none")
@@ -919,9 +938,35 @@ def render_report(result: FitResult, plot_name: str | None, profiles_dir: Path |
     return "\n".join(out)
 
 
+def _moe_method_lines(meta: Mapping[str, Any]) -> list[str]:
+    """Report lines of a mixture-of-experts / latent-attention import: parallelism, attention,
+    experts, their load imbalance and how dispatch and combine were timed (measured or the
+    link model)."""
+    method = meta.get("method") or {}
+    labels = (
+        ("instance", "instance"),
+        ("attention", "attention"),
+        ("experts", "experts"),
+        ("expert_load_distribution", "expert load imbalance (moe_perf distribution)"),
+        ("dispatch_combine", "expert dispatch/combine"),
+    )
+    lines = []
+    par = meta.get("parallelism")
+    if par and (par.get("dp", 1) > 1 or par.get("ep", 1) > 1):
+        lines.append(f"- parallelism: tp {par['tp']} per attention rank, dp {par['dp']} ranks, ep {par['ep']}")
+    for key, label in labels:
+        if key in method:
+            lines.append(f"- {label}: {method[key]}")
+    if "link_bandwidth_bytes_per_s" in method:
+        lines.append(f"- link model bandwidth: {method['link_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s per GPU "
+                     "(the GPU profile's intra_node_bandwidth_bytes_per_s)")
+    return lines
+
+
 def physical_floors(fit: Mapping[str, Any], gpu: Any) -> list[dict[str, Any]]:
     """The fitted kernels against the GPU's datasheet limits: a decode step reads every weight
-    of the shard (``weight bytes / HBM bandwidth``), a long prefill does its GEMM FLOPs
+    of the shard (``weight bytes / HBM bandwidth``; of a MoE shard's experts, those its tokens
+    are routed to), a long prefill does its GEMM FLOPs
     (``FLOPs / dense peak`` at the weights' precision)."""
     from simdisagg.costmodel.fitted import FittedCostModel
     from simdisagg.hardware import peak_flops_per_s
@@ -933,13 +978,15 @@ def physical_floors(fit: Mapping[str, Any], gpu: Any) -> list[dict[str, Any]]:
     peak = peak_flops_per_s(gpu, weights)
     out = []
     for batch in (1, 8):
-        floor = shard.weight_bytes / bandwidth
+        # A MoE shard's decode step reads only the experts its tokens are routed to.
+        read = shard.read_weight_bytes(batch)
+        floor = read / bandwidth
         predicted = model.decode_step_time_s(batch, batch * 16)
         out.append({
             "what": f"decode step, batch {batch}",
             "predicted_s": predicted,
             "floor_s": floor,
-            "basis": f"{shard.weight_bytes / 1e9:.2f} GB of weights / {bandwidth / 1e12:.2f} TB/s",
+            "basis": f"{read / 1e9:.2f} GB of weights read / {bandwidth / 1e12:.2f} TB/s",
             "ok": predicted >= floor,
         })
     for tokens in (8192, 32768):

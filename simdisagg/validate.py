@@ -37,8 +37,18 @@ they were measured, so this is what we assume, the usual way such rows are taken
   BF16 with ``fp8_block`` GEMMs (a BF16 checkpoint quantised block-wise when loaded).
   ``--kv-cache`` overrides it.
 
-Rows the simulator cannot run yet are kept with a ``status`` saying why (mixture-of-experts,
-a precision not modelled, no measured profile...), counted, never dropped. A malformed row
+* Mixture-of-experts rows: the instance's ``tp_size`` GPUs per attention rank,
+  ``attention_dp_size`` ranks (where it is empty but ``moe_tp_size x moe_ep_size`` exceeds
+  ``tp_size``, vLLM's data parallelism without expert parallelism: their ratio) and
+  ``moe_ep_size``-way expert parallelism (:func:`parallelism`); the step times are the whole
+  instance's. The experts run in the checkpoint's own format where it ships one
+  (:data:`CHECKPOINT_EXPERTS`: block-scaled FP8 for DeepSeek-V3/R1, MiniMax-M2.5 and
+  Qwen3-235B-A22B-FP8; gpt-oss's MXFP4 experts, weight-only beside BF16 attention, for its
+  "nvfp4" rows on a GPU without FP4 tensor cores).
+
+Rows the simulator cannot run are kept with a ``status`` saying why (a model without a shape,
+a precision not modelled, an instance across nodes, a disaggregated row without worker
+counts, no measured profile...), counted, never dropped. A malformed row
 (missing column, non-numeric value, unknown GPU or framework, a model no profile or list
 names) is an error naming file, line and column.
 """
@@ -88,11 +98,15 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "prefill_tp_size",
     "prefill_pp_size",
     "prefill_attention_dp_size",
+    "prefill_moe_tp_size",
+    "prefill_moe_ep_size",
     "decode_batch_size",
     "decode_num_workers",
     "decode_tp_size",
     "decode_pp_size",
     "decode_attention_dp_size",
+    "decode_moe_tp_size",
+    "decode_moe_ep_size",
     "silicon_ttft_ms",
     "silicon_tpot_ms",
 )
@@ -103,20 +117,35 @@ FRAMEWORKS: tuple[str, ...] = ("vllm", "sglang", "trtllm")
 #: GEMM quantisation modes -> weight precision (``precision.weights``).
 GEMM_MODES: dict[str, str] = {"fp8": "fp8", "fp8_block": "fp8_block", "nvfp4": "fp4", "bf16": "bf16", "bfloat16": "bf16"}
 
-#: Models the published rows name that the simulator knows but cannot model yet, and why.
+#: Models the published rows name that have no model shape yet, and why.
 #: (Architectures from the published config.json files in ``../shared/kernels/aiconfigurator/model_configs``.)
 NOT_MODELLED: dict[str, str] = {
-    "deepseek-ai/DeepSeek-R1": "mixture-of-experts with multi-head latent attention (DeepSeek-V3 architecture)",
-    "deepseek-ai/DeepSeek-V3": "mixture-of-experts with multi-head latent attention",
-    "moonshotai/Kimi-K2.5": "mixture-of-experts with multi-head latent attention (DeepSeek-V3 architecture)",
-    "openai/gpt-oss-120b": "mixture-of-experts with alternating sliding-window attention",
-    "Qwen/Qwen3-235B-A22B": "mixture-of-experts",
-    "Qwen/Qwen3-235B-A22B-FP8": "mixture-of-experts",
-    "Qwen/Qwen3-30B-A3B": "mixture-of-experts",
+    "moonshotai/Kimi-K2.5": "mixture-of-experts with multi-head latent attention (DeepSeek-V3 architecture), "
+    "no model shape yet",
     "Qwen/Qwen3.5-397B-A17B": "mixture-of-experts with hybrid linear attention",
-    "MiniMaxAI/MiniMax-M2.5": "mixture-of-experts",
     "zhipuai/GLM-5": "mixture-of-experts (no published config in the shared folder)",
 }
+
+#: Expert precision of checkpoints whose experts ship quantised in a format of their own (by
+#: Hugging Face id): the kernels the frameworks run for them whatever GEMM mode a row names.
+#: DeepSeek-V3/R1 and MiniMax-M2.5 publish 128x128 block-scaled FP8 weights
+#: (``quantization_config.weight_block_size: [128, 128]`` in their config.json, copies in
+#: ``../shared/kernels/aiconfigurator/model_configs``), as does Qwen3-235B-A22B-FP8 (its model
+#: card: "fine-grained fp8 quantization with block size of 128"); gpt-oss ships MXFP4 experts
+#: beside BF16 attention, router, embeddings and LM head (its config.json's
+#: ``quantization_config``), which a GPU without FP4 tensor cores runs weight-only (W4A16).
+CHECKPOINT_EXPERTS: dict[str, str] = {
+    "deepseek-ai/DeepSeek-V3": "fp8_block",
+    "deepseek-ai/DeepSeek-R1": "fp8_block",
+    "MiniMaxAI/MiniMax-M2.5": "fp8_block",
+    "Qwen/Qwen3-235B-A22B-FP8": "fp8_block",
+    "openai/gpt-oss-120b": "mxfp4",
+}
+#: Checkpoints that keep the non-expert weights in BF16 beside quantised experts.
+CHECKPOINT_BF16_DENSE: frozenset[str] = frozenset({"openai/gpt-oss-120b"})
+#: GPUs of one node: larger instances span nodes, which the kernel tables (8 GPUs at most) do
+#: not measure.
+GPUS_PER_NODE = 8
 
 #: Partition columns of the error report.
 PARTITION: tuple[str, ...] = ("model_path", "backend", "precision", "mode")
@@ -134,6 +163,8 @@ class ValidationRow:
     framework: str = ""
     weights: str = ""
     kv_cache: str = ""
+    #: Precision of a MoE model's experts where the checkpoint's differs (``None``: ``weights``).
+    experts: str | None = None
     status: str = "ok"
 
     def number(self, column: str, default: float | None = None) -> float:
@@ -240,10 +271,15 @@ def _parse_row(
     if gemm not in GEMM_MODES:
         raise ConfigError(f"{path}:{line}: column 'gemm_quant_mode': unknown mode '{gemm}'")
     row.weights = GEMM_MODES[gemm]
+    row.kv_cache = kv_cache if kv_cache != "auto" else ("fp8" if row.weights in ("fp8", "fp4") else "bf16")
+    if model.moe is not None and model_id in CHECKPOINT_EXPERTS:
+        row.experts = CHECKPOINT_EXPERTS[model_id]
+        if model_id in CHECKPOINT_BF16_DENSE and row.weights == "fp4" and row.gpu != "b200":
+            row.weights = "bf16"
+            row.kv_cache = kv_cache if kv_cache != "auto" else "bf16"
     if row.weights == "fp4" and row.gpu != "b200":
         row.status = "not modelled: FP4 GEMMs on a GPU without FP4 tensor cores"
         return row
-    row.kv_cache = kv_cache if kv_cache != "auto" else ("fp8" if row.weights in ("fp8", "fp4") else "bf16")
     for column in ("pp_size", "prefill_pp_size", "decode_pp_size"):
         if row.number(column, 1.0) > 1:
             row.status = "not modelled: pipeline parallelism"
@@ -252,16 +288,71 @@ def _parse_row(
         for column in ("tp_size", "batch_size"):
             if math.isnan(row.numbers[column]):
                 raise ConfigError(f"{path}:{line}: column '{column}': empty on an aggregated row")
+    for prefix in (("",) if mode == "agg" else ("prefill_", "decode_")):
+        reason = _parallelism_problem(row, prefix)
+        if reason:
+            row.status = f"not modelled: {reason}"
+            return row
     if mode == "disagg":
-        for column in ("prefill_num_workers", "prefill_tp_size", "decode_num_workers", "decode_tp_size"):
+        for column in ("prefill_tp_size", "decode_tp_size"):
             if math.isnan(row.numbers[column]):
                 raise ConfigError(f"{path}:{line}: column '{column}': empty on a disaggregated row")
+        # The published file leaves the worker counts of many disaggregated rows empty (its
+        # README: "often empty"): the cluster is then unknown, and the row is kept with a status.
+        missing = [c for c in ("prefill_num_workers", "decode_num_workers") if math.isnan(row.numbers[c])]
+        if missing:
+            row.status = f"not modelled: disaggregated row without {' and '.join(missing)} (cluster size unknown)"
+            return row
         if concurrency(row) is None:
             raise ConfigError(
                 f"{path}:{line}: column 'decode_batch_size': empty, and silicon_data_source names no "
                 "silicon_concurrency: the row's concurrency is unknown"
             )
     return row
+
+
+def parallelism(row: ValidationRow, prefix: str = "") -> tuple[int, int, int]:
+    """``(tp, dp, ep)`` of an aggregated row's instance (``prefix`` ``""``) or a disaggregated
+    row's prefill or decode workers (``"prefill_"``, ``"decode_"``).
+
+    ``tp`` is the row's ``tp_size`` (GPUs per attention rank), ``dp`` its
+    ``attention_dp_size`` and ``ep`` its ``moe_ep_size``. Where the attention-DP size is empty
+    but the MoE layers span more GPUs than ``tp`` (``moe_tp x moe_ep > tp``: vLLM's data
+    parallelism without expert parallelism), ``dp`` is that ratio."""
+    tp = int(row.number(f"{prefix}tp_size", 1.0))
+    if row.model is not None and row.model.moe is None:
+        return tp, 1, 1  # attention DP and EP apply to MoE models only
+    dp_value = row.numbers.get(f"{prefix}attention_dp_size", math.nan)
+    ep = int(row.number(f"{prefix}moe_ep_size", 1.0))
+    moe_tp = row.numbers.get(f"{prefix}moe_tp_size", math.nan)
+    if not math.isnan(dp_value):
+        dp = int(dp_value)
+    elif not math.isnan(moe_tp) and moe_tp * ep > tp and (moe_tp * ep) % tp == 0:
+        dp = int(moe_tp * ep) // tp
+    else:
+        dp = 1
+    return tp, dp, ep
+
+
+def _parallelism_problem(row: ValidationRow, prefix: str) -> str:
+    """Why a row's parallelism cannot be simulated, or ``""``."""
+    assert row.model is not None
+    tp, dp, ep = parallelism(row, prefix)
+    moe_tp = row.numbers.get(f"{prefix}moe_tp_size", math.nan)
+    if row.model.moe is None:
+        return ""
+    if not math.isnan(moe_tp) and int(moe_tp) * ep != tp * dp:
+        return f"{prefix}moe_tp x moe_ep = {int(moe_tp) * ep} differs from the instance's tp x dp = {tp * dp} GPUs"
+    if tp * dp > GPUS_PER_NODE:
+        return (f"an instance of {tp * dp} GPUs ({prefix}tp {tp} x dp {dp}) spans nodes; the kernel tables "
+                f"measure at most {GPUS_PER_NODE} GPUs")
+    from simdisagg.hardware import check_parallelism
+
+    try:
+        check_parallelism(row.model, tp, f"{prefix}tp", dp=dp, ep=ep)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
 
 
 def concurrency(row: ValidationRow) -> int | None:
@@ -318,14 +409,15 @@ def row_config(row: ValidationRow, store: ProfileStore, options: ValidationOptio
     base: dict[str, Any] = {
         "model": row.model.name,
         "framework": row.framework,
-        "precision": {"weights": row.weights, "kv_cache": row.kv_cache},
+        "precision": {"weights": row.weights, "kv_cache": row.kv_cache,
+                      **({"experts": row.experts} if row.experts and row.experts != row.weights else {})},
         "cost": cost,
         "prefix_cache": {"enabled": False},
     }
     if row.fields["mode"] == "agg":
-        tp = int(row.number("tp_size"))
+        tp, dp, ep = parallelism(row)
         pool = {
-            "count": 1, "gpu": row.gpu, "tp": tp, "max_batch_size": max(clients, 1),
+            "count": 1, "gpu": row.gpu, "tp": tp, "dp": dp, "ep": ep, "max_batch_size": max(clients, 1),
             "max_batched_tokens": tokens, "gpu_memory_utilisation": memory,
         }
         return RunConfig.model_validate(
@@ -337,16 +429,18 @@ def row_config(row: ValidationRow, store: ProfileStore, options: ValidationOptio
                 "aggregated": {"chunked_prefill": mixes, "tp": tp, "gpu": row.gpu},
             }
         )
-    p_tp, d_tp = int(row.number("prefill_tp_size")), int(row.number("decode_tp_size"))
+    p_tp, p_dp, p_ep = parallelism(row, "prefill_")
+    d_tp, d_dp, d_ep = parallelism(row, "decode_")
     p_n, d_n = int(row.number("prefill_num_workers")), int(row.number("decode_num_workers"))
-    gpus = p_tp * p_n + d_tp * d_n
+    gpus = p_tp * p_dp * p_n + d_tp * d_dp * d_n
     return RunConfig.model_validate(
         {
             **base,
             "mode": "disaggregated",
-            "prefill": {"count": p_n, "gpu": row.gpu, "tp": p_tp, "max_batched_tokens": tokens,
-                        "gpu_memory_utilisation": memory},
-            "decode": {"count": d_n, "gpu": row.gpu, "tp": d_tp, "max_batch_size": max(clients, 1),
+            "prefill": {"count": p_n, "gpu": row.gpu, "tp": p_tp, "dp": p_dp, "ep": p_ep,
+                        "max_batched_tokens": tokens, "gpu_memory_utilisation": memory},
+            "decode": {"count": d_n, "gpu": row.gpu, "tp": d_tp, "dp": d_dp, "ep": d_ep,
+                       "max_batch_size": max(clients, 1),
                        "max_batched_tokens": tokens, "gpu_memory_utilisation": memory},
             "link": {"preset": "nvlink4" if gpus <= 8 else "ib-ndr-400"},
         }
@@ -428,11 +522,14 @@ def simulate_row(row: ValidationRow, options: ValidationOptions, store: ProfileS
     except SimdisaggError as exc:
         return RowResult(status=f"cannot simulate: {exc}")
     if options.cost == "auto" and not result.cost_label.startswith("measured:"):
+        prefix = "" if row.fields.get("mode") == "agg" else "decode_"
+        tp, dp, ep = parallelism(row, prefix)
+        par = f"tp {tp}" + (f" dp {dp}" if dp > 1 else "") + (f" ep {ep}" if ep > 1 else "")
+        experts = f" experts {row.experts}" if row.experts and row.experts != row.weights else ""
         return RowResult(
             status=(
-                f"no measured profile for {row.gpu}/{row.model.name if row.model else '?'} tp "
-                f"{row.fields.get('tp_size') or row.fields.get('decode_tp_size')} {row.weights}/kv {row.kv_cache} "
-                f"{row.framework} (simdisagg calibrate import)"
+                f"no measured profile for {row.gpu}/{row.model.name if row.model else '?'} {par} "
+                f"{row.weights}{experts}/kv {row.kv_cache} {row.framework} (simdisagg calibrate import)"
             ),
             cost_model=result.cost_label,
         )

@@ -281,14 +281,17 @@ def _kernel_db(db: Path | None) -> Path:
     return Path(db)
 
 
-def _check_fits(model: ModelShape, gpu: object, tp: int) -> None:
-    """Refuse a profile whose weights leave no room for KV on ``tp`` GPUs (90 % usable)."""
+def _check_fits(model: ModelShape, gpu: object, tp: int, dp: int = 1, ep: int = 1) -> None:
+    """Refuse a profile whose weights leave no room for KV on an instance of ``tp x dp`` GPUs
+    (90 % usable; experts spread over all of them)."""
+    from simdisagg.hardware import Parallelism, instance_kv_memory
+
     capacity = gpu.hbm_capacity_bytes.value * 0.9  # type: ignore[attr-defined]
-    per_gpu = model.weight_bytes / tp
+    per_gpu, _ = instance_kv_memory(model, Parallelism(tp, dp, ep))
     if per_gpu >= capacity:
         raise ConfigError(
-            f"{model.weight_bytes / 1e9:.0f} GB of {model.weight_format} weights over {tp} GPU(s) leave no KV memory "
-            f"on {gpu.display_name}"  # type: ignore[attr-defined]
+            f"{model.weight_bytes / 1e9:.0f} GB of {model.weight_format} weights over {tp * dp} GPU(s) leave no KV "
+            f"memory on {gpu.display_name}"  # type: ignore[attr-defined]
         )
 
 
@@ -306,6 +309,26 @@ def import_command(
     framework: Annotated[
         list[str], typer.Option("--framework", help="Framework whose kernels: vllm, sglang, trtllm (repeatable).")
     ] = ["vllm"],  # noqa: B006
+    dp: Annotated[
+        list[int], typer.Option("--dp", min=1, help="Attention data-parallel ranks per instance, MoE models (repeatable).")
+    ] = [1],  # noqa: B006
+    ep: Annotated[
+        list[int], typer.Option("--ep", min=1, help="Expert-parallel degree, MoE models (repeatable).")
+    ] = [1],  # noqa: B006
+    experts: Annotated[
+        str | None,
+        typer.Option(
+            "--experts",
+            help="Precision of a MoE model's experts when it differs from --weights: mxfp4, int4, ... "
+            "(default: as --weights).",
+        ),
+    ] = None,
+    expert_load: Annotated[
+        str,
+        typer.Option(
+            "--expert-load", help="Expert load imbalance of the MoE table: balanced, power_law_1.01, power_law_1.2."
+        ),
+    ] = "power_law_1.2",
     db: Annotated[
         Path | None, typer.Option("--db", help="Kernel database folder (default: $SIMDISAGG_KERNEL_DB).")
     ] = None,
@@ -324,7 +347,9 @@ def import_command(
     write them as calibration samples, one profile per combination of the options.
 
     Combinations the database cannot serve (a GPU or precision without tables, a TP degree
-    that does not divide the model's heads) are listed and skipped.
+    that does not divide the model's heads) are listed and skipped. Mixture-of-experts models
+    take --dp and --ep (attention data parallelism, expert parallelism) and are composed from
+    the MoE and MLA tables as well.
 
     Example: simdisagg calibrate import --db ../shared/kernels/aiconfigurator --gpu h200
     --model llama-3.1-8b --tp 1 --tp 2 --weights fp8 --kv-cache fp8 --framework vllm
@@ -341,17 +366,23 @@ def import_command(
         for g in gpu:
             store.gpu(g)
         done = skipped = 0
+        parallel = [(d, e) for d in dp for e in ep]
         for m in models:
             for g in gpu:
-                for k in tp:
+                for k, (d, e) in ((k, de) for k in tp for de in parallel):
+                    if m.moe is None and (d, e) != (1, 1):
+                        continue
                     for w in weights:
                         for kv in kv_cache:
                             for fw in framework:
-                                spec = ImportSpec(m, g, k, w, kv, fw)
+                                spec = ImportSpec(
+                                    m, g, k, w, kv, fw, d, e, experts, expert_load,
+                                    store.gpu(g).intra_node_bandwidth_bytes_per_s.value,
+                                )
                                 out = root / "measured" / g / spec.folder_name
                                 try:
-                                    ShardShape.of(m, k)
-                                    _check_fits(m.served_at(w, kv), store.gpu(g), k)
+                                    ShardShape.of(m, k, d, e)
+                                    _check_fits(spec.served, store.gpu(g), k, d, e)
                                     import_profile(database, spec, out, command_line=command_line(), seed=seed, force=force)
                                 except (CalibrationError, ConfigError) as exc:
                                     typer.echo(f"skip {g}/{spec.folder_name}: {exc}")

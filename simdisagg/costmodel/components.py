@@ -8,6 +8,9 @@ depend on few variables:
 
       t = linear(T) + head(P) + sum_i attention(n_i, c_i, P)
 
+  (with attention data parallelism over ``dp`` ranks, ``linear`` also depends on how many
+  ranks the ``P`` prompts keep busy, ``min(dp, P)``, and is tabulated per such count)
+
   ``linear`` is every GEMM, small op and all-reduce of the layers (they see the batch as ``T``
   rows); ``head`` the LM head, logits gather and sampling of the ``P`` last tokens;
   ``attention`` one prompt's share of the batch's attention kernel.
@@ -153,6 +156,14 @@ class ComponentsModel:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         p, d = spec["prefill"], spec["decode"]
         self.prefill_linear = Curve(p["linear"]["x"], p["linear"]["y"])
+        #: Attention data-parallel ranks of the instance (1: one rank).
+        self.dp = int(spec.get("dp", 1))
+        by_ranks = p.get("linear_by_ranks")
+        self._rank_counts: list[float] = []
+        self._rank_curves: list[Curve] = []
+        if by_ranks:
+            self._rank_counts = [float(r) for r in by_ranks["ranks"]]
+            self._rank_curves = [Curve(c["x"], c["y"]) for c in by_ranks["curves"]]
         self.prefill_head = Curve(p["head"]["x"], p["head"]["y"])
         att = p["attention"]
         self.prefill_attention = Grid(
@@ -169,6 +180,25 @@ class ComponentsModel:
         self._attention_cache: dict[tuple[float, float, float], float] = {}
 
     # -- prefill -----------------------------------------------------------------------------
+    def prefill_linear_s(self, tokens: float, prompts: float) -> float:
+        """The per-token part of an iteration of ``tokens`` tokens in ``prompts`` sequences.
+
+        With attention data parallelism (``dp > 1``) the sequences are spread over
+        ``min(dp, prompts)`` ranks and each rank's layers see its share of the tokens, so the
+        part is tabulated per count of busy ranks (log-linear between counts)."""
+        if not self._rank_curves:
+            return self.prefill_linear(tokens)
+        ranks = min(float(self.dp), max(float(prompts), 1.0))
+        counts = self._rank_counts
+        if ranks <= counts[0]:
+            return self._rank_curves[0](tokens)
+        if ranks >= counts[-1]:
+            return self._rank_curves[-1](tokens)
+        j = bisect.bisect_right(counts, ranks) - 1
+        lo, hi = self._rank_curves[j](tokens), self._rank_curves[j + 1](tokens)
+        w = (math.log(ranks) - math.log(counts[j])) / (math.log(counts[j + 1]) - math.log(counts[j]))
+        return math.exp(math.log(lo) + w * (math.log(hi) - math.log(lo)))
+
     def prompt_attention_s(self, new: float, cached: float, prompts: float) -> float:
         """One prompt's share of a prefill batch's attention (see module docstring)."""
         key = (new, cached, prompts)
@@ -216,7 +246,7 @@ class ComponentsModel:
             attention += share
         if tokens == 0.0:
             return 0.0, 0.0, 0.0
-        return self.prefill_linear(tokens) + self.prefill_head(p) + attention, tokens, p
+        return self.prefill_linear_s(tokens, p) + self.prefill_head(p) + attention, tokens, p
 
     # -- decode ------------------------------------------------------------------------------
     def decode_attention_s(self, batch_size: float, mean_context: float) -> float:

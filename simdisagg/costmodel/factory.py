@@ -46,7 +46,10 @@ def make_cost_model(
 ) -> CostModel:
     """The cost model of one pool (``role`` names the pool; stochastic models get their own
     stream ``cost:<role>``). ``model`` carries its serving precision (``ModelShape.served_at``).
-    A TP degree the model cannot be split by is refused for every kind
+    ``tp`` GPUs per attention rank, ``dp`` attention data-parallel ranks per instance and
+    experts spread ``ep`` ways (MoE models): a measured profile of exactly that parallelism is
+    used, and its step times are the whole instance's (every rank's requests together).
+    A parallelism the model cannot be split by is refused for every kind
     (:func:`~simdisagg.hardware.check_parallelism`): a reference model would otherwise time a
     cluster no engine can run."""
     check_parallelism(model, tp, f"{role} pool tp", dp=dp, ep=ep)
@@ -57,19 +60,20 @@ def make_cost_model(
     if cfg.kind == "exponential":
         return ExponentialCostModel(cfg.mean_prefill_s, cfg.decode_step_s, streams[f"cost:{role}"])
     if cfg.kind == "auto":
-        fitted = _find_fitted(store, gpu, model, tp, framework)
+        fitted = _find_fitted(store, gpu, model, tp, framework, dp, ep)
         if fitted is not None:
             return fitted
     return _roofline(cfg, model, gpu, tp, dp, ep)
 
 
 def _find_fitted(
-    store: ProfileStore, gpu_profile: GPUProfile, model: ModelShape, tp: int, framework: str
+    store: ProfileStore, gpu_profile: GPUProfile, model: ModelShape, tp: int, framework: str, dp: int = 1, ep: int = 1
 ) -> CostModel | None:
     from simdisagg.costmodel import fitted
 
     path = fitted.find_fitted(
-        store.roots, gpu_profile.name, model.name, tp, model.weight_format, model.kv_format, framework
+        store.roots, gpu_profile.name, model.name, tp, model.weight_format, model.kv_format, framework,
+        dp, ep, model.expert_format,
     )
     if path is None:
         return None

@@ -50,7 +50,7 @@ import numpy as np
 
 from simdisagg.costmodel.components import ComponentsModel
 from simdisagg.errors import CalibrationError, ConfigError
-from simdisagg.hardware import GPUProfile, ModelShape, check_parallelism
+from simdisagg.hardware import GPUProfile, ModelShape, Parallelism, check_parallelism, instance_kv_memory
 from simdisagg.overheads import FrameworkOverheads, no_overheads
 
 #: Version of the ``fit.json`` layout written by :mod:`simdisagg.fit` and read here.
@@ -94,6 +94,13 @@ class ShardShape:
     Heads, the MLP's intermediate size and the LM head's vocabulary rows are divided by ``tp``;
     KV heads too, but never below one (they are replicated when the model has fewer KV heads
     than ``tp``). The hidden size and the layer count are the model's.
+
+    A mixture-of-experts or latent-attention model's shard also records its instance's
+    attention data parallelism ``dp`` and expert parallelism ``ep``, the experts' precision
+    when it differs from the other weights, and three figures the dense formulas would get
+    wrong (zero for a dense model, whose properties follow from the fields above): the weights
+    one GPU holds, the weights one token passes through per layer on one GPU (its routed
+    experts, not all of them) and the KV one GPU stores per token of context.
     """
 
     model: str
@@ -109,11 +116,35 @@ class ShardShape:
     #: Bytes per weight parameter and per KV element at the serving precision.
     weight_bytes_per_param: float
     kv_bytes_per_element: float
+    dp: int = 1
+    ep: int = 1
+    expert_format: str = ""
+    weight_bytes_per_gpu: float = 0.0
+    active_layer_params_per_gpu: float = 0.0
+    kv_bytes_per_token_per_gpu: float = 0.0
+    expert_weight_bytes_per_gpu: float = 0.0
+    moe_experts: int = 0
+    moe_experts_per_token: int = 0
 
     @classmethod
-    def of(cls, model: ModelShape, tp: int) -> ShardShape:
-        """The shard of ``model`` one GPU holds at tensor-parallel degree ``tp``."""
-        check_parallelism(model, tp)
+    def of(cls, model: ModelShape, tp: int, dp: int = 1, ep: int = 1) -> ShardShape:
+        """The shard of ``model`` one GPU holds at tensor-parallel degree ``tp`` (per attention
+        rank), ``dp`` attention data-parallel ranks and expert parallelism ``ep``."""
+        check_parallelism(model, tp, dp=dp, ep=ep)
+        extra: dict[str, Any] = {}
+        if model.moe is not None or model.mla is not None:
+            weights, kv_per_token = instance_kv_memory(model, Parallelism(tp, dp, ep))
+            extra = {
+                "dp": dp,
+                "ep": ep,
+                "expert_format": model.expert_format or "",
+                "weight_bytes_per_gpu": float(weights),
+                "active_layer_params_per_gpu": float(model.active_layer_params) / tp,
+                "kv_bytes_per_token_per_gpu": float(kv_per_token) / tp,
+                "expert_weight_bytes_per_gpu": model.expert_params_total * model.expert_bytes_per_param / (tp * dp),
+                "moe_experts": model.moe.experts if model.moe else 0,
+                "moe_experts_per_token": model.moe.experts_per_token if model.moe else 0,
+            }
         return cls(
             model=model.name,
             num_layers=model.num_layers,
@@ -127,11 +158,15 @@ class ShardShape:
             tp=tp,
             weight_bytes_per_param=float(model.weight_bytes_per_param or model.dtype_bytes),
             kv_bytes_per_element=float(model.kv_bytes_per_element or model.dtype_bytes),
+            **extra,
         )
 
     @property
-    def layer_params(self) -> int:
-        """Weights of one layer's shard: fused QKV, output projection, gated MLP, two norms."""
+    def layer_params(self) -> float:
+        """Weights of one layer's shard one token passes through: fused QKV, output projection,
+        gated MLP (a MoE layer's routed and shared experts), two norms."""
+        if self.active_layer_params_per_gpu > 0.0:
+            return self.active_layer_params_per_gpu
         h, d = self.hidden_size, self.head_dim
         qkv = h * (self.num_heads + 2 * self.num_kv_heads) * d
         o = self.num_heads * d * h
@@ -145,8 +180,20 @@ class ShardShape:
 
     @property
     def weight_bytes(self) -> float:
-        """Bytes of weights read by every iteration: all layers plus the LM head."""
+        """Bytes of weights read by every iteration: all layers plus the LM head (for a MoE
+        model: every weight the GPU holds, all its experts)."""
+        if self.weight_bytes_per_gpu > 0.0:
+            return self.weight_bytes_per_gpu
         return float((self.num_layers * self.layer_params + self.lm_head_params) * self.weight_bytes_per_param)
+
+    def read_weight_bytes(self, tokens: float) -> float:
+        """Bytes of weights one iteration over ``tokens`` tokens reads on this GPU: all of them
+        for a dense shard; of a MoE shard's experts only those some token is routed to, in
+        expectation under uniform routing (``1 - (1 - k/E)^tokens`` of them)."""
+        if self.moe_experts <= 0 or self.expert_weight_bytes_per_gpu <= 0.0:
+            return self.weight_bytes
+        touched = 1.0 - (1.0 - self.moe_experts_per_token / self.moe_experts) ** max(tokens, 1.0)
+        return self.weight_bytes - self.expert_weight_bytes_per_gpu * (1.0 - touched)
 
     @property
     def kv_bytes_per_token_per_layer(self) -> float:
@@ -156,6 +203,8 @@ class ShardShape:
     @property
     def kv_bytes_per_token(self) -> float:
         """K and V of one token across all layers of the shard."""
+        if self.kv_bytes_per_token_per_gpu > 0.0:
+            return self.kv_bytes_per_token_per_gpu
         return self.num_layers * self.kv_bytes_per_token_per_layer
 
     def to_dict(self) -> dict[str, Any]:
@@ -787,7 +836,7 @@ class FittedCostModel:
             return self.decode_step_time_s(decode_batch_size, decode_context_tokens)
         attention += comp.decode_attention_s(b, max(decode_context_tokens / b, 1.0))
         rows = float(prompts) + b
-        kernels_s = comp.prefill_linear(tokens + b) + comp.prefill_head(rows) + attention
+        kernels_s = comp.prefill_linear_s(tokens + b, rows) + comp.prefill_head(rows) + attention
         overhead = self.overheads.mixed_s(prompts, b, self.prefill_kernels)
         return kernels_s + self._ar_fixed_s + self._ar_per_token_s * (tokens + b) + overhead
 
@@ -800,16 +849,41 @@ class FittedCostModel:
         return float(self._transfers[kind].predict(x, transfer_coords(np.array([float(nbytes)])))[0])
 
 
+def profile_folder_name(
+    model: str,
+    tp: int,
+    weights: str,
+    kv_cache: str,
+    framework: str,
+    dp: int = 1,
+    ep: int = 1,
+    experts: str | None = None,
+) -> str:
+    """Folder of a measured profile: ``<model>-tp<k>[-dp<d>][-ep<e>]-<weights>[-<experts>experts]-kv<kv>-<framework>``
+    (attention data parallelism, expert parallelism and an expert precision of its own are
+    named only where they apply, so dense profiles keep ``<model>-tp<k>-<weights>-kv<kv>-<framework>``)."""
+    par = f"tp{tp}" + (f"-dp{dp}" if dp > 1 else "") + (f"-ep{ep}" if ep > 1 else "")
+    precision = weights + (f"-{experts}experts" if experts and experts != weights else "")
+    return f"{model}-{par}-{precision}-kv{kv_cache}-{framework}"
+
+
 def fitted_candidates(
-    model: str, tp: int, weights: str = "bf16", kv_cache: str = "bf16", framework: str | None = None
+    model: str,
+    tp: int,
+    weights: str = "bf16",
+    kv_cache: str = "bf16",
+    framework: str | None = None,
+    dp: int = 1,
+    ep: int = 1,
+    experts: str | None = None,
 ) -> list[str]:
-    """Profile folder names that serve (model, tp, precision, framework), best first: a profile
-    of exactly these settings (``<model>-tp<k>-<weights>-kv<kv>-<framework>``), then, for BF16
-    only, one timed by ``calibrate gpu`` on its own kernels (``<model>-tp<k>``)."""
+    """Profile folder names that serve (model, parallelism, precision, framework), best first: a
+    profile of exactly these settings (:func:`profile_folder_name`), then, for a dense BF16
+    shard only, one timed by ``calibrate gpu`` on its own kernels (``<model>-tp<k>``)."""
     names = []
     if framework:
-        names.append(f"{model}-tp{tp}-{weights}-kv{kv_cache}-{framework}")
-    if weights == "bf16" and kv_cache == "bf16":
+        names.append(profile_folder_name(model, tp, weights, kv_cache, framework, dp, ep, experts))
+    if weights == "bf16" and kv_cache == "bf16" and dp == 1 and ep == 1 and not experts:
         names.append(f"{model}-tp{tp}")
     return names
 
@@ -822,16 +896,19 @@ def find_fitted(
     weights: str = "bf16",
     kv_cache: str = "bf16",
     framework: str | None = None,
+    dp: int = 1,
+    ep: int = 1,
+    experts: str | None = None,
 ) -> Path | None:
-    """The ``fit.json`` to use for ``gpu``/``model``/``tp`` at a precision and framework, or
-    ``None``.
+    """The ``fit.json`` to use for ``gpu``/``model``/parallelism at a precision and framework,
+    or ``None``.
 
     Looks in each root in order for ``measured/<gpu>/<name>/fit.json``, for the names of
     :func:`fitted_candidates` in order, then the same under ``derived/`` (a measured fit beats a
     derived one). A fit made on the CPU (``device`` other than ``cuda``) is skipped with a
     warning unless ``gpu`` is ``cpu``: CPU timings must never stand in for a GPU.
     """
-    names = fitted_candidates(model, tp, weights, kv_cache, framework)
+    names = fitted_candidates(model, tp, weights, kv_cache, framework, dp, ep, experts)
     for kind in ("measured", "derived"):
         for name in names:
             for root in roots:

@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from simdisagg.costmodel.fitted import ShardShape
+from simdisagg.costmodel.fitted import ShardShape, profile_folder_name
 from simdisagg.errors import CalibrationError
 from simdisagg.hardware import ModelShape
-from simdisagg.kerneldb.compose import StepBreakdown, StepComposer
+from simdisagg.kerneldb.compose import MoEStepComposer, StepBreakdown, StepComposer
 from simdisagg.kerneldb.grid import OutsideGridError
-from simdisagg.kerneldb.tables import EXTRAPOLATIONS, GEMM_DTYPES, KernelDatabase
+from simdisagg.kerneldb.tables import DEFAULT_MOE_DISTRIBUTION, EXTRAPOLATIONS, KernelDatabase
 
 #: New tokens of each prompt of a prefill batch on the fitting grid.
 PREFILL_NEW: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -71,7 +71,13 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class ImportSpec:
-    """What to import: a model shard at a precision, from one GPU's tables of one framework."""
+    """What to import: a model instance at a precision, from one GPU's tables of one framework.
+
+    ``tp`` GPUs per attention rank; for a mixture-of-experts model also ``dp`` attention
+    data-parallel ranks, experts spread ``ep`` ways, the experts' own precision (``experts``,
+    default the weights'), the expert load imbalance of the MoE table (``distribution``) and
+    the bandwidth of the link model used for expert dispatch where the database measured no
+    all-to-all (``link_bandwidth_bytes_per_s``: the GPU profile's NVLink figure)."""
 
     model: ModelShape
     gpu: str
@@ -79,16 +85,28 @@ class ImportSpec:
     weights: str = "bf16"
     kv_cache: str = "bf16"
     framework: str = "vllm"
+    dp: int = 1
+    ep: int = 1
+    experts: str | None = None
+    distribution: str = DEFAULT_MOE_DISTRIBUTION
+    link_bandwidth_bytes_per_s: float | None = None
+
+    @property
+    def served(self) -> ModelShape:
+        """The model at this spec's precision."""
+        return self.model.served_at(self.weights, self.kv_cache, self.experts)
+
+    @property
+    def is_moe_or_mla(self) -> bool:
+        """Whether the model needs the mixture-of-experts / latent-attention composition."""
+        return self.model.moe is not None or self.model.mla is not None
 
     @property
     def folder_name(self) -> str:
-        """``<model>-tp<k>-<weights>-kv<kv>-<framework>``: the profile's folder under ``measured/<gpu>/``."""
-        return profile_folder_name(self.model.name, self.tp, self.weights, self.kv_cache, self.framework)
-
-
-def profile_folder_name(model: str, tp: int, weights: str, kv_cache: str, framework: str) -> str:
-    """Folder of a measured profile for these settings (see :class:`ImportSpec`)."""
-    return f"{model}-tp{tp}-{weights}-kv{kv_cache}-{framework}"
+        """The profile's folder under ``measured/<gpu>/`` (:func:`~simdisagg.costmodel.fitted.profile_folder_name`)."""
+        experts = self.experts if self.experts and self.experts != self.weights else None
+        return profile_folder_name(self.model.name, self.tp, self.weights, self.kv_cache, self.framework,
+                                   self.dp, self.ep, experts)
 
 
 def grid_points(gemm_rows: Sequence[int]) -> tuple[list[tuple[list[int], list[int]]], list[tuple[int, int]]]:
@@ -164,10 +182,9 @@ def _row(device: str, phase: str, step: StepBreakdown, used: Counter[str], **col
 
 def compose_rows(db: KernelDatabase, spec: ImportSpec, seed: int = 0) -> list[dict[str, Any]]:
     """Every grid and held-out point of ``spec``, composed from ``db`` (raw.csv rows)."""
-    shard = ShardShape.of(spec.model.served_at(spec.weights, spec.kv_cache), spec.tp)
-    composer = StepComposer(db, shard, spec.weights, spec.kv_cache, qk_norm=spec.model.qk_norm)
+    composer = make_composer(db, spec)
     rows: list[dict[str, Any]] = []
-    grid_p, grid_d = grid_points(db.gemm_rows(composer.gemm_dtype))
+    grid_p, grid_d = grid_points(sample_rows(db, composer))
     hold_p, hold_d = holdout_points(seed)
     for holdout, prefill, decode in ((0, grid_p, grid_d), (1, hold_p, hold_d)):
         for new, cached in prefill:
@@ -189,6 +206,33 @@ def compose_rows(db: KernelDatabase, spec: ImportSpec, seed: int = 0) -> list[di
                 _row("cuda", "decode", step, db.extrapolated - before, batch_size=b, context_tokens=c, holdout=holdout)
             )
     return rows
+
+
+def sample_rows(db: KernelDatabase, composer: StepComposer) -> list[int]:
+    """Token counts sampled on their own: every ``m`` the GEMM table measures and, for a MoE
+    model, every token count the MoE table measures (its kernel changes between them too)."""
+    rows = set(db.gemm_rows(composer.gemm_dtype))
+    if isinstance(composer, MoEStepComposer) and composer.model.moe is not None:
+        rows |= set(composer.moe_token_counts())
+    return sorted(rows)
+
+
+def make_composer(db: KernelDatabase, spec: ImportSpec) -> StepComposer:
+    """The composer of ``spec``: the dense one, or the mixture-of-experts / latent-attention one."""
+    if spec.is_moe_or_mla:
+        try:
+            return MoEStepComposer(
+                db, spec.served, spec.tp, spec.dp, spec.ep, spec.weights, spec.kv_cache,
+                spec.distribution, spec.link_bandwidth_bytes_per_s,
+            )
+        except ValueError as exc:
+            raise CalibrationError(f"{spec.folder_name}: {exc}") from exc
+    if spec.dp > 1 or spec.ep > 1:
+        raise CalibrationError(
+            f"{spec.model.name}: attention data parallelism and expert parallelism apply to MoE models"
+        )
+    shard = ShardShape.of(spec.served, spec.tp)
+    return StepComposer(db, shard, spec.weights, spec.kv_cache, qk_norm=spec.model.qk_norm)
 
 
 def _compose(fn: Any, *args: Any) -> StepBreakdown:
@@ -217,6 +261,14 @@ def import_profile(
         if (out / name).exists() and not force:
             raise CalibrationError(f"{out / name} exists: raw samples are never overwritten without --force")
     db = KernelDatabase(db_root, spec.gpu, spec.framework)
+    if spec.is_moe_or_mla and spec.link_bandwidth_bytes_per_s is None and (spec.dp > 1 or spec.ep > 1):
+        from dataclasses import replace
+
+        from simdisagg.hardware import ProfileStore
+
+        gpu = ProfileStore().gpu(spec.gpu)
+        spec = replace(spec, link_bandwidth_bytes_per_s=gpu.intra_node_bandwidth_bytes_per_s.value)
+    composer = make_composer(db, spec)
     rows = compose_rows(db, spec, seed)
     source = db.source
     used = Counter[str]()
@@ -225,7 +277,7 @@ def import_profile(
             name, count = part.split("=")
             used[name] += int(count)
     points_extrapolated = sum(1 for r in rows if r["extrapolations"])
-    shard = ShardShape.of(spec.model.served_at(spec.weights, spec.kv_cache), spec.tp)
+    shard = ShardShape.of(spec.served, spec.tp, spec.dp, spec.ep)
     meta: dict[str, Any] = {
         "schema_version": 1,
         "kind": "simdisagg-calibration",
@@ -237,7 +289,9 @@ def import_profile(
         "command": command_line,
         "shard": shard.to_dict(),
         "tp": spec.tp,
-        "precision": {"weights": spec.weights, "kv_cache": spec.kv_cache},
+        "parallelism": {"tp": spec.tp, "dp": spec.dp, "ep": spec.ep},
+        "precision": {"weights": spec.weights, "kv_cache": spec.kv_cache,
+                      **({"experts": spec.experts} if spec.experts and spec.experts != spec.weights else {})},
         "framework": spec.framework,
         "layers_timed": shard.num_layers,
         "grid": {
@@ -245,7 +299,7 @@ def import_profile(
             "prefill_new_tokens": list(PREFILL_NEW),
             "prefill_prompts": list(PREFILL_PROMPTS),
             "prefill_cached_tokens": list(PREFILL_CACHED),
-            "decode_batch_sizes": sorted({b for b, _ in grid_points(db.gemm_rows(GEMM_DTYPES[spec.weights]))[1]}),
+            "decode_batch_sizes": sorted({b for b, _ in grid_points(sample_rows(db, composer))[1]}),
             "decode_mean_context": list(DECODE_CONTEXT),
             "holdout_points_per_phase": HOLDOUT_POINTS,
             "holdout_seed": seed,
@@ -264,6 +318,7 @@ def import_profile(
             "interpolation": "log-space multilinear over each table's grid, between measured neighbours only "
             "(no overshoot); splits and scalings beyond a table as listed under extrapolations "
             "(simdisagg.kerneldb.grid, simdisagg.kerneldb.tables)",
+            **(_moe_method(composer, spec) if isinstance(composer, MoEStepComposer) else {}),
             "streaming_bandwidth_bytes_per_s": db.streaming_bandwidth_bytes_per_s,
             "smallest_kernel_s": db.smallest_kernel_s,
             "framework_overheads": "not included: fitted on end-to-end measurements and added at run time",
@@ -293,6 +348,35 @@ def import_profile(
     if stale.exists():
         stale.unlink()
     return out, meta
+
+
+def _moe_method(composer: MoEStepComposer, spec: ImportSpec) -> dict[str, Any]:
+    """How a mixture-of-experts / latent-attention instance was composed (for ``meta.yaml``
+    and the fit report)."""
+    m = spec.model
+    out: dict[str, Any] = {
+        "composition": "per-iteration sum of measured kernels (simdisagg.kerneldb.compose.MoEStepComposer): "
+        "attention projections, attention, dense-layer MLPs, router, routed experts (moe_perf), shared experts, "
+        "TP all-reduces and expert dispatch/combine; embedding, LM head, logits gather and sampling; small ops "
+        "at the measured streaming bandwidth, never below the shortest measured kernel",
+        "instance": "iterations are the whole instance's (all attention-DP ranks); each rank has an even "
+        "share of the prompts or sequences and the busiest rank sets the time "
+        "(simdisagg.kerneldb.compose.MoEStepComposer)",
+        "attention": ("latent attention (MLA): context_mla / generation_mla / mla_bmm tables"
+                      if m.mla is not None else "grouped-query attention tables")
+        + (f"; {m.sliding_window_layers} sliding-window layers ({m.sliding_window_tokens} tokens) at the "
+           "full-attention kernel of equal (query, key) pairs or KV read" if m.sliding_window_layers else ""),
+    }
+    if m.moe is not None:
+        out.update({
+            "experts": f"moe_perf {composer.moe_dtype}, moe_tp {composer.moe_tp}, moe_ep {spec.ep}, at the instance's "
+            f"tokens; {m.moe.dense_layers} dense first layers and {m.moe.shared_experts} shared expert(s) as GEMMs",
+            "expert_load_distribution": spec.distribution,
+            "dispatch_combine": composer.dispatch_source,
+        })
+        if spec.link_bandwidth_bytes_per_s and not composer.use_alltoall and (spec.dp > 1 or spec.ep > 1):
+            out["link_bandwidth_bytes_per_s"] = spec.link_bandwidth_bytes_per_s
+    return out
 
 
 def _compact(column: str, value: Any) -> Any:

@@ -19,6 +19,17 @@ tables of one GPU and one framework version:
   (the table's ``isl + step``).
 * ``allreduce_s(gpus, elements, graph)`` -- ``custom_allreduce_perf``: one all-reduce of
   ``elements`` BF16 values over ``gpus`` GPUs, from a CUDA graph (decode) or eager (prefill).
+* ``moe_s(tokens, hidden, inter, topk, experts, moe_tp, moe_ep, dtype, distribution)`` --
+  ``moe_perf``: one GPU's fused mixture-of-experts kernel (routing, gate/up and down GEMMs of the
+  experts it holds) when ``tokens`` tokens enter the layer, experts spread ``moe_ep`` ways and
+  each expert's MLP ``moe_tp`` ways; ``distribution`` names the expert load imbalance the table
+  was measured under (:data:`MOE_DISTRIBUTIONS`).
+* ``context_mla_s(batch, isl, heads, kv_dtype)`` / ``generation_mla_s(batch, context, heads,
+  kv_dtype)`` -- ``context_mla_perf`` / ``generation_mla_perf``: DeepSeek-style latent attention
+  of one GPU's ``heads`` (the table's ``num_heads`` is per GPU).
+* ``mla_bmm_s(op, tokens, heads, dtype)`` -- ``mla_bmm_perf``: the per-head batched matmuls that
+  absorb the latent up-projections into the query (``mla_gen_pre``) and the output
+  (``mla_gen_post``) in decode.
 
 Where a table has several kernels for the same operation (``kernel_source``), the one measured
 on the most shapes is used: the framework's default path, measured on its full grid. Lookups
@@ -51,6 +62,23 @@ GEMM_DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp8": "fp8", "fp8_block": "f
 #: KV-cache precision -> the attention tables' ``kv_cache_dtype``.
 KV_DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp8": "fp8"}
 
+#: Expert precision (``precision.experts``, else ``weights``) -> the MoE table's ``moe_dtype``.
+MOE_DTYPES: dict[str, str] = {
+    "bf16": "bfloat16",
+    "fp8": "fp8",
+    "fp8_block": "fp8_block",
+    "fp4": "nvfp4",
+    "mxfp4": "w4a16_mxfp4",
+    "int4": "int4_wo",
+}
+
+#: Expert load imbalance the MoE table measures (its ``distribution`` column): tokens routed
+#: uniformly, or by a power law of exponent 1.01 or 1.2 over the experts.
+MOE_DISTRIBUTIONS: tuple[str, ...] = ("balanced", "power_law_1.01", "power_law_1.2")
+#: The imbalance used unless one is named: the one AIConfigurator's own MoE model queries
+#: (``aic-core/.../sdk/models`` MoE builder; see ``../shared`` notes on the kernel tables).
+DEFAULT_MOE_DISTRIBUTION = "power_law_1.2"
+
 #: The only ways a lookup goes beyond a measured table, each exact or a bound for the kernel:
 EXTRAPOLATIONS: dict[str, str] = {
     "gemm_split": "GEMM larger than the table in m, n or k: the sum of equal blocks that lie in it "
@@ -68,6 +96,20 @@ EXTRAPOLATIONS: dict[str, str] = {
     "measured head counts with the same KV heads (or proportional to heads from the nearest)",
     "allreduce_small": "all-reduce message below the table's smallest: timed as the smallest",
     "allreduce_large": "all-reduce message above the table's largest: linear in size from the largest",
+    "alltoall_small": "all-to-all message below the table's smallest: timed as the smallest",
+    "alltoall_large": "all-to-all message above the table's largest: linear in size from the largest",
+    "moe_tp_as_ep": "MoE expert tensor parallelism the table did not measure (moe_tp > 1): the same "
+    "GPUs with whole experts spread over them (moe_tp 1, moe_ep = moe_tp x moe_ep), the same per-GPU work "
+    "under even load",
+    "moe_tokens_linear": "MoE layer with more tokens than the table's largest (16384): linear in tokens "
+    "from the two largest measured (every expert already busy: the work grows with the tokens)",
+    "mla_batch_scaled": "latent attention batch beyond the measured cells for its length: the largest "
+    "measured batch at that length, scaled by the batch",
+    "mla_length_scaled": "latent attention longer than the table's longest: prefill scaled by causal "
+    "(query, key) pairs, decode linear in context from the two longest measured",
+    "mla_bmm_tokens_linear": "latent-attention batched matmul with more tokens than measured: linear in tokens",
+    "sliding_window_equivalent": "sliding-window attention layer: the full-attention kernel at the "
+    "length with the same (query, key) pairs (prefill) or KV read (decode) as the window allows",
 }
 
 
@@ -127,6 +169,7 @@ class KernelDatabase:
         self._attn_dir = _only_version(base / "attention" / framework, f"{framework} attention tables for {gpu}")
         self._comm_dir = _only_version(base / "comm" / framework, f"{framework} all-reduce tables for {gpu}")
         self.version = self._gemm_dir.name
+        self._base = base
         #: How many lookups went beyond a table, by kind (keys of :data:`EXTRAPOLATIONS`).
         self.extrapolated: Counter[str] = Counter()
 
@@ -328,15 +371,205 @@ class KernelDatabase:
         """Seconds of one all-reduce of ``elements`` BF16 values across ``gpus`` GPUs."""
         if gpus <= 1:
             return 0.0
-        grid = self._allreduce_grid(gpus, graph)
+        return self._message_s(self._allreduce_grid(gpus, graph), elements, "allreduce")
+
+    def _message_s(self, grid: LogGrid, elements: float, kind: str) -> float:
+        """Seconds of one collective of ``elements`` values from its ``message_size`` table: the
+        smallest measured time below the table, linear in size above it (counted as
+        ``<kind>_small`` / ``<kind>_large``)."""
         lo, hi = grid.range_of("message_size")
         if elements < lo:
-            self.extrapolated["allreduce_small"] += 1
+            self.extrapolated[f"{kind}_small"] += 1
             return grid((lo,)) * 1e-3
         if elements > hi:
-            self.extrapolated["allreduce_large"] += 1
+            self.extrapolated[f"{kind}_large"] += 1
             return grid((hi,)) * elements / hi * 1e-3
         return grid((elements,)) * 1e-3
+
+    # -- all-to-all (NCCL) ----------------------------------------------------------------------
+    @functools.cached_property
+    def has_alltoall(self) -> bool:
+        """Whether the database measured NCCL all-to-all on this GPU (``comm/nccl``; the H200
+        slice has none)."""
+        folder = self._base / "comm" / "nccl"
+        if not folder.is_dir():
+            return False
+        try:
+            frame = self._table(_only_version(folder, "NCCL tables") / "nccl_perf.parquet")
+        except CalibrationError:
+            return False
+        return bool((frame["op_name"] == "alltoall").any())
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019
+    def _alltoall_grid(self, gpus: int) -> LogGrid:
+        folder = _only_version(self._base / "comm" / "nccl", "NCCL tables")
+        frame = self._table(folder / "nccl_perf.parquet")
+        rows = frame[(frame["op_name"] == "alltoall") & (frame["num_gpus"] == gpus) & (frame["nccl_dtype"] == "half")]
+        if rows.empty:
+            have = ", ".join(str(int(g)) for g in sorted(set(frame.loc[frame["op_name"] == "alltoall", "num_gpus"])))
+            raise CalibrationError(f"{folder}: no all-to-all over {gpus} GPUs (measured: {have or 'none'})")
+        # Keys are measured two or three times; the first row is kept, as the tables' own loader does.
+        rows = rows.drop_duplicates(subset=["message_size"], keep="first")
+        return _grid(rows, ("message_size",), f"{self.gpu} nccl alltoall x{gpus}")
+
+    def alltoall_s(self, gpus: int, elements: float) -> float:
+        """Seconds of one NCCL all-to-all of ``elements`` BF16 values per GPU (each GPU's send
+        buffer) across ``gpus`` GPUs, from the measured table."""
+        if gpus <= 1:
+            return 0.0
+        return self._message_s(self._alltoall_grid(gpus), elements, "alltoall")
+
+    # -- mixture of experts ------------------------------------------------------------------
+    def _optional_dir(self, family: str) -> Path:
+        return _only_version(self._base / family / self.framework, f"{self.framework} {family} tables for {self.gpu}")
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _moe_grid(
+        self, dtype: str, hidden: int, inter: int, topk: int, experts: int, moe_tp: int, moe_ep: int, distribution: str
+    ) -> LogGrid:
+        folder = self._optional_dir("moe")
+        frame = self._table(folder / "moe_perf.parquet")
+        rows = frame[
+            (frame["moe_dtype"] == dtype)
+            & (frame["hidden_size"] == hidden)
+            & (frame["inter_size"] == inter)
+            & (frame["topk"] == topk)
+            & (frame["num_experts"] == experts)
+        ]
+        if rows.empty:
+            have = sorted(
+                {f"{d} h{h}/i{i}/top{k}/e{e}" for d, h, i, k, e in frame[
+                    ["moe_dtype", "hidden_size", "inter_size", "topk", "num_experts"]].itertuples(index=False)}
+            )
+            raise CalibrationError(
+                f"{folder}: no {dtype} MoE of hidden {hidden}, expert size {inter}, top-{topk} of {experts} on "
+                f"{self.gpu} under {self.framework} (measured: {', '.join(have)})"
+            )
+        rows = rows[(rows["moe_tp_size"] == moe_tp) & (rows["moe_ep_size"] == moe_ep) & (rows["distribution"] == distribution)]
+        if rows.empty:
+            raise CalibrationError(
+                f"{folder}: {dtype} MoE h{hidden}/i{inter}/top{topk}/e{experts} not measured at moe_tp {moe_tp}, "
+                f"moe_ep {moe_ep}, distribution {distribution} on {self.gpu} under {self.framework}"
+            )
+        rows = self._main_kernel(rows)
+        return _grid(rows, ("num_tokens",), f"{self.gpu}/{self.framework} moe {dtype} h{hidden}/i{inter} tp{moe_tp}/ep{moe_ep}")
+
+    def moe_token_counts(self, hidden: int, inter: int, topk: int, experts: int, dtype: str) -> list[int]:
+        """Token counts (``num_tokens``) the MoE table measures for this expert shape."""
+        frame = self._table(self._optional_dir("moe") / "moe_perf.parquet")
+        rows = frame[(frame["moe_dtype"] == dtype) & (frame["hidden_size"] == hidden) & (frame["inter_size"] == inter)
+                     & (frame["topk"] == topk) & (frame["num_experts"] == experts)]
+        return sorted(int(t) for t in set(rows["num_tokens"]))
+
+    def moe_s(
+        self,
+        tokens: float,
+        hidden: int,
+        inter: int,
+        topk: int,
+        experts: int,
+        moe_tp: int,
+        moe_ep: int,
+        dtype: str,
+        distribution: str = DEFAULT_MOE_DISTRIBUTION,
+    ) -> float:
+        """Seconds of one GPU's MoE kernel for a layer that ``tokens`` tokens enter (see module
+        docstring); ``dtype`` is a ``moe_dtype`` (:data:`MOE_DTYPES`)."""
+        if distribution not in MOE_DISTRIBUTIONS:
+            raise CalibrationError(f"unknown expert load distribution '{distribution}' (known: {', '.join(MOE_DISTRIBUTIONS)})")
+        try:
+            grid = self._moe_grid(dtype, hidden, inter, topk, experts, moe_tp, moe_ep, distribution)
+        except CalibrationError:
+            if moe_tp == 1:
+                raise
+            # Expert tensor parallelism the table did not measure: the same GPUs holding whole
+            # experts instead (each GPU does the same share of the work when the load is even).
+            grid = self._moe_grid(dtype, hidden, inter, topk, experts, 1, moe_tp * moe_ep, distribution)
+            self.extrapolated["moe_tp_as_ep"] += 1
+        lo, hi = grid.range_of("num_tokens")
+        tokens = max(float(tokens), lo)
+        if tokens > hi:
+            self.extrapolated["moe_tokens_linear"] += 1
+            axis = grid.axes[0]
+            below = float(axis[-2]) if axis.size > 1 else hi / 2
+            t_hi, t_below = grid((hi,)), grid((below,))
+            slope = max(t_hi - t_below, 0.0) / (hi - below)
+            if slope == 0.0:
+                slope = t_hi / hi
+            return (t_hi + slope * (tokens - hi)) * 1e-3
+        return grid((tokens,)) * 1e-3
+
+    # -- latent attention (MLA) ---------------------------------------------------------------
+    @functools.lru_cache(maxsize=32)  # noqa: B019
+    def _mla_grid(self, table: str, heads: int, kv_dtype: str) -> LogGrid:
+        folder = self._optional_dir("mla")
+        frame = self._table(folder / f"{table}.parquet")
+        rows = frame[(frame["num_heads"] == heads) & (frame["kv_cache_dtype"] == kv_dtype)]
+        if rows.empty:
+            have = ", ".join(str(int(h)) for h in sorted(set(frame["num_heads"])))
+            raise CalibrationError(
+                f"{folder / table}: no latent attention of {heads} heads per GPU with KV cache {kv_dtype} "
+                f"(measured heads: {have})"
+            )
+        rows = self._main_kernel(rows)
+        rows = rows.assign(context=rows["isl"] + rows["step"])
+        second = "isl" if table == "context_mla_perf" else "context"
+        return _grid(rows, ("batch_size", second), f"{self.gpu}/{self.framework} {table} h{heads}")
+
+    def _mla_s(self, table: str, batch: int, length: float, heads: int, kv_dtype: str) -> float:
+        grid = self._mla_grid(table, heads, kv_dtype)
+        second = grid.names[1]
+        lo_len, hi_len = grid.range_of(second)
+        if length > hi_len:
+            self.extrapolated["mla_length_scaled"] += 1
+            at_top = self._mla_s(table, batch, hi_len, heads, kv_dtype)
+            if table == "context_mla_perf":
+                return at_top * length * (length + 1.0) / (hi_len * (hi_len + 1.0))
+            axis = grid.axes[1]
+            below = float(axis[-2]) if axis.size > 1 else hi_len / 2
+            t_below = self._mla_s(table, batch, below, heads, kv_dtype)
+            return at_top + max(at_top - t_below, 0.0) / (hi_len - below) * (length - hi_len)
+        length = max(length, lo_len)
+        batch = max(int(batch), int(grid.range_of("batch_size")[0]))
+        if grid.inside((batch, length)):
+            return grid((batch, length)) * 1e-3
+        for measured in reversed(grid.axes[0].tolist()):
+            if measured < batch and grid.inside((measured, length)):
+                self.extrapolated["mla_batch_scaled"] += 1
+                return grid((measured, length)) * batch / measured * 1e-3
+        return grid((batch, length)) * 1e-3  # raises OutsideGridError naming the cell
+
+    def context_mla_s(self, batch: int, isl: float, heads: int, kv_dtype: str) -> float:
+        """Seconds of latent-attention prefill over ``batch`` prompts of ``isl`` new tokens."""
+        return self._mla_s("context_mla_perf", batch, isl, heads, kv_dtype)
+
+    def generation_mla_s(self, batch: int, context: float, heads: int, kv_dtype: str) -> float:
+        """Seconds of one latent-attention decode step: ``batch`` sequences of ``context`` tokens."""
+        return self._mla_s("generation_mla_perf", batch, context, heads, kv_dtype)
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019
+    def _mla_bmm_grid(self, op: str, heads: int, dtype: str) -> LogGrid:
+        folder = self._optional_dir("mla_bmm")
+        frame = self._table(folder / "mla_bmm_perf.parquet")
+        rows = frame[(frame["op_name"] == op) & (frame["num_heads"] == heads) & (frame["bmm_dtype"] == dtype)]
+        if rows.empty:
+            raise CalibrationError(f"{folder}: no {op} batched matmul of {heads} heads at {dtype}")
+        return _grid(self._main_kernel(rows), ("num_tokens",), f"{self.gpu}/{self.framework} {op} h{heads} {dtype}")
+
+    def mla_bmm_dtypes(self) -> set[str]:
+        """The ``bmm_dtype`` values the latent-attention batched-matmul table measures."""
+        frame = self._table(self._optional_dir("mla_bmm") / "mla_bmm_perf.parquet")
+        return {str(d) for d in frame["bmm_dtype"]}
+
+    def mla_bmm_s(self, op: str, tokens: float, heads: int, dtype: str) -> float:
+        """Seconds of one ``mla_gen_pre`` or ``mla_gen_post`` batched matmul over ``tokens`` tokens."""
+        grid = self._mla_bmm_grid(op, heads, dtype)
+        lo, hi = grid.range_of("num_tokens")
+        tokens = max(float(tokens), lo)
+        if tokens > hi:
+            self.extrapolated["mla_bmm_tokens_linear"] += 1
+            return grid((hi,)) * tokens / hi * 1e-3
+        return grid((tokens,)) * 1e-3
 
     # -- derived figures ---------------------------------------------------------------------
     @functools.cached_property

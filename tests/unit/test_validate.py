@@ -17,6 +17,7 @@ from simdisagg.validate import (
     REQUIRED_COLUMNS,
     ValidationOptions,
     concurrency,
+    parallelism,
     read_rows,
     row_config,
     row_trace,
@@ -73,12 +74,47 @@ def test_cli_reports_a_bad_row_in_one_line(tmp_path: Path) -> None:
 
 
 def test_rows_not_simulable_keep_a_status(tmp_path: Path) -> None:
-    moe = GOOD.replace("meta-llama/Llama-3.1-70B", "deepseek-ai/DeepSeek-V3")
+    no_shape = GOOD.replace("meta-llama/Llama-3.1-70B", "moonshotai/Kimi-K2.5")
     int4 = GOOD.rsplit(",", 1)[0] + ",int4_wo"
     fp4 = GOOD.rsplit(",", 1)[0] + ",nvfp4"
-    rows = read_rows(_csv(tmp_path, GOOD, moe, int4, fp4), ProfileStore())
+    rows = read_rows(_csv(tmp_path, GOOD, no_shape, int4, fp4), ProfileStore())
     assert [r.status.split(":")[0] for r in rows] == ["ok", "not modelled", "not modelled", "not modelled"]
     assert "mixture-of-experts" in rows[1].status and "int4" in rows[2].status and "FP4" in rows[3].status
+
+
+MOE_HEADER = HEADER + ",attention_dp_size,moe_tp_size,moe_ep_size"
+
+
+def test_moe_rows_resolve_their_shape_checkpoint_precision_and_parallelism(tmp_path: Path) -> None:
+    """DeepSeek-V3's block-FP8 experts whatever GEMM mode the row names; attention DP and EP
+    from the row; gpt-oss's "nvfp4" on H200 is its MXFP4 experts beside BF16 attention; an
+    instance across nodes and an inconsistent MoE split keep a status."""
+    deepseek = GOOD.replace("meta-llama/Llama-3.1-70B", "deepseek-ai/DeepSeek-V3").replace(",8,fp8", ",1,fp8")
+    rows = read_rows(
+        _csv(
+            tmp_path,
+            deepseek + ",8,1,8",
+            GOOD.replace("meta-llama/Llama-3.1-70B", "openai/gpt-oss-120b").replace(",8,fp8", ",2,fp8").rsplit(",", 1)[0]
+            + ",nvfp4,1,2,1",
+            deepseek.replace(",1,fp8", ",16,fp8") + ",1,16,1",
+            deepseek + ",8,2,8",
+            header=MOE_HEADER,
+        ),
+        ProfileStore(),
+    )
+    first = rows[0]
+    assert first.status == "ok" and first.model is not None and first.model.name == "deepseek-v3"
+    assert (first.weights, first.experts, first.kv_cache) == ("fp8", "fp8_block", "fp8")
+    assert parallelism(first) == (1, 8, 8) and concurrency(first) == 4 * 8
+    cfg = row_config(first, ProfileStore(), ValidationOptions())
+    pool = cfg.aggregated_pool()
+    assert (pool.tp, pool.dp, pool.ep, pool.count) == (1, 8, 8, 1)
+    assert cfg.precision.experts == "fp8_block"
+    gpt = rows[1]
+    assert gpt.status == "ok" and (gpt.weights, gpt.experts, gpt.kv_cache) == ("bf16", "mxfp4", "bf16")
+    assert parallelism(gpt) == (2, 1, 1)
+    assert rows[2].status.startswith("not modelled: an instance of 16 GPUs") and "spans nodes" in rows[2].status
+    assert rows[3].status.startswith("not modelled: moe_tp x moe_ep = 16 differs")
 
 
 def test_a_row_is_closed_loop_clients_of_fixed_lengths(tmp_path: Path) -> None:
@@ -102,11 +138,12 @@ def test_a_row_is_closed_loop_clients_of_fixed_lengths(tmp_path: Path) -> None:
 
 @needs_shared
 def test_validate_runs_on_shared_rows_and_keeps_every_row(tmp_path: Path) -> None:
-    """A few dense rows simulated end to end on the shipped measured profiles, every input
-    row kept in rows.csv (MoE rows with their status)."""
+    """A few dense and MoE rows simulated end to end on the shipped measured profiles, every
+    input row kept in rows.csv (rows that cannot be simulated with their status)."""
     frame = pd.read_csv(ROWS_CSV)
     dense = frame[(frame["model_path"] == "meta-llama/Llama-3.1-70B") & (frame["batch_size"] <= 8)].head(3)
-    moe = frame[frame["model_path"] == "deepseek-ai/DeepSeek-V3"].head(2)
+    moe = frame[(frame["model_path"] == "deepseek-ai/DeepSeek-R1") & frame["prefill_num_workers"].isna()
+                & (frame["mode"] == "disagg")].head(2)
     subset = tmp_path / "subset.csv"
     pd.concat([dense, moe]).to_csv(subset, index=False)
     out = tmp_path / "out"
@@ -124,4 +161,31 @@ def test_validate_runs_on_shared_rows_and_keeps_every_row(tmp_path: Path) -> Non
     assert (ok["tpot_error_pct"].abs() < 25).all(), ok[["tpot_error_pct"]]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == 5 and summary["simulated"] == 3
-    assert any("mixture-of-experts" in k for k in summary["status"])
+    assert any("without prefill_num_workers" in k for k in summary["status"])
+
+
+@needs_shared
+def test_validate_simulates_moe_rows_on_their_measured_profiles(tmp_path: Path) -> None:
+    """MoE rows of the shared set (DeepSeek-R1 with latent attention, gpt-oss with sliding
+    windows and MXFP4 experts, Qwen3-235B at attention DP 2) run on measured profiles."""
+    frame = pd.read_csv(ROWS_CSV)
+    picks = [
+        frame[(frame["model_path"] == "deepseek-ai/DeepSeek-R1") & (frame["backend"] == "sglang")
+              & (frame["mode"] == "agg")].head(1),
+        frame[(frame["model_path"] == "openai/gpt-oss-120b") & (frame["backend"] == "vllm")].head(1),
+        frame[(frame["model_path"] == "Qwen/Qwen3-235B-A22B-FP8") & (frame["backend"] == "vllm")
+              & (frame["tp_size"] == 2)].head(1),
+    ]
+    subset = tmp_path / "moe.csv"
+    pd.concat(picks).to_csv(subset, index=False)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app, ["validate", str(subset), "--out", str(out), "--workers", "1", "--requests-per-client", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(out / "rows.csv")
+    assert (rows["status"] == "ok").all(), rows["status"].tolist()
+    assert rows["cost_model"].str.startswith("measured:h200/").all()
+    assert rows["cost_model"].str.contains("deepseek-r1-tp8-fp8-fp8_blockexperts-kvfp8-sglang").any()
+    assert rows["cost_model"].str.contains("gpt-oss-120b-tp").any()
+    assert (rows["predicted_tpot_ms"] > 0).all() and (rows["predicted_ttft_ms"] > 0).all()
