@@ -137,7 +137,8 @@ class PoolConfig(_Frozen):
     )
     max_batch_size: int = _count(default=256, ge=1, le=1_000_000, description="most requests in a decode batch")
     max_batched_tokens: int = _count(
-        default=8192, ge=1, le=100_000_000, description="token budget of one prefill (or chunked) iteration"
+        default=8192, ge=1, le=100_000_000,
+        description="token budget of one prefill (or chunked) iteration, per attention rank",
     )
     max_prefill_batch_requests: int | None = _count(
         default=None, ge=1, le=1_000_000, description="most prompts in one prefill batch (1 = no batching)"
@@ -160,6 +161,13 @@ class PoolConfig(_Frozen):
                 f"ep {self.ep} must divide the instance's tp x dp = {self.tp * self.dp} GPUs (experts are spread over them)"
             )
         return self
+
+    @property
+    def instance_batched_tokens(self) -> int:
+        """Token budget of one iteration of the whole instance: with attention data parallelism
+        each of the ``dp`` ranks schedules its own ``max_batched_tokens`` (as SGLang and
+        TensorRT-LLM do), and the iteration waits for the slowest rank."""
+        return self.max_batched_tokens * self.dp
 
     @property
     def gpus_per_instance(self) -> int:

@@ -187,7 +187,8 @@ class Screener:
         if cand.aggregated:
             role = "aggregated"
             pool = self.base.decode
-            work = self._prefill_lower_s(cand.decode_gpu, dp, role, pool.max_batched_tokens,
+            # Each attention rank schedules its own token budget (PoolConfig.instance_batched_tokens).
+            work = self._prefill_lower_s(cand.decode_gpu, dp, role, pool.max_batched_tokens * dp.dp,
                                          pool.max_prefill_batch_requests)
             work = work + np.maximum(load.output_tokens - 1, 0) * self._decode_token_s(
                 cand.decode_gpu, dp, role, cand.max_batch_size)
@@ -196,7 +197,7 @@ class Screener:
             zero = self._zero_load(ttft, tpot, self._kv_tokens(cand.decode_gpu, dp))
         else:
             pool = self.base.prefill
-            pw = self._prefill_lower_s(cand.prefill_gpu, pp, "prefill", pool.max_batched_tokens,
+            pw = self._prefill_lower_s(cand.prefill_gpu, pp, "prefill", pool.max_batched_tokens * pp.dp,
                                        pool.max_prefill_batch_requests)
             dw = np.maximum(load.output_tokens - 1, 0) * self._decode_token_s(
                 cand.decode_gpu, dp, "decode", cand.max_batch_size)

@@ -310,7 +310,7 @@ def simulate(
             return AggregatedInstance(
                 env, k, plan.cost, inp, out, rec, stats, cfg.exact_steps,
                 max_batch_size=pool.max_batch_size,
-                max_batched_tokens=pool.max_batched_tokens,
+                max_batched_tokens=pool.instance_batched_tokens,
                 max_batch_requests=pool.max_prefill_batch_requests,
                 kv_capacity_blocks=plan.kv_capacity_blocks,
                 kv_block_tokens=plan.kv_block_tokens,
@@ -381,7 +381,7 @@ def simulate(
             return DecodeInstance(
                 env, k, dplan.cost, inp, out, rec, stats, cfg.exact_steps,
                 max_batch_size=cfg.decode.max_batch_size,
-                max_batched_tokens=cfg.decode.max_batched_tokens,
+                max_batched_tokens=cfg.decode.instance_batched_tokens,
                 max_batch_requests=cfg.decode.max_prefill_batch_requests,
                 kv_capacity_blocks=dplan.kv_capacity_blocks,
                 kv_block_tokens=dplan.kv_block_tokens,
@@ -446,7 +446,7 @@ def simulate(
             links.append(KVLink(env, k, bandwidth, link_profile.latency_s.value, cfg.link.sharing, rec))
             return PrefillInstance(
                 env, k, pplan.cost, queue, inp, rec, stats,
-                max_batched_tokens=cfg.prefill.max_batched_tokens,
+                max_batched_tokens=cfg.prefill.instance_batched_tokens,
                 max_batch_requests=cfg.prefill.max_prefill_batch_requests,
                 kv_capacity_blocks=pplan.kv_capacity_blocks,
                 kv_block_tokens=pplan.kv_block_tokens,

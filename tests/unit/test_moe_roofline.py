@@ -145,3 +145,30 @@ def test_an_accelerator_without_public_peer_bandwidth_says_so(store: ProfileStor
     cost = RooflineCostModel(m, store.gpu("sn40l"), 16)
     assert "no peer-link cost" in cost.label
     assert cost._ar_s_per_token == cost._ar_fixed_s == cost._a2a_s_per_token == 0.0
+
+
+def test_each_attention_rank_has_its_own_prefill_token_budget() -> None:
+    """With attention DP each rank schedules its own ``max_batched_tokens`` (SGLang, TensorRT-LLM):
+    two prompts that each fill one rank's budget, queued behind a running one, start together
+    on a DP-2 instance, and one after the other at DP 1."""
+    from simdisagg.config import RunConfig
+    from simdisagg.sim.engine import simulate
+    from simdisagg.trace import TraceBuilder
+
+    builder = TraceBuilder("two prompts")
+    for k in range(3):
+        builder.add(timestamp_s=0.001 * (k > 0), input_tokens=1000, output_tokens=2, request_id=f"r{k}", line=k + 1)
+    trace = builder.build()
+
+    def starts(dp: int) -> list[float]:
+        pool = {"count": 1, "gpu": "h100-sxm", "tp": 1, "dp": dp, "ep": dp, "max_batched_tokens": 1000}
+        cfg = RunConfig.model_validate({
+            "model": "qwen3-30b-a3b", "cost": {"kind": "roofline"}, "prefix_cache": {"enabled": False},
+            "prefill": pool, "decode": {**pool, "dp": 1, "ep": 1},
+        })
+        assert cfg.prefill.instance_batched_tokens == 1000 * dp
+        return sorted(simulate(cfg, trace).recorder.times["prefill_start_at"].tolist())
+
+    one_rank, two_ranks = starts(1), starts(2)
+    assert two_ranks[0] < two_ranks[1] == two_ranks[2]
+    assert one_rank[0] < one_rank[1] < one_rank[2]
