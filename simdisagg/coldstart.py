@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from simdisagg.config import PoolConfig, RunConfig
 from simdisagg.errors import ConfigError
-from simdisagg.hardware import Provenance, ProfileStore, Sourced, load_profile_file
+from simdisagg.hardware import ProfileStore, Provenance, Sourced, load_profile_file
 
 #: The folder of ``hardware_profiles/`` that holds weight sources.
 FOLDER = "weight_sources"

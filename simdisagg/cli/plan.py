@@ -257,7 +257,13 @@ def plan_command(
     sustains at steady state with the SLO attainment target met. With --target-rate, the fewest
     GPUs (or, with --budget-per-hour, the lowest $/h) that sustain that rate."""
 
-    from simdisagg.cli.common import FLAGS, _run_guarded, build_overrides, check_input_file, setting_lines
+    from simdisagg.cli.common import (
+        FLAGS,
+        _run_guarded,
+        build_overrides,
+        check_input_file,
+        setting_lines,
+    )
 
     def body() -> None:
         from rich.console import Console

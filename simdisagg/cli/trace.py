@@ -94,7 +94,12 @@ def convert(
     ] = None,
 ) -> None:
     """Convert a trace to native JSONL (written atomically) and say what was skipped or changed."""
-    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, check_import_options, detect_format, import_trace
+    from simdisagg.importers import (
+        DEFAULT_SESSIONS_PER_S,
+        check_import_options,
+        detect_format,
+        import_trace,
+    )
     from simdisagg.inputs import check_output_file
 
     check_import_options(
@@ -268,7 +273,12 @@ def stats(
     seed: Annotated[int, typer.Option("--seed", help="seed of the session arrival process")] = 0,
 ) -> None:
     """Show request counts, lengths, sessions, closed-loop share, prefix reuse and burstiness."""
-    from simdisagg.importers import DEFAULT_SESSIONS_PER_S, check_import_options, detect_format, import_trace
+    from simdisagg.importers import (
+        DEFAULT_SESSIONS_PER_S,
+        check_import_options,
+        detect_format,
+        import_trace,
+    )
     from simdisagg.tracestats import format_stats_table, trace_stats
 
     check_import_options(sessions_per_s=session_rate, seed=seed, names=_FLAGS)

@@ -50,7 +50,13 @@ import numpy as np
 
 from simdisagg.costmodel.components import ComponentsModel
 from simdisagg.errors import CalibrationError, ConfigError
-from simdisagg.hardware import GPUProfile, ModelShape, Parallelism, check_parallelism, instance_kv_memory
+from simdisagg.hardware import (
+    GPUProfile,
+    ModelShape,
+    Parallelism,
+    check_parallelism,
+    instance_kv_memory,
+)
 from simdisagg.overheads import FrameworkOverheads, no_overheads
 
 #: Version of the ``fit.json`` layout written by :mod:`simdisagg.fit` and read here.

@@ -48,7 +48,13 @@ from dataclasses import dataclass, field
 
 from simdisagg.costmodel.fitted import ShardShape
 from simdisagg.hardware import ModelShape
-from simdisagg.kerneldb.tables import DEFAULT_MOE_DISTRIBUTION, GEMM_DTYPES, KV_DTYPES, MOE_DTYPES, KernelDatabase
+from simdisagg.kerneldb.tables import (
+    DEFAULT_MOE_DISTRIBUTION,
+    GEMM_DTYPES,
+    KV_DTYPES,
+    MOE_DTYPES,
+    KernelDatabase,
+)
 
 #: Bytes of one activation element (BF16) whatever the weights' precision.
 ACTIVATION_BYTES = 2.0

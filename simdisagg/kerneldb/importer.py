@@ -39,7 +39,11 @@ from simdisagg.errors import CalibrationError
 from simdisagg.hardware import ModelShape
 from simdisagg.kerneldb.compose import MoEStepComposer, StepBreakdown, StepComposer
 from simdisagg.kerneldb.grid import OutsideGridError
-from simdisagg.kerneldb.tables import DEFAULT_MOE_DISTRIBUTION, EXTRAPOLATIONS, KernelDatabase
+from simdisagg.kerneldb.tables import (
+    DEFAULT_MOE_DISTRIBUTION,
+    EXTRAPOLATIONS,
+    KernelDatabase,
+)
 
 #: New tokens of each prompt of a prefill batch on the fitting grid.
 PREFILL_NEW: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from simdisagg.config import RunConfig, SLOConfig
+from simdisagg.importers import load_trace
 from simdisagg.plan.candidates import Candidate
 from simdisagg.plan.probe import _store_for, passes_target, run_probe
 from simdisagg.plan.spec import SearchSettings
 from simdisagg.plan.workload import plan_window
-from simdisagg.importers import load_trace
 from simdisagg.trace import Trace
 
 Probe = Callable[[float], dict[str, Any]]

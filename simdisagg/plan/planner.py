@@ -24,6 +24,7 @@ import numpy as np
 
 from simdisagg.config import RunConfig
 from simdisagg.hardware import ProfileStore
+from simdisagg.importers import load_trace
 from simdisagg.plan.candidates import Candidate, enumerate_candidates
 from simdisagg.plan.diagnosis import diagnose
 from simdisagg.plan.results_file import ResultsFile, job_key
@@ -39,7 +40,6 @@ from simdisagg.plan.workload import (
     trace_load,
     window_trace,
 )
-from simdisagg.importers import load_trace
 from simdisagg.trace import Trace
 
 

@@ -30,7 +30,6 @@ from simdisagg.coldstart import cold_start, role_switch_s
 from simdisagg.config import PoolConfig, RunConfig
 from simdisagg.costmodel.base import CostModel
 from simdisagg.costmodel.factory import make_cost_model
-from simdisagg.costmodel.roofline import RooflineCostModel
 from simdisagg.costmodel.scaled import ScaledCostModel
 from simdisagg.errors import ConfigError
 from simdisagg.hardware import ProfileStore, instance_kv_memory
@@ -57,7 +56,12 @@ from simdisagg.sim.recorder import (
 from simdisagg.sim.router import PriorityOrder, Router, TenantAdmission, tenant_indices
 from simdisagg.sim.speculative import draft_memory, make_speculator
 from simdisagg.sim.states import FAILED, SERVING, STARTING, STOPPED
-from simdisagg.sim.timeseries import DEFAULT_WINDOWS, MAX_SET_WINDOWS, TimeSeriesCollector, window_width_s
+from simdisagg.sim.timeseries import (
+    DEFAULT_WINDOWS,
+    MAX_SET_WINDOWS,
+    TimeSeriesCollector,
+    window_width_s,
+)
 from simdisagg.trace import Trace
 
 

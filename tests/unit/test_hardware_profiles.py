@@ -235,8 +235,8 @@ def test_serving_precision_sets_weight_and_kv_bytes(store: ProfileStore) -> None
 
 def test_fp8_kv_cache_doubles_the_kv_capacity() -> None:
     from simdisagg import RunConfig
-    from simdisagg.sim.engine import _plan_pool
     from simdisagg.rng import Streams
+    from simdisagg.sim.engine import _plan_pool
 
     store = ProfileStore()
     bf16 = RunConfig()

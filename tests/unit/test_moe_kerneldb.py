@@ -13,10 +13,19 @@ import pandas as pd
 import pytest
 
 from simdisagg.costmodel.factory import make_cost_model
-from simdisagg.costmodel.fitted import FittedCostModel, ShardShape, fitted_candidates, profile_folder_name
+from simdisagg.costmodel.fitted import (
+    FittedCostModel,
+    ShardShape,
+    fitted_candidates,
+    profile_folder_name,
+)
 from simdisagg.errors import CalibrationError
 from simdisagg.hardware import MLAShape, ModelShape, MoEShape, ProfileStore
-from simdisagg.kerneldb.compose import LINK_CALL_LATENCY_S, MoEStepComposer, _window_pairs
+from simdisagg.kerneldb.compose import (
+    LINK_CALL_LATENCY_S,
+    MoEStepComposer,
+    _window_pairs,
+)
 from simdisagg.kerneldb.importer import ImportSpec, import_profile
 from simdisagg.kerneldb.tables import KernelDatabase
 from simdisagg.rng import Streams

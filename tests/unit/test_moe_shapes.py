@@ -22,7 +22,12 @@ from __future__ import annotations
 import pytest
 
 from simdisagg.errors import ConfigError
-from simdisagg.hardware import Parallelism, ProfileStore, check_parallelism, instance_kv_memory
+from simdisagg.hardware import (
+    Parallelism,
+    ProfileStore,
+    check_parallelism,
+    instance_kv_memory,
+)
 
 
 @pytest.fixture(scope="module")
