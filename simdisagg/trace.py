@@ -396,6 +396,9 @@ def _parse_line(raw: bytes, source: str, lineno: int) -> Any:
         raise TraceError(
             source, lineno, None, f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8 text"
         ) from None
+    # Without its line terminator, an error at the end of the line is at a column of the line
+    # (with it, JSON reports line 2, column 1).
+    text = text.rstrip("\r\n")
     try:
         obj = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=refuse_constant)
     except DuplicateKey as exc:

@@ -168,7 +168,7 @@ CASES: list[Case] = [
     Case("profile-duplicate-key", "duplicate-key", ("run", str(EXAMPLE), "--no-compare", "--profiles-dir", "{t}/p", "--gpu", "dup"),
          "appears twice", "dup.yaml", {"p/gpus/dup.yaml": GPU_YAML.replace("name: h100-sxm", "name: dup") + "name: dup\n"}),  # fmt: skip
     # -- syntax --------------------------------------------------------------------------------
-    line_case("truncated-line", "trace-syntax", '{"timestamp": 0, "input_length": 5, "output_length": 3', "not valid JSON"),
+    line_case("truncated-line", "trace-syntax", '{"timestamp": 0, "input_length": 5, "output_length": 3', "not valid JSON (Expecting ',' delimiter at column 55)"),
     line_case("trailing-comma", "trace-syntax", '{"timestamp": 0, "input_length": 5, "output_length": 3,}', "not valid JSON"),
     line_case("single-quotes", "trace-syntax", "{'timestamp': 0, 'input_length': 5, 'output_length': 3}", "not valid JSON"),
     line_case("two-objects", "trace-syntax", '{"timestamp": 0, "input_length": 5, "output_length": 3} {"timestamp": 1}', "Extra data"),
